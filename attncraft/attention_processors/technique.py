@@ -1,0 +1,70 @@
+"""The base class every attention technique derives from.
+
+A technique is a set of hooks run by :class:`~.processor.AttncraftAttnProcessor` on the layers its
+:attr:`selector` matches, at three places of the attention computation:
+
+1. :meth:`edit_scores` - the pre-softmax scores ``Q K^T / sqrt(d)`` (plus mask), shape
+   ``(batch, heads, queries, keys)``;
+2. :meth:`edit_probs` - the post-softmax probabilities, same shape;
+3. :meth:`edit_output` - the attention output before ``to_out``, shape ``(batch, queries, heads*dim)``.
+
+A subclass overrides only the hooks it needs. The processor computes scores and probabilities
+explicitly only on layers where some active technique overrides hook 1 or 2 (or asks for maps via
+:meth:`needs_maps`); everywhere else it takes the fused SDPA path, exactly as diffusers'
+``AttnProcessor2_0``.
+
+Composition: when several techniques act on one layer they run in ascending :attr:`order`, ties
+broken by installation order; each hook receives the previous technique's result. Conventions for
+``order``: 100 for techniques that *edit* maps (P2P-style replacement, regularisation), 1000 for
+observers such as :class:`~.store.AttentionStore`, so observers see the final maps by default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attncraft.attention_processors.context import AttentionCall, AttentionContext
+from attncraft.attention_processors.layers import LayerInfo
+from attncraft.attention_processors.selection import ALL_LAYERS, LayerSelector
+
+EDIT_ORDER = 100
+OBSERVE_ORDER = 1000
+
+
+class AttentionTechnique:
+    """Base class: select layers, then edit scores, probabilities and/or output there."""
+
+    name: str = "technique"
+    order: int = EDIT_ORDER
+
+    def __init__(self, selector: LayerSelector | None = None):
+        self.selector = selector if selector is not None else self.default_selector()
+
+    # -- selection -------------------------------------------------------------------------
+    def default_selector(self) -> LayerSelector:
+        return ALL_LAYERS
+
+    def applies_to(self, layer: LayerInfo) -> bool:
+        return self.selector(layer)
+
+    def needs_maps(self, layer: LayerInfo) -> bool:
+        """True if this technique needs the explicit path (scores/probabilities) on ``layer``."""
+        cls = type(self)
+        return cls.edit_scores is not AttentionTechnique.edit_scores or cls.edit_probs is not AttentionTechnique.edit_probs
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_run_start(self, context: AttentionContext) -> None:
+        """Called at the start of every sampling run (new generation, each FreeInit iteration)."""
+
+    # -- hooks -----------------------------------------------------------------------------
+    def edit_scores(self, call: AttentionCall, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+    def edit_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
+        return probs
+
+    def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, order={self.order})"

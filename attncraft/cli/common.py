@@ -1,0 +1,36 @@
+"""Options and helpers shared by CLI commands (model, device, output folder, progress)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+MODEL_HELP = "Model: 'shapes' (embedded default), a diffusers folder, a .safetensors/.ckpt file, or a Hub id."
+ModelOption = typer.Option("shapes", "--model", "-m", help=MODEL_HELP)
+DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+DtypeOption = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16.")
+OutOption = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if needed).")
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (deprecations, torchvision fallbacks) that is not for CLI users."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "diffusers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass

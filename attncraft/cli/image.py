@@ -1,0 +1,60 @@
+"""``attncraft image PROMPT``: text-to-image with any SD 1.x/2.x/SDXL model, PNGs with settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from attncraft.cli.common import DeviceOption, DtypeOption, ModelOption, OutOption, console, quiet_libraries
+
+
+def image(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    model: str = ModelOption,
+    steps: int = typer.Option(None, "--steps", help="Denoising steps (default: the model's recommendation)."),
+    guidance: float = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (1 disables it)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first image; image i uses seed + i."),
+    width: int = typer.Option(None, "--width", help="Width in pixels (default: the model's native size)."),
+    height: int = typer.Option(None, "--height", help="Height in pixels (default: the model's native size)."),
+    count: int = typer.Option(1, "--count", "-n", help="Number of images."),
+    scheduler: str = typer.Option(None, "--scheduler", help="ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm, dpm-karras, unipc."),
+    negative: str = typer.Option(None, "--negative", help="Negative prompt."),
+    config: str = typer.Option(None, "--config", help="For single-file checkpoints: a diffusers folder or Hub id of the same architecture."),
+    out: Path = OutOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+) -> None:
+    """Generate images from a text prompt; each PNG stores the settings that reproduce it."""
+    quiet_libraries()
+    from attncraft.errors import InputError
+    from attncraft.loading import load_text_to_image
+    from attncraft.pipelines.text_to_image import default_settings, generate, save_images, validate
+    from attncraft.progress import progress_enabled
+
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}", "pass e.g. --steps 25")
+    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config)
+    settings = default_settings(loaded, prompt)
+    for name, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("width", width),
+                        ("height", height), ("scheduler", scheduler)):
+        if value is not None:
+            setattr(settings, name, value)
+    settings.seed, settings.count, settings.negative_prompt = seed, count, negative
+    validate(settings, loaded)
+    console.print(f"model: {loaded.label}")
+
+    total = settings.count and settings.num_inference_steps
+    if progress_enabled():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("denoising", total=total)
+            result = generate(loaded, settings, on_step=lambda i, n: bar.update(task, completed=i))
+    else:
+        result = generate(loaded, settings)
+    paths = save_images(result.images, settings, out)
+    console.print(f"wrote {len(paths)} image{'s' if len(paths) != 1 else ''} to {out}/")
+    for path in paths:
+        typer.echo(str(path))

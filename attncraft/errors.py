@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Every problem a user can cause (bad model reference, missing file, invalid size, a technique that
+does not fit the loaded model, ...) is raised as an :class:`AttncraftError` whose message is one line
+naming the problem *and* the fix. The CLI prints exactly that line and exits non-zero, without a
+traceback; Python callers can catch the class or one of its subclasses.
+"""
+
+from __future__ import annotations
+
+
+class AttncraftError(Exception):
+    """A problem with the user's input or environment, with a one-line message and a fix."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem.rstrip(". ")
+        self.fix = fix.rstrip(". ") if fix else None
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = self.problem if not self.fix else f"{self.problem}; {self.fix}"
+        return " ".join(text.split())
+
+
+class ModelLoadError(AttncraftError):
+    """A model reference could not be resolved or loaded."""
+
+
+class InputError(AttncraftError):
+    """An argument or input file is invalid (size, steps, prompt, mesh, frame count...)."""
+
+
+class TechniqueError(AttncraftError):
+    """A technique cannot be applied to the loaded model or layers."""

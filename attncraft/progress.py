@@ -1,0 +1,56 @@
+"""Progress display for long work: a rich bar with elapsed time and ETA.
+
+:func:`progress_bar` wraps an iterable; it renders to stderr and disappears when stderr is not a
+terminal and ``ATTNCRAFT_PROGRESS`` is unset (so logs and tests stay clean), or when ``enabled`` is
+false. A ``postfix`` callback lets the caller show a live metric (e.g. the current CLIP score).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+
+def progress_enabled(enabled: bool | None = None) -> bool:
+    if enabled is not None:
+        return enabled
+    env = os.environ.get("ATTNCRAFT_PROGRESS")
+    if env is not None:
+        return env not in ("0", "false", "no", "")
+    return sys.stderr.isatty()
+
+
+def progress_bar(
+    iterable: Iterable[T],
+    description: str,
+    total: int | None = None,
+    enabled: bool | None = None,
+    postfix: Callable[[], str] | None = None,
+) -> Iterator[T]:
+    """Iterate ``iterable`` while showing a bar with count, elapsed time, ETA and optional postfix."""
+    if not progress_enabled(enabled):
+        yield from iterable
+        return
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[postfix]}"),
+    ]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task(description, total=total, postfix="")
+        for item in iterable:
+            yield item
+            progress.update(task, advance=1, postfix=postfix() if postfix else "")
