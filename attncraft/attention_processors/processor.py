@@ -28,6 +28,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from attncraft.attention_processors.backends import fused_attention
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
@@ -109,7 +110,11 @@ class AttncraftAttnProcessor:
             key = attn.norm_k(key)
 
         if not self.techniques:
-            out = fused_attention(self.backend, query, key, value, attention_mask)
+            # the stock path, kept as lean as AttnProcessor2_0's (the eager UNet is launch-bound)
+            if self.backend == "sdpa":
+                out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+            else:
+                out = fused_attention(self.backend, query, key, value, attention_mask)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         else:
             call = AttentionCall(

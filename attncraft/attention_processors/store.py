@@ -55,7 +55,7 @@ class AttentionStore(AttentionTechnique):
         self.dtype = dtype
         self.reset_each_run = reset_each_run
         self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, torch.Tensor] = {}
         self._steps: dict[str, dict[int, torch.Tensor]] = {}
         self._resolutions: dict[str, tuple[int, int] | None] = {}
 
@@ -86,11 +86,13 @@ class AttentionStore(AttentionTechnique):
         if self.per_step:
             self._steps.setdefault(name, {})[step] = kept.clone()
         elif name in self._sums:
-            self._sums[name] += kept
-            self._counts[name] += 1
+            # in place, and the count as a tensor: under torch.compile a Python counter would be
+            # guarded on and force a recompilation at every step
+            self._sums[name].add_(kept)
+            self._counts[name].add_(1)
         else:
             self._sums[name] = kept.clone()
-            self._counts[name] = 1
+            self._counts[name] = torch.ones((), dtype=torch.int64, device=kept.device)
         return probs
 
     # -- reading -------------------------------------------------------------------------------
@@ -102,7 +104,11 @@ class AttentionStore(AttentionTechnique):
         """Per layer: the mean over recorded steps (``per_step=False``) or a stack over steps."""
         if self.per_step:
             return {n: torch.stack([m for _, m in sorted(s.items())]) for n, s in self._steps.items()}
-        return {n: self._sums[n] / self._counts[n] for n in self._sums}
+        return {n: self._sums[n] / self._counts[n].to(self._sums[n].dtype) for n in self._sums}
+
+    def recorded_count(self, name: str) -> int:
+        """How many calls were accumulated for layer ``name`` (per_step=False)."""
+        return int(self._counts[name]) if name in self._counts else len(self._steps.get(name, {}))
 
     def step_maps(self, name: str) -> dict[int, torch.Tensor]:
         if not self.per_step:

@@ -184,7 +184,7 @@ def test_run_start_resets_store_and_notifies():
             pipe("x", num_inference_steps=2, guidance_scale=1.0, height=64, width=64,
                  generator=torch.Generator().manual_seed(0), output_type="latent")
     # only step 0 of the last run is kept: one map per layer, averaged over one recording
-    assert all(store._counts[n] == 1 for n in store.layer_names)
+    assert store.layer_names and all(store.recorded_count(n) == 1 for n in store.layer_names)
 
 
 def test_xformers_backend_refused_without_cuda():

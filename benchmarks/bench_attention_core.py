@@ -1,0 +1,219 @@
+"""Cost of the attention-processor core on an SD 1.5-size UNet (random weights), eager and compiled.
+
+What it measures (one UNet call = one denoising step with batched CFG, batch 2, 512x512 -> 64x64
+latent, fp16 by default):
+
+* ``stock``   - diffusers' ``AttnProcessor2_0`` on every layer;
+* ``core``    - :class:`AttncraftAttnProcessor` on every layer, no technique (target: <= 1 % over stock);
+* ``capture`` - ``stock`` everywhere except the five 16x16 cross-attention layers, where an
+  :class:`AttentionStore` records probabilities at every step (target: <= 3 % over stock), with the
+  step tracker active and the timestep a device tensor, as in a real pipeline loop.
+
+Variants are timed in interleaved rounds (ABC ABC ...) of ``--steps`` UNet calls with CUDA events,
+after warm-up; the median round is reported, with peak memory per variant. With ``--compile`` each
+variant is also run under ``torch.compile`` and ``torch._dynamo.explain`` reports graph breaks.
+
+The weights are random: the SD 1.5 architecture costs the same with random weights as with real
+ones, and no real weights are reachable from the benchmark machines.
+
+Usage: ``python benchmarks/bench_attention_core.py --device cuda --steps 50 --rounds 5 --compile``
+(``--tiny --device cpu`` for a quick local check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from attncraft.attention_processors import AttentionStore, get_manager, select_layers
+
+
+def build_unet(tiny: bool) -> tuple[UNet2DConditionModel, int, int]:
+    if tiny:
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
+        )
+        return unet, 16, 32
+    # SD 1.5 UNet: diffusers' defaults are the SD 1.x architecture, with cross_attention_dim 768.
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8), 64, 768
+
+
+def sixteen_by_sixteen_cross(latent: int) -> object:
+    level = {64: 2, 16: 0}.get(latent, 2)
+    return select_layers(kinds="cross", levels=level)
+
+
+def time_variant(unet, inputs, timesteps, steps: int, device) -> float:
+    """Milliseconds per UNet call over ``steps`` calls (timestep decreasing like a sampler)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for t in timesteps[:steps]:
+            unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / steps
+    t0 = time.perf_counter()
+    for t in timesteps[:steps]:
+        unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+    return (time.perf_counter() - t0) * 1000 / steps
+
+
+def processor_call_overhead(device, dtype) -> dict[str, float]:
+    """Microseconds per processor call (host side dominates: the eager UNet is launch-bound)."""
+    from diffusers.models.attention_processor import Attention
+
+    from attncraft.attention_processors import AttncraftAttnProcessor
+    from attncraft.attention_processors.context import AttentionContext
+    from attncraft.attention_processors.layers import describe_layer
+
+    attn = Attention(query_dim=64, cross_attention_dim=64, heads=2, dim_head=32).to(device=device, dtype=dtype)
+    h = torch.randn(2, 16, 64, device=device, dtype=dtype)
+    e = torch.randn(2, 8, 64, device=device, dtype=dtype)
+    procs = {"stock": AttnProcessor2_0(), "core": AttncraftAttnProcessor(describe_layer("x.attn2", attn, None), AttentionContext())}
+    samples: dict[str, list[float]] = {k: [] for k in procs}
+    with torch.inference_mode():
+        for _ in range(7):
+            for name, proc in procs.items():
+                attn.set_processor(proc)
+                for _ in range(200):
+                    attn(h, encoder_hidden_states=e)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(2000):
+                    attn(h, encoder_hidden_states=e)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                samples[name].append((time.perf_counter() - t0) / 2000 * 1e6)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-variants", default="stock,core,capture", help="variants to compile (comma-separated)")
+    parser.add_argument("--tiny", action="store_true", help="tiny UNet for a CPU smoke run")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    torch.manual_seed(0)
+    unet, latent, ctx_dim = build_unet(args.tiny)
+    unet = unet.to(device=device, dtype=dtype).eval()
+    g = torch.Generator(device=device).manual_seed(0)
+    inputs = {
+        "sample": torch.randn(2, 4, latent, latent, device=device, dtype=dtype, generator=g),
+        "ehs": torch.randn(2, 77, ctx_dim, device=device, dtype=dtype, generator=g),
+    }
+    timesteps = torch.linspace(999, 0, args.steps, device=device).round().long()
+    stock = {k: AttnProcessor2_0() for k in unet.attn_processors}
+    manager = get_manager(unet)
+    store = AttentionStore(sixteen_by_sixteen_cross(latent))
+
+    def use(variant: str) -> None:
+        manager.remove_all()
+        unet.set_attn_processor(dict(stock))
+        if variant == "core":
+            manager.install_core()
+        elif variant == "capture":
+            manager.install(store)
+        manager.start_run()
+
+    variants = ["stock", "core", "capture"]
+    results: dict[str, dict] = {}
+    with torch.inference_mode():
+        use("capture")
+        captured_layers = [layer.name for layer in manager.layers_for(store)]
+        for variant in variants:  # warm-up
+            use(variant)
+            time_variant(unet, inputs, timesteps, min(args.warmup, args.steps), device)
+        rounds: dict[str, list[float]] = {v: [] for v in variants}
+        peaks: dict[str, float] = {}
+        for r in range(args.rounds):
+            # rotate the order every round so no variant always runs first or last
+            for variant in variants[r % 3:] + variants[: r % 3]:
+                use(variant)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                rounds[variant].append(time_variant(unet, inputs, timesteps, args.steps, device))
+                if device.type == "cuda":
+                    peaks[variant] = max(peaks.get(variant, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+        for variant in variants:
+            results[variant] = {"ms_per_call": statistics.median(rounds[variant]), "min_ms": min(rounds[variant]),
+                                "rounds": rounds[variant], "peak_gib": peaks.get(variant)}
+        maps = store.layer_maps()
+        assert len(maps) == len(captured_layers), "store did not record every selected layer"
+
+        if args.compile:
+            for variant in [v for v in variants if v in args.compile_variants.split(",")]:
+                use(variant)
+                torch._dynamo.reset()
+                explain = torch._dynamo.explain(unet)(inputs["sample"], timesteps[0], encoder_hidden_states=inputs["ehs"])
+                torch._dynamo.reset()
+                compiled = torch.compile(unet)
+                t0 = time.perf_counter()
+                time_variant(compiled, inputs, timesteps, min(args.warmup, args.steps), device)
+                compile_s = time.perf_counter() - t0
+                times = []
+                # processors are left in place between compiled rounds: re-setting them would
+                # invalidate dynamo's guards and time recompilations instead of the model
+                for _ in range(args.rounds):
+                    manager.start_run()
+                    times.append(time_variant(compiled, inputs, timesteps, args.steps, device))
+                results[variant]["compiled_ms_per_call"] = statistics.median(times)
+                results[variant]["compile_warmup_s"] = compile_s
+                results[variant]["graph_breaks"] = explain.graph_break_count
+                results[variant]["graphs"] = explain.graph_count
+
+    micro = processor_call_overhead(device, dtype)
+    base = results["stock"]["ms_per_call"]
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"### Attention core overhead ({datetime.date.today().isoformat()}, {hw}, torch {torch.__version__})")
+    print()
+    print(f"Command: `python {' '.join(sys.argv)}`  ")
+    print(f"UNet: {'tiny' if args.tiny else 'SD 1.5 architecture, random weights'}, latent {latent}x{latent}, "
+          f"batch 2 (CFG), {args.dtype}, {args.steps} calls per round, median of {args.rounds} interleaved rounds.  ")
+    print(f"Captured layers ({len(captured_layers)}): {', '.join(captured_layers)}")
+    print()
+    print("| variant | ms / UNet call (median) | min | ratio to stock (median) | peak GiB | compiled ms / call | compiled ratio | graph breaks |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    cbase = results["stock"].get("compiled_ms_per_call")
+    for variant in variants:
+        r = results[variant]
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        comp = f"{r['compiled_ms_per_call']:.2f}" if "compiled_ms_per_call" in r else "-"
+        cratio = f"{r['compiled_ms_per_call'] / cbase:.4f}" if cbase and "compiled_ms_per_call" in r else "-"
+        breaks = str(r.get("graph_breaks", "-"))
+        print(f"| {variant} | {r['ms_per_call']:.2f} | {r['min_ms']:.2f} | {r['ms_per_call'] / base:.4f} | {peak} | {comp} | {cratio} | {breaks} |")
+    print()
+    n_proc = len(unet.attn_processors)
+    print(f"Host-side cost of one processor call on a small attention layer (median of 7 x 2000 calls): "
+          f"stock {micro['stock']:.2f} us, core {micro['core']:.2f} us; x{n_proc} layers = "
+          f"{(micro['core'] - micro['stock']) * n_proc / 1000:.3f} ms per UNet call "
+          f"({(micro['core'] - micro['stock']) * n_proc / 1000 / base * 100:.2f} % of the stock call).")
+    results["processor_call_us"] = micro
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
