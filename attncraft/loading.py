@@ -116,7 +116,7 @@ def _load_embedded(device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
     except ImportError:
         shapes_models = None
     if folder is not None and (folder / "model_index.json").is_file():
-        pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype)
         return LoadedPipeline(_finish(pipe, device, dtype), "shapes", "shapes (embedded)", "sd", "embedded", read_defaults(folder))
     if shapes_models is not None and hasattr(shapes_models, "build_random_shapes_sd_pipeline"):
         pipe = shapes_models.build_random_shapes_sd_pipeline()
@@ -177,7 +177,7 @@ def _load_folder(folder: Path, device, dtype) -> LoadedPipeline:
         )
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     try:
-        pipe = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype, **kwargs)
+        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model folder {str(folder)!r}: {' '.join(str(exc).split())[:200]}",
                              "check that the folder is complete (all component subfolders and weights)") from exc
@@ -214,7 +214,7 @@ def _load_single_file(path: Path, device, dtype, config: str | None) -> LoadedPi
     if family is None and config is not None:
         family = "sdxl" if "xl" in str(config).lower() else "sd"
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if config is not None:
         kwargs["config"] = config
         if Path(config).is_dir():
@@ -236,7 +236,7 @@ def _load_hub(ref: str, device, dtype) -> LoadedPipeline:
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(ref, torch_dtype=dtype, local_files_only=hub_offline())
+        pipe = DiffusionPipeline.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline())
     except Exception as exc:  # noqa: BLE001
         if _is_hub_error(exc):
             raise _unreachable(ref) from exc
