@@ -90,7 +90,10 @@ def read_defaults(folder: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def _finish(pipe, device: torch.device, dtype: torch.dtype):
-    pipe = pipe.to(device=device, dtype=dtype)
+    if pipe.unet.dtype != dtype:
+        pipe = pipe.to(dtype=dtype)
+    if pipe.device != device:
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -32,5 +32,6 @@ def quiet_libraries() -> None:
         from diffusers.utils import logging as dlog
 
         dlog.set_verbosity_error()
+        dlog.disable_progress_bar()  # "Loading pipeline components" bars
     except ImportError:  # pragma: no cover
         pass
