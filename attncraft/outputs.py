@@ -38,6 +38,10 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files; give results the permissions an ordinary file would get
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

@@ -1,0 +1,295 @@
+"""The X-Mesh optimisation loop and the :func:`stylize_mesh` Python API.
+
+One iteration (spec §4.3), batched:
+
+1. the style field predicts colours and a displacement for every vertex (one forward);
+2. V training views are sampled (view 0 at the front, the rest Gaussian) and, for the geometry loss,
+   V *new* views; both sets are rendered in **one** renderer call of 2V views: the first V with the
+   predicted colours, the second V with uniform 0.5 grey (geometry only);
+3. the 1 + 4 + 4 augmentations of all views go through **one** CLIP call
+   (:func:`~attncraft.mesh.clip_guidance.guidance_loss`); the summed loss is backpropagated once
+   (the reference's three retained-graph backward passes accumulate the same gradient);
+4. Adam (lr 5e-4, no weight decay) steps, then StepLR (x0.9 every 100 iterations).
+
+The logged score is -L1 = cos(view-averaged embedding of the full-view augmentation, text), as in the
+reference. Randomness (views, augmentations) comes from a dedicated ``torch.Generator`` seeded with
+``seed`` (23 for MIT-30), and the field is built from the same seed inside a forked RNG, so a run is
+reproducible without touching the global RNG. (The reference seeds globally with 42 and then 23 and
+sets cuDNN deterministic; global flags are left to the caller here, and CUDA scatter-adds in the
+backward pass are not bit-deterministic anyway.)
+
+Iteration ``i`` in histories means "the field after ``i`` updates" (iteration 0 = the grey mesh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from attncraft.mesh.camera import TRAIN_FOVY, TRAIN_RADIUS, make_cameras, sample_front_views
+from attncraft.mesh.clip_guidance import AugmentPlan, ClipGuide, guidance_loss, load_clip
+from attncraft.mesh.io import MeshData
+from attncraft.mesh.renderer import MeshRenderer, get_renderer
+from attncraft.mesh.style_field import StyledMesh, StyledMeshModel, build_style_field
+
+DEFAULT_PROMPT = "A 3D rendering of a donut with pink frosting and sprinkles in unreal engine."
+
+
+@dataclass
+class StylizeSettings:
+    """Hyper-parameters; defaults are the MIT-30 settings of ``script/train.sh`` (spec §2)."""
+
+    iterations: int = 1200
+    learning_rate: float = 5e-4
+    lr_decay: float = 0.9
+    decay_step: int = 100
+    weight_decay: float = 0.0
+    views: int = 5
+    resolution: int = 224
+    frontview_std: float = 4.0
+    frontview_center: tuple[float, float] = (0.0, 0.0)
+    n_augs: int = 1
+    n_normaugs: int = 4
+    n_geoaugs: int = 4
+    full_crop: float = 1.0
+    norm_crop: float = 0.4
+    geo_crop: float = 0.1
+    perspective_p: float = 0.8
+    geoloss: bool = True
+    field: str = "xmesh"
+    sigma: float = 12.0
+    width: int = 256
+    depth: int = 4
+    color_depth: int = 2
+    norm_depth: int = 2
+    norm_ratio: float = 0.1
+    symmetry: bool = True
+    standardize: bool = True
+    seed: int = 23
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learning_rate_at(iteration: int, settings: StylizeSettings) -> float:
+    """lr used *at* iteration ``iteration`` (0-based) under StepLR."""
+    return settings.learning_rate * settings.lr_decay ** (iteration // settings.decay_step)
+
+
+class _NullTimer:
+    def __call__(self, name: str):
+        return contextlib.nullcontext()
+
+
+class XMeshOptimization:
+    """State of one stylisation run; :meth:`step` performs one iteration and returns the score."""
+
+    def __init__(self, mesh: MeshData, prompt: str, guide: ClipGuide, renderer: MeshRenderer,
+                 settings: StylizeSettings | None = None, device: torch.device | str = "cpu"):
+        self.settings = s = settings or StylizeSettings()
+        self.device = torch.device(device)
+        self.guide = guide
+        self.renderer = renderer
+        self.prompt = prompt
+        self.mesh = mesh
+        self.text = guide.encode_text(prompt)
+        field_ = build_style_field(s.field, text_dim=guide.embed_dim, seed=s.seed, sigma=s.sigma, width=s.width,
+                                   depth=s.depth, color_depth=s.color_depth, norm_depth=s.norm_depth,
+                                   norm_ratio=s.norm_ratio)
+        verts = torch.as_tensor(mesh.vertices, dtype=torch.float32)
+        normals = torch.as_tensor(mesh.normals, dtype=torch.float32)
+        self.model = StyledMeshModel(field_, verts, normals, s.symmetry, s.standardize).to(self.device)
+        self.faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay,
+                                          fused=self.device.type in ("cuda", "cpu"))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=s.decay_step, gamma=s.lr_decay)
+        self.generator = torch.Generator().manual_seed(s.seed)
+        self.plan = AugmentPlan.xmesh(s.n_augs, s.n_normaugs, s.n_geoaugs, s.full_crop, s.norm_crop, s.geo_crop, s.geoloss)
+        self.iteration = 0
+        self.last_score = float("nan")
+        self.score_history: list[tuple[int, float]] = []
+
+    def sample_cameras(self):
+        s = self.settings
+        elev, azim = sample_front_views(s.views, s.frontview_std, s.frontview_center, self.generator)
+        cams = make_cameras(elev, azim, TRAIN_RADIUS, TRAIN_FOVY, device=self.device)
+        if s.geoloss and s.n_geoaugs > 0:
+            elev2, azim2 = sample_front_views(s.views, s.frontview_std, s.frontview_center, self.generator)
+            cams = cams.cat(make_cameras(elev2, azim2, TRAIN_RADIUS, TRAIN_FOVY, device=self.device))
+        return cams
+
+    def step(self, timer: Callable[[str], Any] | None = None) -> float:
+        s = self.settings
+        timer = timer or _NullTimer()
+        cams = self.sample_cameras()
+        with timer("field"):
+            styled = self.model(self.text)
+        with timer("render"):
+            colors = styled.colors.unsqueeze(0).expand(s.views, -1, -1)
+            if len(cams) > s.views:
+                grey = torch.full_like(colors, 0.5)
+                colors = torch.cat([colors, grey], dim=0)
+            out = self.renderer.render(styled.vertices, self.faces, colors, cams, s.resolution,
+                                       background=s.background)
+            groups = out.image.view(-1, s.views, s.resolution, s.resolution, 3).permute(0, 1, 4, 2, 3)
+        with timer("clip"):
+            gl = guidance_loss(self.guide, groups, self.text, self.plan, self.generator, s.perspective_p)
+        with timer("backward"):
+            gl.loss.backward()
+        with timer("optimizer"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        self.last_score = gl.score  # host sync only after the update has been queued
+        self.score_history.append((self.iteration, self.last_score))
+        self.iteration += 1
+        return self.last_score
+
+    @torch.no_grad()
+    def current(self, reference_eval_geometry: bool = False) -> StyledMesh:
+        return self.model(self.text, reference_eval_geometry=reference_eval_geometry)
+
+
+@dataclass
+class StylizeResult:
+    """Result of :func:`stylize_mesh`: the stylised mesh (unit sphere) and how it was made."""
+
+    vertices: np.ndarray  # (V, 3) float32, displaced and renormalised
+    faces: np.ndarray  # (F, 3) int64
+    colors: np.ndarray  # (V, 3) float32 in [0, 1]
+    prompt: str
+    settings: dict[str, Any]
+    clip_label: str
+    renderer_label: str
+    mesh_source: str
+    mesh_notes: list[str] = field(default_factory=list)
+    score_history: list[tuple[int, float]] = field(default_factory=list)
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    run: XMeshOptimization | None = None
+
+    @property
+    def final_score(self) -> float:
+        return self.score_history[-1][1] if self.score_history else float("nan")
+
+    def to_trimesh(self):
+        from attncraft.mesh.io import colors_to_uint8
+
+        import trimesh
+
+        mesh = trimesh.Trimesh(self.vertices, self.faces, process=False)
+        mesh.visual.vertex_colors = colors_to_uint8(self.colors)
+        return mesh
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt, "clip": self.clip_label, "renderer": self.renderer_label,
+            "mesh": self.mesh_source, "mesh_notes": self.mesh_notes, "vertices": int(len(self.vertices)),
+            "faces": int(len(self.faces)), "final_clip_score": self.final_score, "seconds": round(self.seconds, 3),
+            "score_history": [[i, round(v, 6)] for i, v in self.score_history],
+            **({"eval_history": [[i, round(v, 6)] for i, v in self.eval_history]} if self.eval_history else {}),
+        }
+
+    def save(self, out_dir, name: str = "stylized", **kwargs) -> dict[str, Any]:
+        from attncraft.mesh.exports import save_outputs
+
+        return save_outputs(self, out_dir, name, **kwargs)
+
+
+def make_guide(clip: str | ClipGuide | None, device: torch.device, autocast_dtype: torch.dtype | None = None) -> ClipGuide:
+    if isinstance(clip, ClipGuide):
+        return clip
+    model, tokenizer, label = load_clip(clip, device)
+    return ClipGuide(model, tokenizer, label, autocast_dtype=autocast_dtype)
+
+
+def stylize_mesh(
+    mesh: Any = "default",
+    prompt: str = DEFAULT_PROMPT,
+    *,
+    clip: str | ClipGuide | None = None,
+    settings: StylizeSettings | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    renderer: str | MeshRenderer = "auto",
+    max_vertices: int | None = None,
+    refine: str | None = None,
+    target_edge: float | None = None,
+    progress: bool | None = None,
+    eval_every: int | None = None,
+    evaluator: Callable[["XMeshOptimization", int], float] | None = None,
+    callback: Callable[[XMeshOptimization], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> StylizeResult:
+    """Stylise ``mesh`` from ``prompt`` with X-Mesh and return a :class:`StylizeResult`.
+
+    ``settings`` defaults to the MIT-30 settings; keyword ``overrides`` replace single fields (e.g.
+    ``iterations=100``). ``dtype`` is the CLIP compute dtype (autocast; default bf16/fp16 on CUDA, fp32
+    on CPU). ``evaluator(run, iteration)`` is called at iterations 0, ``eval_every``, 2 ``eval_every``, ...
+    (before that iteration's update) with the run (``run.current()`` is the current field output),
+    e.g. for ITS curves.
+    """
+    from attncraft.devices import resolve_device, resolve_dtype
+    from attncraft.errors import InputError
+    from attncraft.mesh.io import load_mesh
+    from attncraft.progress import progress_bar
+
+    settings = settings or StylizeSettings()
+    if overrides:
+        unknown = set(overrides) - set(StylizeSettings.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown stylize settings: {sorted(unknown)}")
+        settings = StylizeSettings(**{**settings.to_dict(), **overrides})
+    if settings.iterations < 0:
+        raise InputError(f"iterations must be >= 0, got {settings.iterations}", "pass a positive --iterations")
+    if settings.views < 1 or settings.resolution < 8:
+        raise InputError("need at least 1 view and a resolution of 8 pixels or more", "check --views and --resolution")
+    dev = resolve_device(device)
+    autocast = resolve_dtype(dtype, dev)
+    log = log or (lambda _msg: None)
+    data = load_mesh(mesh, device=dev.type, max_vertices=max_vertices, refine=refine, target_edge=target_edge)
+    if isinstance(renderer, MeshRenderer):
+        rend, rlabel = renderer, f"renderer: {renderer.name}"
+    else:
+        rend, rlabel = get_renderer(renderer, device=dev)
+    guide = make_guide(clip, dev, autocast)
+    log(f"mesh: {data.source} ({data.num_vertices:,} vertices, {data.num_faces:,} faces)")
+    for note in data.notes:
+        log(f"mesh: {note}")
+    log(f"clip: {guide.label}")
+    log(rlabel)
+    run = XMeshOptimization(data, prompt, guide, rend, settings, dev)
+    evals: list[tuple[int, float]] = []
+    start = time.perf_counter()
+
+    def maybe_eval(i: int) -> None:
+        if evaluator is not None and eval_every and i % eval_every == 0:
+            evals.append((i, float(evaluator(run, i))))
+
+    for i in progress_bar(range(settings.iterations), "stylize", total=settings.iterations, enabled=progress,
+                          postfix=lambda: f"clip {run.last_score:.4f}"):
+        maybe_eval(i)
+        score = run.step()
+        if not math.isfinite(score):
+            raise InputError(f"the optimisation diverged at iteration {i} (score {score})",
+                             "lower --lr or check the mesh for extreme geometry")
+        if callback is not None:
+            callback(run)
+    seconds = time.perf_counter() - start
+    final = run.current()
+    return StylizeResult(
+        vertices=final.vertices.float().cpu().numpy(), faces=data.faces.copy(),
+        colors=final.colors.clamp(0, 1).float().cpu().numpy(), prompt=" ".join(prompt.split()),
+        settings={**settings.to_dict(), "device": str(dev), "clip_dtype": str(autocast).replace("torch.", "")},
+        clip_label=guide.label, renderer_label=rlabel, mesh_source=data.source, mesh_notes=list(data.notes),
+        score_history=list(run.score_history), eval_history=evals, seconds=seconds, run=run,
+    )
