@@ -185,7 +185,6 @@ def bench_main(args):
     import torch
 
     from attncraft.mesh.clip_guidance import guidance_loss
-    from attncraft.mesh.stylize import StylizeSettings
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

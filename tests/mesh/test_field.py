@@ -8,7 +8,7 @@ import math
 import torch
 
 from attncraft.mesh.fourier import FourierFeatures
-from attncraft.mesh.style_field import (StyledMeshModel, Text2MeshField, XMeshField, build_style_field, field_input,
+from attncraft.mesh.style_field import (StyledMeshModel, Text2MeshField, build_style_field, field_input,
                                         renormalize)
 from attncraft.mesh.tdam import TDAM
 

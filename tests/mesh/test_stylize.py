@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from attncraft.mesh.camera import make_cameras
 from attncraft.mesh.renderer import TorchRenderer
