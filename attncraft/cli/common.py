@@ -29,6 +29,7 @@ def quiet_libraries() -> None:
         from transformers.utils import logging as tlog
 
         tlog.set_verbosity_error()
+        tlog.disable_progress_bar()  # "Loading weights" bars
         from diffusers.utils import logging as dlog
 
         dlog.set_verbosity_error()

@@ -1,0 +1,72 @@
+"""``python -m attncraft.shapes.training {clip,vae,unet,evaluate} ...`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.time()  # the wall-clock budget counts from here, imports included
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
+                                description="Train / evaluate the Shapes models.")
+    p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate"])
+    p.add_argument("--config", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
+    p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (default: the time budget)")
+    p.add_argument("--workers", type=int, default=None, help="scene-generation processes (default: config)")
+    p.add_argument("--clip", dest="clip_dir", default=None,
+                   help="shapes CLIP folder (default assets/models/shapes-clip)")
+    p.add_argument("--vae", dest="vae_dir", default=None, help="VAE folder (default assets/models/shapes-vae)")
+    p.add_argument("--sd", dest="sd_dir", default=None, help="shapes SD folder (default assets/models/shapes-sd)")
+    p.add_argument("--what", choices=["clip", "sd", "all"], default="all", help="evaluate: which model(s)")
+    p.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (off by default)")
+    return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ns = parse(argv)
+    from attncraft.shapes.training import common
+
+    common.PROCESS_T0 = _T0 if argv is None else time.time()
+    args = common.RunArgs(
+        config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
+        workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
+        compile=ns.compile, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+    )
+    if ns.stage == "clip":
+        from attncraft.shapes.training.clip import train_clip
+
+        train_clip(args)
+    elif ns.stage == "vae":
+        from attncraft.shapes.training.vae import train_vae
+
+        train_vae(args)
+    elif ns.stage == "unet":
+        from attncraft.shapes.training.unet import train_unet
+
+        train_unet(args)
+    else:
+        from attncraft.shapes.training.evaluate import evaluate
+
+        evaluate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

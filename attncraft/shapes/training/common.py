@@ -1,0 +1,229 @@
+"""Shared pieces of the Shapes trainers: run settings, wall-clock budget, LR schedule, EMA, logging."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Wall-clock time at which the process started (set by ``__main__`` before the heavy imports).
+PROCESS_T0: float = time.time()
+
+
+@dataclass
+class RunArgs:
+    """What every stage receives from the command line."""
+
+    config: str = "smoke"  # "smoke" | "full"
+    out: str = "outputs/shapes"
+    minutes: float = 1.0  # wall-clock budget of the whole command, start-up and saving included
+    device: str = "cpu"
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many steps (else only the time budget stops)
+    workers: int | None = None  # scene-generation worker processes (None: the config's value)
+    clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
+    vae_dir: str | None = None  # unet: the trained VAE folder
+    sd_dir: str | None = None  # evaluate: the shapes SD folder
+    what: str = "all"  # evaluate: clip | sd | all
+    compile: bool = False
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+class Budget:
+    """The command's wall-clock budget: training stops ``reserve_s`` before the end, to save."""
+
+    def __init__(self, minutes: float, reserve_s: float, t0: float | None = None):
+        self.t0 = PROCESS_T0 if t0 is None else t0
+        self.end = self.t0 + 60.0 * minutes
+        self.reserve_s = reserve_s
+        self.train_t0 = time.time()
+
+    def start_training(self) -> None:
+        self.train_t0 = time.time()
+
+    @property
+    def train_deadline(self) -> float:
+        return self.end - self.reserve_s
+
+    def train_fraction(self) -> float:
+        """Fraction of the training window elapsed (0..1)."""
+        span = max(1e-6, self.train_deadline - self.train_t0)
+        return min(1.0, max(0.0, (time.time() - self.train_t0) / span))
+
+    def time_up(self) -> bool:
+        return time.time() >= self.train_deadline
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def lr_at(step: int, frac: float, peak: float, warmup: int, final_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``peak`` to ``final_ratio * peak``
+    over the *fraction of the budget* ``frac`` (so the schedule fits any steps/s)."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    cos = final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+    return peak * warm * cos
+
+
+def progress_fraction(step: int, max_steps: int | None, budget: Budget) -> float:
+    f = budget.train_fraction()
+    if max_steps:
+        f = max(f, step / max_steps)
+    return min(1.0, f)
+
+
+class PowerEMA:
+    """Power-function EMA (Karras et al. 2024, EDM2): ``beta_t = (1 - 1/t)^(gamma + 1)``.
+
+    Its averaging window is a fixed *fraction* of training so far (``gamma=6.94`` -> sigma_rel 0.10),
+    which suits a wall-clock budget whose number of steps is unknown in advance.
+    """
+
+    def __init__(self, model: torch.nn.Module, gamma: float = 6.94):
+        self.gamma = gamma
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.t += 1
+        beta = (1.0 - 1.0 / self.t) ** (self.gamma + 1.0) if self.t > 1 else 0.0
+        src = [p.detach().float() if p.dtype != torch.float32 else p.detach() for p in self.params]
+        torch._foreach_lerp_(self.shadow, src, 1.0 - beta)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
+        for p, s in zip(params, self.shadow):
+            p.copy_(s.to(p.dtype))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def adamw(params, lr: float, weight_decay: float, device: torch.device, betas=(0.9, 0.99)):
+    kw: dict[str, Any] = {}
+    if device.type == "cuda":
+        kw["fused"] = True
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=1e-8, **kw)
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+        info["torch_threads"] = torch.get_num_threads()
+    try:
+        import diffusers
+        import transformers
+
+        info["diffusers"] = diffusers.__version__
+        info["transformers"] = transformers.__version__
+    except Exception:  # pragma: no cover
+        pass
+    return info
+
+
+class LossLog:
+    """Per-step losses kept on the device (no sync per step), printed every ``every_s`` seconds."""
+
+    def __init__(self, name: str, every_s: float = 15.0, quiet: bool = False):
+        self.name = name
+        self.every_s = every_s
+        self.quiet = quiet
+        self.pending: list[torch.Tensor] = []
+        self.history: list[float] = []
+        self.last_print = time.time()
+        self.last_step = 0
+        self.t_start = time.time()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach().float())
+
+    def flush(self) -> None:
+        if self.pending:
+            self.history.extend(torch.stack(self.pending).cpu().tolist())
+            self.pending = []
+
+    def maybe_print(self, step: int, lr: float, budget: Budget, extra: str = "", force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_print < self.every_s:
+            return
+        self.flush()
+        n = step - self.last_step
+        rate = n / max(1e-9, now - self.last_print)
+        recent = self.history[-max(1, n):] if n else self.history[-1:]
+        mean = sum(recent) / max(1, len(recent))
+        if not self.quiet:
+            print(
+                f"[{self.name}] step {step:6d}  loss {mean:.5f}  {rate:6.1f} steps/s  lr {lr:.2e}  "
+                f"t {budget.elapsed():6.1f}s {extra}",
+                flush=True,
+            )
+        self.last_print, self.last_step = now, step
+
+
+def write_training_log(out: Path, stage: str, args: RunArgs, info: dict[str, Any]) -> dict[str, Any]:
+    log = {
+        "stage": stage,
+        "config": args.config,
+        "seed": args.seed,
+        "budget_minutes": args.minutes,
+        "command": " ".join(["python", "-m", "attncraft.shapes.training", *args.argv[1:]]),
+        "argv": args.argv,
+        "run_args": {k: v for k, v in asdict(args).items() if k != "argv"},
+        "hardware": hardware(torch.device(args.device)),
+        **info,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    return log
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def summarize_losses(history: list[float], k: int = 20) -> dict[str, float]:
+    if not history:
+        return {}
+    k = max(1, min(k, len(history) // 2 or 1))
+    return {
+        "first_loss_mean": sum(history[:k]) / k,
+        "final_loss_mean": sum(history[-k:]) / k,
+        "final_loss": history[-1],
+    }

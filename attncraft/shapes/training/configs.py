@@ -1,0 +1,128 @@
+"""Training configurations: ``full`` (one H200, minutes) and ``smoke`` (CPU, seconds, used by tests).
+
+The full configurations use the shipped architectures of :mod:`attncraft.shapes.models`; the smoke
+ones shrink the widths (same classes, same code paths) so that each stage runs in a few seconds on
+two CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ClipTrain:
+    batch: int = 1024
+    lr: float = 1e-3
+    warmup: int = 300
+    final_lr_ratio: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    pool: int = 131072
+    chunk: int = 1024
+    refresh_every: int = 4
+    workers: int = 6
+    caption_omits: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
+    reserve_s: float = 15.0  # kept at the end of the budget for saving
+    pool_fill_limit_s: float = 40.0
+    # architecture overrides (None: the shipped architecture)
+    text_overrides: dict[str, Any] | None = None
+    vision_overrides: dict[str, Any] | None = None
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
+class VaeTrain:
+    batch: int = 256
+    lr: float = 1e-3
+    warmup: int = 200
+    final_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    reserve_s: float = 25.0
+    kl_weight: float = 1e-5  # on the per-element mean KL, against per-pixel mean L1 + MSE
+    object_weight: float = 4.0  # object pixels weigh 1 + object_weight
+    reader_scenes: int = 256  # held-out scenes whose reconstructions the reader checks at the end
+    pool: int = 65536
+    chunk: int = 1024
+    refresh_every: int = 8
+    workers: int = 4
+    pool_fill_limit_s: float = 30.0
+    scale_samples: int = 4096
+    overrides: dict[str, Any] | None = None
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
+class UnetTrain:
+    batch: int = 512
+    lr: float = 5e-4
+    warmup: int = 500
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_gamma: float = 6.94
+    pool: int = 262144
+    chunk: int = 1024
+    refresh_every: int = 16
+    workers: int = 10
+    caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
+    reserve_s: float = 20.0
+    pool_fill_limit_s: float = 45.0
+    probe_examples: int = 2048
+    overrides: dict[str, Any] | None = None
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
+class EvalConfig:
+    clip_scenes: int = 1000  # held-out single-object scenes for zero-shot CLIP
+    sd_one: int = 500  # one-object prompts
+    sd_two: int = 500  # two-object prompts
+    sweep_prompts: int = 128  # prompts per (scheduler, guidance) in the default-sampler sweep
+    sweep_schedulers: tuple[str, ...] = ("DPMSolverMultistepScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
+    sweep_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
+    steps: int = 25
+    gen_batch: int = 256
+    score_workers: int = 12
+    save_grid: bool = True
+
+
+SMOKE_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32)
+SMOKE_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32)
+SMOKE_VAE = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
+SMOKE_UNET = dict(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=(1, 1), norm_num_groups=4)
+
+
+@dataclass
+class StageConfigs:
+    clip: ClipTrain = field(default_factory=ClipTrain)
+    vae: VaeTrain = field(default_factory=VaeTrain)
+    unet: UnetTrain = field(default_factory=UnetTrain)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def get_configs(name: str) -> StageConfigs:
+    if name == "full":
+        return StageConfigs()
+    if name == "smoke":
+        return StageConfigs(
+            clip=ClipTrain(batch=32, lr=3e-3, warmup=5, pool=512, chunk=128, refresh_every=8, workers=0,
+                           reserve_s=0.0, text_overrides=dict(SMOKE_TEXT), vision_overrides=dict(SMOKE_VISION),
+                           max_steps=40, log_every_s=1e9, weight_decay=0.0),
+            vae=VaeTrain(batch=4, lr=3e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
+                         scale_samples=64, overrides=dict(SMOKE_VAE), max_steps=30, log_every_s=1e9, reader_scenes=8),
+            unet=UnetTrain(batch=8, lr=2e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
+                           probe_examples=32,
+                           overrides=dict(SMOKE_UNET), max_steps=30, log_every_s=1e9),
+            eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2,
+                            sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
+                            steps=2, gen_batch=8, score_workers=0, save_grid=False),
+        )
+    raise ValueError(f"unknown config {name!r} (smoke or full)")

@@ -1,0 +1,334 @@
+"""Stage ``evaluate``: the ground-truth metrics of the Shapes models (the model card's numbers).
+
+Everything is measured by the reader (:mod:`attncraft.shapes.scoring`), never by a learned model, on
+held-out seeds (training draws scenes from seeds >= 10,000,000; evaluation from seeds 0..3):
+
+* **shapes CLIP, zero-shot** (seed 0): ``clip_scenes`` single-object scenes (any size, pattern and
+  background) against the 8 x 6 x 9 = 432 prompts ``"a {colour} {shape} {position phrase}"``; the
+  prediction for an attribute is the argmax of the logits marginalised (logsumexp) over the other two
+  attributes. Accuracy per attribute (targets >= 95 %) and of the joint argmax.
+* **shapes SD**:
+  1. a *sampler sweep* on a separate prompt set (seed 3): each scheduler x guidance scale at
+     ``steps`` steps, scored by the mean of the per-image ``objects`` score; the best becomes the
+     folder's default (``scheduler/`` and the guidance in ``attncraft_defaults.json``);
+  2. the *final* numbers at that default: one-object prompts (seed 1) and two-object prompts (seed 2),
+     full captions (``caption_scene(scene, seed=i)``: size, colour, pattern, shape, position or
+     relation, background). Per attribute; "all attributes of every object correct" per image
+     (``objects == 1`` and any stated relation holds; targets: colour and shape >= 90 % on one
+     object, all correct >= 60 % on two); and the reader's ``exact`` (count and background too);
+  3. ceilings: the same scores of the world's own renders, and of their VAE reconstructions.
+
+Writes ``shapes_eval.json``, ``shapes_eval.md`` and ``sd_samples.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attncraft.shapes.training import common
+from attncraft.shapes.training.configs import EvalConfig, get_configs
+
+CLIP_SEED, SD_ONE_SEED, SD_TWO_SEED, SWEEP_SEED = 0, 1, 2, 3
+IMAGE_ATTRS = ("color", "shape", "size", "position", "pattern", "background", "relation")
+
+
+# ------------------------------------------------------------------------------------------ CLIP
+def zero_shot_prompts() -> tuple[list[str], tuple[int, int, int]]:
+    from attncraft.shapes.captions import POSITION_PP
+    from attncraft.shapes.world import COLORS, POSITIONS, SHAPES
+
+    prompts = [f"a {c} {s} {POSITION_PP[p][0]}" for c in COLORS for s in SHAPES for p in POSITIONS]
+    return prompts, (len(COLORS), len(SHAPES), len(POSITIONS))
+
+
+@torch.no_grad()
+def eval_clip(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+    from attncraft.shapes.models import load_shapes_clip
+    from attncraft.shapes.training.clip import clip_features
+    from attncraft.shapes.training.data import render_uint8, to_unit, tokenize
+    from attncraft.shapes.world import COLORS, POSITIONS, SHAPES, sample_scenes
+
+    t0 = time.time()
+    model = load_shapes_clip(clip_dir, torch_dtype=torch.float32).to(device).eval()
+    scenes = sample_scenes(cfg.clip_scenes, seed=CLIP_SEED, num_objects=1)
+    prompts, dims = zero_shot_prompts()
+    txt = clip_features(model, input_ids=torch.from_numpy(tokenize(prompts)).long().to(device))
+    imgs = []
+    for i in range(0, len(scenes), 500):
+        pix = to_unit(render_uint8(scenes[i:i + 500], device))
+        imgs.append(clip_features(model, pixel_values=pix))
+    img = torch.cat(imgs)
+    scale = model.logit_scale.float().exp()
+    logits = (scale * img @ txt.t()).view(-1, *dims)
+    pred = {
+        "color": torch.logsumexp(logits, dim=(2, 3)).argmax(1),
+        "shape": torch.logsumexp(logits, dim=(1, 3)).argmax(1),
+        "position": torch.logsumexp(logits, dim=(1, 2)).argmax(1),
+    }
+    truth = {
+        "color": torch.tensor([COLORS.index(s.objects[0].color) for s in scenes], device=device),
+        "shape": torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes], device=device),
+        "position": torch.tensor([POSITIONS.index(s.objects[0].position) for s in scenes], device=device),
+    }
+    acc = {k: float((pred[k] == truth[k]).float().mean()) for k in pred}
+    flat = logits.view(len(scenes), -1).argmax(1)
+    joint_truth = (truth["color"] * dims[1] + truth["shape"]) * dims[2] + truth["position"]
+    acc["joint"] = float((flat == joint_truth).float().mean())
+    return {
+        "scenes": len(scenes),
+        "prompts": len(prompts),
+        "protocol": "single-object held-out scenes (seed 0) vs 432 prompts 'a {colour} {shape} {position}'; "
+                    "per-attribute argmax of logsumexp-marginalised logits",
+        "accuracy": acc,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------- SD
+def _score_one(item: tuple[np.ndarray, str]) -> dict[str, float]:
+    from attncraft.shapes.scoring import score_image
+
+    image, prompt = item
+    return score_image(image, prompt)
+
+
+class Scorer:
+    """Scores images with the reader in ``workers`` forked processes (made before CUDA starts)."""
+
+    def __init__(self, workers: int):
+        self.pool = None
+        if workers > 0:
+            try:
+                self.pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
+            except Exception as exc:  # pragma: no cover - depends on the machine
+                print(f"[eval] no scoring processes ({type(exc).__name__}: {exc}); scoring in this process")
+
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> list[dict[str, float]]:
+        items = list(zip(list(images), prompts))
+        if self.pool is None:
+            return [_score_one(it) for it in items]
+        return self.pool.map(_score_one, items, chunksize=max(1, len(items) // (4 * self.pool._processes)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def image_ok(score: dict[str, float]) -> bool:
+    """Every stated attribute of every prompt object right, and any stated relation holds."""
+    return score.get("objects", 0.0) == 1.0 and score.get("relation", 1.0) == 1.0
+
+
+def summarize(scores: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {"n": len(scores)}
+    for k in ("count", *IMAGE_ATTRS, "objects", "exact"):
+        vals = [s[k] for s in scores if k in s]
+        if vals:
+            out[k] = float(np.mean(vals))
+    out["all_correct"] = float(np.mean([image_ok(s) for s in scores])) if scores else 0.0
+    return out
+
+
+def held_out_prompts(n: int, seed: int, num_objects) -> tuple[list, list[str]]:
+    from attncraft.shapes.captions import caption_scene
+    from attncraft.shapes.world import sample_scenes
+
+    scenes = sample_scenes(n, seed=seed, num_objects=num_objects)
+    return scenes, [caption_scene(s, seed=i) for i, s in enumerate(scenes)]
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], steps: int, guidance: float, batch: int, seed: int) -> np.ndarray:
+    out = []
+    device = pipe.unet.device
+    for i in range(0, len(prompts), batch):
+        gen = torch.Generator(device=device).manual_seed(seed + i)
+        res = pipe(prompt=prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance, height=64,
+                   width=64, generator=gen, output_type="np")
+        out.append(np.asarray(res.images, dtype=np.float32))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def vae_roundtrip(vae, scenes, device: torch.device, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    from attncraft.shapes.world import render_scenes
+
+    renders = render_scenes(scenes, size=64, device=device).images
+    recs = []
+    for i in range(0, len(scenes), 256):
+        x = renders[i:i + 256].to(dtype) * 2 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+        recs.append(((rec + 1) / 2).clamp(0, 1))
+    to_np = lambda t: t.permute(0, 2, 3, 1).float().cpu().numpy()  # noqa: E731
+    return to_np(renders), to_np(torch.cat(recs))
+
+
+def save_grid(path: Path, images: np.ndarray, cols: int = 8) -> None:
+    from PIL import Image
+
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    h, w = images.shape[1:3]
+    grid = np.zeros((rows * (h + 2), cols * (w + 2), 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = (np.clip(im, 0, 1) * 255).round()
+    Image.fromarray(grid).save(path)
+
+
+@torch.no_grad()
+def eval_sd(sd_dir: str | Path, cfg: EvalConfig, device: torch.device, scorer: Scorer, out: Path,
+            budget: common.Budget, say=print) -> dict[str, Any]:
+    from attncraft.shapes.models import SD_DEFAULTS_FILE, load_shapes_sd_pipeline, shapes_scheduler
+
+    sd_dir = Path(sd_dir)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = load_shapes_sd_pipeline(sd_dir, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    res: dict[str, Any] = {"steps": cfg.steps}
+
+    # 1. sampler sweep
+    t0 = time.time()
+    _, sweep_prompts = held_out_prompts(cfg.sweep_prompts, SWEEP_SEED, (1, 2))
+    sweep = []
+    for name in cfg.sweep_schedulers:
+        for g in cfg.sweep_guidance:
+            if sweep and time.time() > budget.t0 + 0.45 * (budget.end - budget.t0):
+                say(f"sweep cut short at {name} g={g} (time)")
+                break
+            pipe.scheduler = shapes_scheduler(name)
+            imgs = generate(pipe, sweep_prompts, cfg.steps, g, cfg.gen_batch, seed=SWEEP_SEED)
+            s = summarize(scorer(imgs, sweep_prompts))
+            sweep.append({"scheduler": name, "guidance": g, **s})
+            say(f"sweep {name:30s} g={g:4.1f}: objects {s.get('objects', 0):.3f} all_correct {s['all_correct']:.3f}")
+    best = max(sweep, key=lambda r: (r.get("objects", 0.0), r["all_correct"]))
+    res["sweep"] = {"prompts": len(sweep_prompts), "seed": SWEEP_SEED, "results": sweep,
+                    "seconds": round(time.time() - t0, 1)}
+    default = {"width": 64, "height": 64, "num_inference_steps": cfg.steps, "guidance_scale": best["guidance"]}
+    res["default"] = {"scheduler": best["scheduler"], **default}
+    pipe.scheduler = shapes_scheduler(best["scheduler"])
+    # record the default in the folder (scheduler config + defaults file)
+    pipe.scheduler.save_pretrained(str(sd_dir / "scheduler"))
+    model_index = sd_dir / "model_index.json"
+    mi = json.loads(model_index.read_text())
+    mi["scheduler"] = ["diffusers", best["scheduler"]]
+    model_index.write_text(json.dumps(mi, indent=2) + "\n")
+    (sd_dir / SD_DEFAULTS_FILE).write_text(json.dumps(default, indent=2) + "\n")
+
+    # 2. final numbers at the default; fewer prompts if the sweep shows they would not fit the budget
+    per_image = (time.time() - t0) / max(1, len(sweep) * len(sweep_prompts))
+    left = budget.end - time.time() - 5.0
+    fit = int(left / max(1e-6, 2 * 2.0 * per_image))  # 2 sets; generation + score + 2 (cheaper) ceilings
+    n_one, n_two = min(cfg.sd_one, max(100, fit)), min(cfg.sd_two, max(100, fit))
+    if (n_one, n_two) != (cfg.sd_one, cfg.sd_two):
+        say(f"final sets reduced to {n_one} + {n_two} prompts to fit the time budget")
+    final: dict[str, Any] = {}
+    samples = []
+    for key, n, seed, k in (("one_object", n_one, SD_ONE_SEED, 1), ("two_objects", n_two, SD_TWO_SEED, 2)):
+        t1 = time.time()
+        scenes, prompts = held_out_prompts(n, seed, k)
+        imgs = generate(pipe, prompts, cfg.steps, best["guidance"], cfg.gen_batch, seed=seed * 1000)
+        scores = scorer(imgs, prompts)
+        final[key] = {"seed": seed, **summarize(scores), "seconds": round(time.time() - t1, 1),
+                      "examples": [{"prompt": p, **s} for p, s in list(zip(prompts, scores))[:8]]}
+        samples.append(imgs[:32])
+        # 3. ceilings: the renders themselves and their VAE reconstructions
+        renders, recs = vae_roundtrip(pipe.vae, scenes, device, dtype)
+        final[key]["ceiling_renders"] = summarize(scorer(renders, prompts))
+        final[key]["ceiling_vae"] = summarize(scorer(recs, prompts))
+        say(f"{key}: " + ", ".join(f"{a} {final[key][a]:.3f}" for a in ("color", "shape", "position", "size",
+                                                                         "pattern", "all_correct") if a in final[key]))
+    res.update(final)
+    res["targets"] = {
+        "one_object_color>=0.90": final["one_object"].get("color", 0) >= 0.90,
+        "one_object_shape>=0.90": final["one_object"].get("shape", 0) >= 0.90,
+        "two_objects_all_correct>=0.60": final["two_objects"]["all_correct"] >= 0.60,
+    }
+    if cfg.save_grid:
+        save_grid(out / "sd_samples.png", np.concatenate(samples))
+    return res
+
+
+# ------------------------------------------------------------------------------------- reporting
+def to_markdown(results: dict[str, Any]) -> str:
+    lines = ["# Shapes models: evaluation", ""]
+    if "clip" in results:
+        c = results["clip"]
+        lines += ["## shapes CLIP, zero-shot (target >= 95 % each)", "",
+                  f"{c['scenes']} held-out single-object scenes, {c['prompts']} prompts. {c['protocol']}.", "",
+                  "| colour | shape | position | joint |", "|---|---|---|---|",
+                  "| " + " | ".join(f"{100 * c['accuracy'][k]:.1f} %" for k in ("color", "shape", "position", "joint"))
+                  + " |", ""]
+    if "sd" in results:
+        s = results["sd"]
+        d = s["default"]
+        lines += ["## shapes SD (reader accuracy)", "",
+                  f"Default sampler: {d['scheduler']}, {d['num_inference_steps']} steps, "
+                  f"guidance {d['guidance_scale']}.", "",
+                  "| prompts | n | count | colour | shape | size | position | pattern | background | relation "
+                  "| all attributes of every object | exact |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def row(name, r):
+            cells = [f"{100 * r[k]:.1f} %" if k in r else "-" for k in
+                     ("count", "color", "shape", "size", "position", "pattern", "background", "relation",
+                      "all_correct", "exact")]
+            return f"| {name} | {r.get('n', '')} | " + " | ".join(cells) + " |"
+
+        for key in ("one_object", "two_objects"):
+            r = s[key]
+            lines.append(row(key.replace("_", " "), r))
+            lines.append(row(f"{key.replace('_', ' ')}: world renders (ceiling)", r["ceiling_renders"]))
+            lines.append(row(f"{key.replace('_', ' ')}: VAE reconstructions", r["ceiling_vae"]))
+        lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in s["targets"].items()),
+                  "", "Sampler sweep (objects score = mean fraction of prompt objects fully right):", "",
+                  "| scheduler | guidance | objects | all correct |", "|---|---|---|---|"]
+        for r in s["sweep"]["results"]:
+            lines.append(f"| {r['scheduler']} | {r['guidance']} | {100 * r.get('objects', 0):.1f} % | "
+                         f"{100 * r['all_correct']:.1f} % |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(args: common.RunArgs, cfg: EvalConfig | None = None, quiet: bool = False) -> dict[str, Any]:
+    from attncraft.shapes.models import SHAPES_CLIP_DIR, SHAPES_SD_DIR
+
+    cfg = cfg or get_configs(args.config).eval
+    say = (lambda m: None) if quiet else (lambda m: print(f"[eval] {m}", flush=True))
+    budget = common.Budget(args.minutes, 0.0)
+    scorer = Scorer(cfg.score_workers)  # fork before CUDA is initialised
+    device = common.setup_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"command": " ".join(["python", "-m", "attncraft.shapes.training", *args.argv[1:]]),
+                               "hardware": common.hardware(device)}
+    try:
+        if args.what in ("clip", "all"):
+            clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
+            results["clip"] = eval_clip(clip_dir, cfg, device)
+            results["clip"]["folder"] = str(clip_dir)
+            say("clip zero-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in results["clip"]["accuracy"].items()))
+        if args.what in ("sd", "all"):
+            sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
+            results["sd"] = eval_sd(sd_dir, cfg, device, scorer, out, budget, say)
+            results["sd"]["folder"] = str(sd_dir)
+    finally:
+        scorer.close()
+    results["wall_seconds"] = round(budget.elapsed(), 1)
+    name = "shapes_eval" if args.what == "all" else f"shapes_eval_{args.what}"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(to_markdown(results))
+    say(f"wrote {out / (name + '.json')} in {results['wall_seconds']}s")
+    return results

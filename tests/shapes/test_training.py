@@ -1,0 +1,253 @@
+"""Shapes model training: smoke runs of every stage on CPU, saved folders, architecture and size budget.
+
+The smoke configuration (``--config smoke``) shrinks the widths but keeps the classes and code paths of
+the full one; the full configuration is only built (on the meta device) to check its size budget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from attncraft.shapes.training import common
+
+
+def _first_last(history: list[float], k: int = 8) -> tuple[float, float]:
+    return float(np.mean(history[:k])), float(np.mean(history[-k:]))
+
+
+def _run_args(out: Path, **kw) -> common.RunArgs:
+    return common.RunArgs(config="smoke", out=str(out), minutes=5.0, device="cpu", seed=0,
+                          argv=["python", "smoke"], **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Smoke-train CLIP, VAE and UNet once for the module (the UNet needs the other two)."""
+    from attncraft.shapes.training.clip import train_clip
+    from attncraft.shapes.training.unet import train_unet
+    from attncraft.shapes.training.vae import train_vae
+
+    root = tmp_path_factory.mktemp("shapes_training")
+    clip = train_clip(_run_args(root / "shapes-clip"), quiet=True)
+    vae = train_vae(_run_args(root / "shapes-vae"), quiet=True)
+    unet = train_unet(_run_args(root / "shapes-sd", clip_dir=str(root / "shapes-clip"),
+                                vae_dir=str(root / "shapes-vae")), quiet=True)
+    return root, {"clip": clip, "vae": vae, "unet": unet}
+
+
+def _safetensors_dtypes(folder: Path) -> set[str]:
+    dtypes = set()
+    for path in folder.rglob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                dtypes.add(str(f.get_slice(key).get_dtype()))
+    return dtypes
+
+
+# -------------------------------------------------------------------------------- smoke training
+@pytest.mark.parametrize("stage,ratio", [("clip", 0.97), ("vae", 0.85), ("unet", 0.95)])
+def test_smoke_training_decreases_loss(trained, stage, ratio):
+    _, info = trained
+    history = info[stage]["loss_history"]
+    assert len(history) == info[stage]["steps"] > 10
+    assert all(np.isfinite(history))
+    first, last = _first_last(history)
+    assert last < ratio * first, f"{stage}: loss {first:.4f} -> {last:.4f}"
+
+
+def test_training_logs_written(trained):
+    root, _ = trained
+    for name in ("shapes-clip", "shapes-vae", "shapes-sd"):
+        log = json.loads((root / name / "training_log.json").read_text())
+        for key in ("steps", "wall_seconds", "hardware", "final_loss", "command", "steps_per_second"):
+            assert key in log, (name, key)
+        assert log["config"] == "smoke" and log["steps"] > 0
+
+
+def test_clip_folder_loads_fp16(trained):
+    from transformers import CLIPModel
+
+    root, _ = trained
+    folder = root / "shapes-clip"
+    assert _safetensors_dtypes(folder) == {"F16"}
+    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    assert model.config.text_config.vocab_size == 49408
+    assert model.config.text_config.eos_token_id == 49407
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    assert pre["image_mean"] == [0.5, 0.5, 0.5] and pre["crop_size"] == {"height": 64, "width": 64}
+
+
+def test_vae_scaling_factor_measured(trained):
+    from diffusers import AutoencoderKL
+
+    root, info = trained
+    vae = AutoencoderKL.from_pretrained(str(root / "shapes-vae"), local_files_only=True)
+    assert vae.config.scaling_factor == pytest.approx(info["vae"]["scaling_factor"])
+    assert vae.config.scaling_factor != 1.0
+    assert _safetensors_dtypes(root / "shapes-vae") == {"F16"}
+
+
+def test_sd_folder_loads_offline_and_generates(trained):
+    from diffusers import StableDiffusionPipeline
+
+    from attncraft.tokenizer import load_clip_tokenizer
+
+    root, _ = trained
+    folder = root / "shapes-sd"
+    assert not (folder / "tokenizer" / "tokenizer.json").exists()
+    assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
+    assert _safetensors_dtypes(folder) == {"F16"}
+    with safe_open(str(folder / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())  # SD 1.x key names
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch.float32)
+    assert pipe.tokenizer.model_max_length == 77
+    text = "a big striped red circle on the left and a blue heart"
+    assert pipe.tokenizer(text).input_ids == load_clip_tokenizer()(text).input_ids
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+    defaults = json.loads((folder / "attncraft_defaults.json").read_text())
+    assert defaults["width"] == 64 and defaults["num_inference_steps"] > 0
+
+
+def test_sd_text_encoder_is_the_clip_text_tower(trained):
+    from transformers import CLIPModel, CLIPTextModel
+
+    root, _ = trained
+    clip = CLIPModel.from_pretrained(str(root / "shapes-clip"), local_files_only=True, dtype=torch.float32)
+    enc = CLIPTextModel.from_pretrained(str(root / "shapes-sd" / "text_encoder"), local_files_only=True,
+                                        dtype=torch.float32)
+    ids = torch.tensor([[49406, 320, 736, 7117, 49407] + [49407] * 72])
+    a = clip.text_model(input_ids=ids).last_hidden_state
+    b = enc(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(a, b)
+
+
+def test_unet_probe_recorded(trained):
+    _, info = trained
+    probe = info["unet"]["heldout_v_loss"]
+    assert set(probe) == {"true", "shuffled", "empty"} and all(np.isfinite(list(probe.values())))
+
+
+def test_cli_evaluate_clip(trained, tmp_path):
+    from attncraft.shapes.training.__main__ import main
+
+    root, _ = trained
+    assert main(["evaluate", "--what", "clip", "--config", "smoke", "--clip", str(root / "shapes-clip"),
+                 "--out", str(tmp_path), "--device", "cpu"]) == 0
+    res = json.loads((tmp_path / "shapes_eval_clip.json").read_text())
+    assert set(res["clip"]["accuracy"]) == {"color", "shape", "position", "joint"}
+    assert "shapes CLIP" in (tmp_path / "shapes_eval_clip.md").read_text()
+
+
+# ------------------------------------------------------------------------ architecture and budget
+def test_full_size_budget_under_60_mb():
+    from attncraft.shapes.models import SIZE_BUDGET_BYTES, shapes_size_budget
+
+    budget = shapes_size_budget()
+    assert budget["total"]["fp16_bytes"] < SIZE_BUDGET_BYTES
+    assert 3e6 < budget["shapes-sd/unet"]["params"] < 12e6
+    assert 1e6 < budget["shapes-sd/vae"]["params"] < 2e6
+    assert budget["shapes-sd/text_encoder"]["params"] == budget["shapes-clip (text tower)"]["params"]
+
+
+def test_full_configs_match_the_world_and_tokenizer():
+    from attncraft.shapes.models import shapes_clip_config, shapes_unet_config, shapes_vae_config
+
+    cfg = shapes_clip_config()
+    t, v = cfg.text_config, cfg.vision_config
+    assert (t.vocab_size, t.bos_token_id, t.eos_token_id, t.pad_token_id) == (49408, 49406, 49407, 49407)
+    assert t.hidden_size == 128 and v.image_size == 64 and v.patch_size == 8
+    assert shapes_unet_config()["cross_attention_dim"] == t.hidden_size
+    vae = shapes_vae_config()
+    assert len(vae["block_out_channels"]) == 3 and vae["latent_channels"] == 4  # 64 px -> 16x16x4
+
+
+def test_random_stand_in_has_cross_attention_at_16_and_8():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from attncraft.shapes.models import build_random_shapes_sd_pipeline
+
+    pipe = build_random_shapes_sd_pipeline(seed=0)
+    seen: dict[str, int] = {}
+
+    class Recorder(AttnProcessor2_0):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+            if encoder_hidden_states is not None:
+                seen[self.name] = hidden_states.shape[1]
+            return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+    pipe.unet.set_attn_processor({name: Recorder(name) for name in pipe.unet.attn_processors})
+    with torch.no_grad():
+        pipe.unet(torch.randn(1, 4, 16, 16), 10, encoder_hidden_states=torch.randn(1, 77, 128))
+    lengths = sorted(set(seen.values()))
+    assert lengths == [64, 256], seen  # 8x8 and 16x16 query grids
+    assert sum(v == 256 for v in seen.values()) >= 2 and all(k.endswith("attn2.processor") for k in seen)
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+
+
+# ----------------------------------------------------------------------------------- conventions
+def test_training_noise_matches_diffusers_and_sampler_inverts_it():
+    from attncraft.shapes.models import NOISE_SCHEDULE, shapes_scheduler, shapes_training_scheduler
+
+    sched = shapes_training_scheduler()
+    ac = torch.linspace(NOISE_SCHEDULE["beta_start"] ** 0.5, NOISE_SCHEDULE["beta_end"] ** 0.5, 1000,
+                        dtype=torch.float64) ** 2
+    mine = torch.cumprod(1.0 - ac, 0).float()
+    torch.testing.assert_close(mine, sched.alphas_cumprod.float())
+    z, n, t = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16), torch.tensor([0, 500, 999])
+    sa, sb = mine[t].sqrt()[:, None, None, None], (1 - mine[t]).sqrt()[:, None, None, None]
+    torch.testing.assert_close(sched.add_noise(z, n, t), sa * z + sb * n)
+    torch.testing.assert_close(sched.get_velocity(z, n, t), sa * n - sb * z)
+
+    # an oracle v-model (knows x0) must be inverted exactly by every Shapes sampler
+    x0 = torch.randn(1, 4, 16, 16)
+    for name in ("DPMSolverMultistepScheduler", "DDIMScheduler", "EulerDiscreteScheduler"):
+        s = shapes_scheduler(name)
+        s.set_timesteps(25)
+        x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * s.init_noise_sigma
+        for step_t in s.timesteps:
+            xin = s.scale_model_input(x, step_t)
+            a = mine[int(step_t)]
+            eps = (xin - a.sqrt() * x0) / (1 - a).sqrt()
+            v = a.sqrt() * eps - (1 - a).sqrt() * x0
+            x = s.step(v, step_t, x).prev_sample
+        assert (x - x0).abs().max() < 1e-3, name
+
+
+def test_cached_tokenizer_matches_clip_tokenizer():
+    from attncraft.shapes.captions import caption_scene
+    from attncraft.shapes.training.data import CachedTokenizer, tokenize
+    from attncraft.shapes.world import sample_scenes
+
+    scenes = sample_scenes(150, seed=7)
+    texts = [caption_scene(s, seed=i, omit=(0.0, 0.5, 0.9)[i % 3]) for i, s in enumerate(scenes)]
+    texts += ["A  Polka-dot RED circle; it's 12 o'clock", ""]
+    fast = CachedTokenizer()(texts, check=0)
+    assert np.array_equal(fast, tokenize(texts))
+    assert fast.shape == (len(texts), 77) and fast.dtype == np.int32
+
+
+def test_scene_chunks_are_seeded_and_disjoint_from_evaluation():
+    from attncraft.shapes.training.data import TRAIN_SEED_BASE, ChunkStream, SceneChunks
+
+    ds = SceneChunks(8, caption_omits=(0.0, 0.5))
+    a, b = ds.chunk(3), ds.chunk(3)
+    assert [s.to_dict() for s in a.scenes] == [s.to_dict() for s in b.scenes]
+    assert np.array_equal(a.tokens, b.tokens) and a.tokens.shape == (8, 2, 77)
+    assert TRAIN_SEED_BASE >= 10_000_000
+    stream = ChunkStream(ds, workers=0)
+    assert stream.synchronous and [c.index for c in (stream.get(), stream.get())] == [0, 1]
+    stream.close()
