@@ -6,7 +6,8 @@
 # newest, or `TORCH="torch==2.14.1"` for a CUDA build.
 
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# the first interpreter that actually runs and is >= 3.11 (a version-manager shim may exist but fail)
+PYTHON ?= $(shell for p in python3 python3.12 python3.11; do $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 .PHONY: demo test install clean
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "attncraft needs Python >= 3.11 (found " + sys.version.split()[0] + ")"'
+	@test -n "$(PYTHON)" || { echo "error: attncraft needs Python >= 3.11; install it or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python

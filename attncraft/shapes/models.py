@@ -294,6 +294,22 @@ def load_shapes_sd_pipeline(folder: str | Path | None = None, torch_dtype: torch
 
 
 # ---------------------------------------------------------------------------------------- budget
+def load_in_float32_by_default(folder: str | Path) -> None:
+    """Make a transformers model folder saved in fp16 load as fp32 when no dtype is given.
+
+    The weights stay fp16 on disk (size budget). transformers 5 loads a model in the dtype its
+    ``config.json`` records unless told otherwise, while diffusers loads its models in fp32: a plain
+    ``StableDiffusionPipeline.from_pretrained(folder)`` would then mix an fp16 text encoder with an
+    fp32 UNet and fail on CPU. Recording float32 gives every component the same default.
+    """
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = "float32"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

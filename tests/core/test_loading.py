@@ -63,6 +63,8 @@ def test_sdxl_folder_is_detected(tmp_path):
 def test_embedded_default_loads():
     loaded = load_text_to_image("shapes", device="cpu")
     assert loaded.reference == "shapes" and loaded.family == "sd"
+    assert loaded.label == "shapes (embedded)" and not loaded.is_stand_in  # the trained model ships
+    assert loaded.defaults["width"] == 64 and loaded.defaults["num_inference_steps"] == 25
 
 
 @pytest.mark.parametrize(

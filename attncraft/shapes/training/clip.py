@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attncraft.shapes.models import load_in_float32_by_default
 from attncraft.shapes.training import common
 from attncraft.shapes.training.configs import ClipTrain, get_configs
 from attncraft.shapes.training.data import (
@@ -155,6 +156,7 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(str(out))
+    load_in_float32_by_default(out)
     write_preprocessor_config(out)
     info = {
         "model": "shapes-clip",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from attncraft.shapes.models import load_in_float32_by_default
 from attncraft.shapes.training import common
 from attncraft.shapes.training.configs import UnetTrain, get_configs
 from attncraft.shapes.training.data import (
@@ -90,6 +91,7 @@ def save_sd_folder(out: Path, text_encoder, vae, unet, scheduler_name: str | Non
     )
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
+    load_in_float32_by_default(Path(out) / "text_encoder")
     slim_tokenizer_folder(out / "tokenizer")
     legacy_text_encoder_keys(out / "text_encoder")
 
