@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The main job (text-to-image with the embedded Shapes SD), then a short X-Mesh stylization guided by
+# the embedded Shapes CLIP (settings suited to that 64-pixel CLIP: gray background, no geometry loss).
 demo: $(STAMP)
 	$(BIN)/attncraft image "a red circle on the left and a blue square on the right" --count 4 --seed 0 --out $(DEMO_OUT)
+	$(BIN)/attncraft mesh stylize "a red circle" --iterations 30 --resolution 64 --views 3 --lr 0.01 \
+		--background gray --no-geoloss --turntable gif --frames 24 --out $(DEMO_OUT)/mesh
 	@echo "demo outputs are in $(DEMO_OUT)/"
 
 test: $(STAMP)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import typer
 
+from attncraft.errors import InputError
+
 from attncraft.cli.common import DeviceOption, DtypeOption, console, quiet_libraries
 
 app = typer.Typer(help="Text-driven mesh stylisation (X-Mesh) and its MIT-30 benchmark.", no_args_is_help=True)
@@ -45,6 +47,22 @@ def _echo(message: str) -> None:
     console.print(message, markup=False, highlight=False)
 
 
+_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5), "black": (0.0, 0.0, 0.0)}
+
+
+def _background(text: str) -> tuple[float, float, float]:
+    """``white``/``gray``/``black`` or ``R,G,B`` in [0, 1]."""
+    if text.lower() in _BACKGROUNDS:
+        return _BACKGROUNDS[text.lower()]
+    try:
+        rgb = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0.0 <= v <= 1.0 for v in rgb):
+        raise InputError(f"--background {text!r} is not a colour", "pass white, gray, black or R,G,B with values in 0-1")
+    return rgb  # type: ignore[return-value]
+
+
 @app.command("stylize")
 def stylize(
     mesh: str = typer.Argument(None, help="Mesh file (.obj/.ply/.glb/.gltf/.off/.stl) or 'default' (procedural torus)."),
@@ -58,6 +76,7 @@ def stylize(
     field: str = typer.Option("xmesh", "--field", help="Style field: xmesh (TDAM + LayerNorm) or text2mesh."),
     renderer: str = typer.Option("auto", "--renderer", help="auto/torch (built-in) or kaolin (if a real kaolin is installed)."),
     geoloss: bool = typer.Option(True, "--geoloss/--no-geoloss", help="Add the geometry-only (grey) render loss."),
+    background: str = typer.Option("white", "--background", help="Render background: white, gray, black or R,G,B in 0-1."),
     refine: str = typer.Option(None, "--refine", help="Refine coarse meshes first: split, subdivide or isotropic (pymeshlab)."),
     target_edge: float = typer.Option(None, "--target-edge", help="Target edge length for --refine split/isotropic (unit sphere)."),
     max_vertices: int = typer.Option(None, "--max-vertices", help="Largest mesh accepted (default: 200k on CPU, 2M on CUDA)."),
@@ -92,7 +111,7 @@ def stylize(
     result = stylize_mesh(mesh_ref, prompt_text, clip=clip, device=device, dtype=dtype, renderer=renderer,
                           max_vertices=max_vertices, refine=refine, target_edge=target_edge, log=_echo,
                           iterations=iterations, views=views, resolution=resolution, learning_rate=lr, seed=seed,
-                          field=field, geoloss=geoloss)
+                          field=field, geoloss=geoloss, background=_background(background))
     _echo(f"final CLIP score {result.final_score:.4f} after {iterations} iterations ({result.seconds:.1f} s)")
     dev = result.settings["device"]
     paths = result.save(out_dir, name or stem, formats=fmt_list, turntable=None if turntable_kind == "none" else turntable_kind,

@@ -96,3 +96,11 @@ def test_bench_command_reports_skips_and_resumes(tmp_path, capsys):
     assert "1 computed, 0 reused, 1 meshes skipped" in first.err and "| ball | 1 |" in first.out
     main(argv)
     assert "0 computed, 1 reused" in capsys.readouterr().err
+
+
+def test_background_option(capsys):
+    from attncraft.cli.mesh import _background
+
+    assert _background("gray") == (0.5, 0.5, 0.5) and _background("0.1,0.2,0.3") == (0.1, 0.2, 0.3)
+    code, _, err = run_main(["mesh", "stylize", "default", "x", "--background", "pink"], capsys)
+    assert code == 2 and err.strip().startswith("error: --background 'pink' is not a colour")
