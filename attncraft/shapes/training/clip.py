@@ -92,13 +92,7 @@ def _param_groups(model, weight_decay: float):
 
 def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool = False) -> dict[str, Any]:
     cfg = cfg or get_configs(args.config).clip
-    out = Path(args.out)
-    device = common.setup_device(args.device)
-    budget = common.Budget(args.minutes, cfg.reserve_s)
-    common.seed_everything(args.seed)
-    max_steps = args.max_steps if args.max_steps is not None else cfg.max_steps
-    workers = cfg.workers if args.workers is None else args.workers
-    say = (lambda m: None) if quiet else (lambda m: print(f"[clip] {m}", flush=True))
+    out, device, budget, max_steps, workers, say = common.start_stage("clip", args, cfg, quiet).unpack()
 
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits), workers=workers)
     model = build_clip_model(cfg, args.seed).to(device).train()

@@ -122,6 +122,32 @@ def setup_device(device: str) -> torch.device:
     return dev
 
 
+@dataclass
+class Stage:
+    """What every trainer sets up first: output folder, device, time budget, step cap, workers, logger."""
+
+    out: Path
+    device: torch.device
+    budget: Budget
+    max_steps: int | None
+    workers: int
+    say: Any
+
+    def unpack(self) -> tuple[Path, torch.device, Budget, int | None, int, Any]:
+        return self.out, self.device, self.budget, self.max_steps, self.workers, self.say
+
+
+def start_stage(name: str, args: RunArgs, cfg: Any, quiet: bool = False) -> Stage:
+    """Seed, pick the device, start the wall-clock budget, and resolve per-run overrides of ``cfg``."""
+    device = setup_device(args.device)
+    budget = Budget(args.minutes, cfg.reserve_s)
+    seed_everything(args.seed)
+    max_steps = args.max_steps if args.max_steps is not None else cfg.max_steps
+    workers = cfg.workers if args.workers is None else args.workers
+    say = (lambda m: None) if quiet else (lambda m: print(f"[{name}] {m}", flush=True))
+    return Stage(Path(args.out), device, budget, max_steps, workers, say)
+
+
 def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -184,13 +184,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     from attncraft.shapes.models import NOISE_SCHEDULE, SD_DEFAULTS_FILE, SHAPES_CLIP_DIR, shapes_sd_defaults
 
     cfg = cfg or get_configs(args.config).unet
-    out = Path(args.out)
-    device = common.setup_device(args.device)
-    budget = common.Budget(args.minutes, cfg.reserve_s)
-    common.seed_everything(args.seed)
-    max_steps = args.max_steps if args.max_steps is not None else cfg.max_steps
-    workers = cfg.workers if args.workers is None else args.workers
-    say = (lambda m: None) if quiet else (lambda m: print(f"[unet] {m}", flush=True))
+    out, device, budget, max_steps, workers, say = common.start_stage("unet", args, cfg, quiet).unpack()
     clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
 

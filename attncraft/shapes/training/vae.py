@@ -21,7 +21,6 @@ scenes (``training_log.json``: ``latent_stats.reader_on_reconstructions``): the 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,13 +137,7 @@ def reader_check(vae, n: int, device: torch.device) -> dict[str, float]:
 
 def train_vae(args: common.RunArgs, cfg: VaeTrain | None = None, quiet: bool = False) -> dict[str, Any]:
     cfg = cfg or get_configs(args.config).vae
-    out = Path(args.out)
-    device = common.setup_device(args.device)
-    budget = common.Budget(args.minutes, cfg.reserve_s)
-    common.seed_everything(args.seed)
-    max_steps = args.max_steps if args.max_steps is not None else cfg.max_steps
-    workers = cfg.workers if args.workers is None else args.workers
-    say = (lambda m: None) if quiet else (lambda m: print(f"[vae] {m}", flush=True))
+    out, device, budget, max_steps, workers, say = common.start_stage("vae", args, cfg, quiet).unpack()
 
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=()), workers=workers)
     vae = build_vae(cfg, args.seed).to(device).train()
