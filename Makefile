@@ -31,7 +31,7 @@ install: $(STAMP)
 # the embedded Shapes CLIP (settings suited to that 64-pixel CLIP: gray background, no geometry loss).
 demo: $(STAMP)
 	$(BIN)/attncraft image "a red circle on the left and a blue square on the right" --count 4 --seed 0 --out $(DEMO_OUT)
-	$(BIN)/attncraft mesh stylize "a red circle" --iterations 30 --resolution 64 --views 3 --lr 0.01 \
+	$(BIN)/attncraft mesh stylize "a red circle on a gray background" --iterations 60 --resolution 64 --views 3 --lr 0.002 \
 		--background gray --no-geoloss --turntable gif --frames 24 --out $(DEMO_OUT)/mesh
 	@echo "demo outputs are in $(DEMO_OUT)/"
 
