@@ -60,7 +60,7 @@ def test_shapes_clip_steers_mesh_colour():
 
     means = {}
     for colour in ("red", "blue"):
-        settings = StylizeSettings(iterations=30, views=3, resolution=64, learning_rate=1e-2, width=64, n_normaugs=1,
+        settings = StylizeSettings(iterations=30, views=3, resolution=64, learning_rate=3e-3, width=64, n_normaugs=1,
                                    n_geoaugs=1, background=(0.5, 0.5, 0.5), norm_ratio=0.0)
         result = stylize_mesh("default", f"a {colour} circle on a gray background", settings=settings,
                               device="cpu", progress=False)
