@@ -114,14 +114,10 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     step = 0
     lr = 0.0
     while True:
-        if max_steps is not None and step >= max_steps:
+        next_rate = common.next_lr(step, max_steps, budget, cfg, opt)
+        if next_rate is None:
             break
-        if budget.time_up():
-            break
-        frac = common.progress_fraction(step, max_steps, budget)
-        lr = common.lr_at(step, frac, cfg.lr, cfg.warmup, cfg.final_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = next_rate
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         idx = pool.sample_index(cfg.batch)
         cap = torch.randint(0, n_caps, (cfg.batch,), device=device)
@@ -155,12 +151,7 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     info = {
         "model": "shapes-clip",
         "params": n_params,
-        "steps": step,
-        "batch": cfg.batch,
-        "examples_seen": step * cfg.batch,
-        "train_seconds": round(train_s, 1),
-        "wall_seconds": round(budget.elapsed(), 1),
-        "steps_per_second": round(step / max(train_s, 1e-9), 2),
+        **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
         "logit_scale": float(model.logit_scale.detach().float().exp()),
         "folder_bytes": common.folder_size(out),

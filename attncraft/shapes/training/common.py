@@ -148,6 +148,28 @@ def start_stage(name: str, args: RunArgs, cfg: Any, quiet: bool = False) -> Stag
     return Stage(Path(args.out), device, budget, max_steps, workers, say)
 
 
+def next_lr(step: int, max_steps: int | None, budget: Budget, cfg: Any, optimizer) -> float | None:
+    """The learning rate for ``step`` (set on ``optimizer``), or None when the run must stop."""
+    if (max_steps is not None and step >= max_steps) or budget.time_up():
+        return None
+    lr = lr_at(step, progress_fraction(step, max_steps, budget), cfg.lr, cfg.warmup, cfg.final_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str, Any]:
+    """Steps, examples and speed of a finished run, as recorded in ``training_log.json``."""
+    return {
+        "steps": step,
+        "batch": batch,
+        "examples_seen": step * batch,
+        "train_seconds": round(train_s, 1),
+        "wall_seconds": round(budget.elapsed(), 1),
+        "steps_per_second": round(step / max(train_s, 1e-9), 2),
+    }
+
+
 def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

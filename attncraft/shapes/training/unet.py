@@ -228,12 +228,10 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     budget.start_training()
     step, lr = 0, 0.0
     while True:
-        if (max_steps is not None and step >= max_steps) or budget.time_up():
+        next_rate = common.next_lr(step, max_steps, budget, cfg, opt)
+        if next_rate is None:
             break
-        frac = common.progress_fraction(step, max_steps, budget)
-        lr = common.lr_at(step, frac, cfg.lr, cfg.warmup, cfg.final_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = next_rate
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
         idx = pool.sample_index(B)
@@ -283,12 +281,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "unet_params": n_params,
         "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
         "vae_params": sum(p.numel() for p in vae.parameters()),
-        "steps": step,
-        "batch": cfg.batch,
-        "examples_seen": step * cfg.batch,
-        "train_seconds": round(train_s, 1),
-        "wall_seconds": round(budget.elapsed(), 1),
-        "steps_per_second": round(step / max(train_s, 1e-9), 2),
+        **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
         "prediction_type": "v_prediction",
         "ema": f"power-function, gamma={cfg.ema_gamma}",

@@ -156,12 +156,10 @@ def train_vae(args: common.RunArgs, cfg: VaeTrain | None = None, quiet: bool = F
     budget.start_training()
     step, lr = 0, 0.0
     while True:
-        if (max_steps is not None and step >= max_steps) or budget.time_up():
+        next_rate = common.next_lr(step, max_steps, budget, cfg, opt)
+        if next_rate is None:
             break
-        frac = common.progress_fraction(step, max_steps, budget)
-        lr = common.lr_at(step, frac, cfg.lr, cfg.warmup, cfg.final_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = next_rate
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         idx = pool.sample_index(cfg.batch)
         x = to_unit(pool.data["images"][idx])
@@ -206,12 +204,7 @@ def train_vae(args: common.RunArgs, cfg: VaeTrain | None = None, quiet: bool = F
     info = {
         "model": "shapes-vae",
         "params": n_params,
-        "steps": step,
-        "batch": cfg.batch,
-        "examples_seen": step * cfg.batch,
-        "train_seconds": round(train_s, 1),
-        "wall_seconds": round(budget.elapsed(), 1),
-        "steps_per_second": round(step / max(train_s, 1e-9), 2),
+        **common.run_stats(step, cfg.batch, train_s, budget),
         "scaling_factor": float(round(scaling, 5)),
         "latent_stats": stats,
         "folder_bytes": common.folder_size(out),
