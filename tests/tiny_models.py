@@ -119,3 +119,14 @@ def animatediff_pipeline(seed: int = 0) -> AnimateDiffPipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def quick_settings(loaded, **overrides):
+    """Text-to-image settings for tests: 'a red circle', 2 steps, 32x32, plus ``overrides``."""
+    from attncraft.pipelines import default_settings
+
+    settings = default_settings(loaded, "a red circle")
+    settings.num_inference_steps, settings.width, settings.height = 2, 32, 32
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return settings

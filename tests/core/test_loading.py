@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import tiny_models as tm
 from attncraft.errors import ModelLoadError
 from attncraft.loading import load_text_to_image
-from attncraft.pipelines import default_settings, generate
+from attncraft.pipelines import generate
 from attncraft.schedulers import set_scheduler
 
 
@@ -25,19 +25,11 @@ def sd_folder(tmp_path_factory):
     return folder
 
 
-def _settings(loaded, **kw):
-    s = default_settings(loaded, "a red circle")
-    s.num_inference_steps, s.width, s.height = 2, 32, 32
-    for k, v in kw.items():
-        setattr(s, k, v)
-    return s
-
-
 def test_folder_loads_and_batch_images_reproduce_alone(sd_folder):
     loaded = load_text_to_image(str(sd_folder), device="cpu")
     assert loaded.family == "sd" and loaded.source == "folder"
-    batch = generate(loaded, _settings(loaded, count=2, seed=5)).images
-    alone = generate(loaded, _settings(loaded, count=1, seed=6)).images
+    batch = generate(loaded, tm.quick_settings(loaded, count=2, seed=5)).images
+    alone = generate(loaded, tm.quick_settings(loaded, count=1, seed=6)).images
     assert np.array_equal(np.asarray(batch[1]), np.asarray(alone[0]))
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))
 
@@ -47,7 +39,7 @@ def test_v_prediction_model_keeps_its_prediction_type(tmp_path):
     loaded = load_text_to_image(str(tmp_path), device="cpu")
     set_scheduler(loaded.pipeline, "euler")
     assert loaded.pipeline.scheduler.config.prediction_type == "v_prediction"
-    image = generate(loaded, _settings(loaded)).images[0]
+    image = generate(loaded, tm.quick_settings(loaded)).images[0]
     assert image.size == (32, 32)
 
 
@@ -56,7 +48,7 @@ def test_sdxl_folder_is_detected(tmp_path):
     loaded = load_text_to_image(str(tmp_path), device="cpu")
     assert loaded.family == "sdxl"
     assert type(loaded.pipeline).__name__ == "StableDiffusionXLPipeline"
-    images = generate(loaded, _settings(loaded)).images
+    images = generate(loaded, tm.quick_settings(loaded)).images
     assert images[0].size == (32, 32)
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import tiny_models as tm
 from attncraft.cli.app import main
 from attncraft.loading import load_text_to_image
-from attncraft.pipelines import default_settings, generate
+from attncraft.pipelines import generate
 from ldm_format import diffusers_sd_to_ldm_state_dict
 
 
@@ -36,14 +36,6 @@ def checkpoint(tmp_path_factory):
     return pipe, folder, path
 
 
-def _settings(loaded, **kw):
-    s = default_settings(loaded, "a red circle")
-    s.num_inference_steps, s.width, s.height = 2, 32, 32
-    for k, v in kw.items():
-        setattr(s, k, v)
-    return s
-
-
 def test_single_file_loads_exactly_and_generates_the_same_images(checkpoint):
     original, folder, path = checkpoint
     loaded = load_text_to_image(str(path), device="cpu", config=str(folder))
@@ -56,8 +48,8 @@ def test_single_file_loads_exactly_and_generates_the_same_images(checkpoint):
         differing = [k for k in want if not torch.equal(want[k], got[k])]
         assert not differing, f"{name}: {differing[:5]}"
     reference = dataclasses.replace(loaded, pipeline=original.to(device="cpu", dtype=loaded.pipeline.dtype))
-    from_file = generate(loaded, _settings(loaded, seed=4)).images[0]
-    from_original = generate(reference, _settings(reference, seed=4)).images[0]
+    from_file = generate(loaded, tm.quick_settings(loaded, seed=4)).images[0]
+    from_original = generate(reference, tm.quick_settings(reference, seed=4)).images[0]
     assert from_file.size == (32, 32)
     assert np.array_equal(np.asarray(from_file), np.asarray(from_original))
 
