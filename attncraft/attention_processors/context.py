@@ -28,7 +28,8 @@ class AttentionContext:
 
     step_index: int = -1
     """Index of the current denoising step (0-based; -1 before the first UNet call of a run)."""
-    timestep: float | None = None
+    timestep_tensor: Any = None
+    """The UNet's timestep argument of the current call, unread (reading a device tensor syncs)."""
     num_inference_steps: int | None = None
     """Set by pipelines that know it; ``None`` otherwise."""
     latent_hw: tuple[int, int] | None = None
@@ -44,6 +45,20 @@ class AttentionContext:
     extras: dict[str, Any] = field(default_factory=dict)
     """Free-form per-run state for techniques (cleared at each run start)."""
     _pipeline_ref: Any = None
+
+    _timestep_value: float | None = None
+
+    @property
+    def timestep(self) -> float | None:
+        """The current timestep as a float, read from the device only when someone asks."""
+        if self._timestep_value is None and self.timestep_tensor is not None:
+            t = self.timestep_tensor
+            self._timestep_value = float(t.reshape(-1)[0].item()) if isinstance(t, torch.Tensor) else float(t)
+        return self._timestep_value
+
+    def set_timestep(self, timestep: Any, value: float | None = None) -> None:
+        self.timestep_tensor = timestep
+        self._timestep_value = value
 
     def attach_pipeline(self, pipeline: Any) -> None:
         """Let the context ask ``pipeline.do_classifier_free_guidance`` when ``cfg_batched`` is None."""
@@ -63,7 +78,7 @@ class AttentionContext:
     def start_run(self) -> None:
         self.run_index += 1
         self.step_index = -1
-        self.timestep = None
+        self.set_timestep(None)
         self.unet_calls = 0
         self.extras.clear()
 

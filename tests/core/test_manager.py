@@ -211,3 +211,26 @@ def test_xformers_backend_matches_sdpa_on_cuda():
         get_manager(unet, backend="xformers").install_core()
         out = unet(sample, 10, encoder_hidden_states=ehs).sample
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_sync_free_step_tracking_matches_value_tracking():
+    """The position-in-schedule path (used for device timesteps) gives the same steps and runs."""
+    pipe = tm.sd_pipeline()
+    seen = {}
+    for mode in ("values", "positions"):
+        rec = Recorder(CROSS_ATTENTION)
+        with apply_techniques(pipe, rec) as manager:
+            first_run = manager.context.run_index + 1
+            if mode == "positions":
+                manager.tracker.read_values_on = frozenset()  # treat CPU like a device: no value reads
+            for steps in (3, 2):
+                pipe("x", num_inference_steps=steps, guidance_scale=1.0, height=64, width=64,
+                     generator=torch.Generator().manual_seed(0), output_type="latent")
+            seen[mode] = ([c[1] for c in rec.calls], [c[2] for c in rec.calls], manager.context.run_index - first_run)
+            if mode == "positions":
+                assert manager.tracker._last_position is not None  # the position path was taken
+    assert seen["values"] == seen["positions"]
+    steps = seen["positions"][0]
+    per_step = steps.count(0) // 2
+    assert steps == [0] * per_step + [1] * per_step + [2] * per_step + [0] * per_step + [1] * per_step
+    assert seen["positions"][2] == 1  # two runs
