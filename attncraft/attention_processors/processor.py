@@ -16,7 +16,9 @@ well-conditioned values and rows sum to one, and probabilities are cast back to 
 uses, not ``attn.scale`` (they coincide for every UNet diffusers builds).
 
 ``edit_output`` hooks run on both paths, so techniques that only add to the output (extra
-cross-attention branches, feature blending) keep the fused kernel.
+cross-attention branches, feature blending) keep the fused kernel. So do layers where every
+map-reading technique is an observer (``edits_maps = False``, e.g. the attention store): the output
+comes from the fused kernel and the maps are computed beside it.
 
 One processor instance serves exactly one layer (it knows its :class:`~.layers.LayerInfo`); all
 processors of a model share one :class:`~.context.AttentionContext`.
@@ -47,12 +49,15 @@ class AttncraftAttnProcessor:
         self.backend = backend
         self.techniques: list[AttentionTechnique] = []
         self._needs_maps = False
+        self._maps_edited = False
 
     # -- technique bookkeeping (done by the manager) -------------------------------------------
     def set_techniques(self, techniques: list[AttentionTechnique]) -> None:
         """Install ``techniques`` (already in composition order) on this layer."""
         self.techniques = list(techniques)
-        self._needs_maps = any(t.needs_maps(self.layer) for t in self.techniques)
+        readers = [t for t in self.techniques if t.needs_maps(self.layer)]
+        self._needs_maps = bool(readers)
+        self._maps_edited = any(t.edits_maps for t in readers)
 
     @property
     def needs_maps(self) -> bool:
@@ -129,10 +134,12 @@ class AttncraftAttnProcessor:
                 key=key,
                 value=value,
             )
-            if self._needs_maps:
+            if self._maps_edited:
                 out = self._explicit_attention(call, query, key, value, attention_mask)
             else:
                 out = fused_attention(self.backend, query, key, value, attention_mask)
+                if self._needs_maps:  # observers only: maps on the side, output from the fused kernel
+                    self._run_map_hooks(call, query, key, attention_mask)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
             for technique in self.techniques:
                 out = technique.edit_output(call, out)
@@ -154,6 +161,13 @@ class AttncraftAttnProcessor:
         value: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        probs = self._run_map_hooks(call, query, key, mask)
+        return torch.matmul(probs.to(value.dtype), value)
+
+    def _run_map_hooks(
+        self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Scores -> score hooks -> softmax -> probability hooks; returns the final probabilities."""
         scale = 1.0 / math.sqrt(query.shape[-1])
         scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
         if mask is not None:
@@ -166,7 +180,7 @@ class AttncraftAttnProcessor:
         probs = scores.softmax(dim=-1)
         for technique in self.techniques:
             probs = technique.edit_probs(call, probs)
-        return torch.matmul(probs.to(value.dtype), value)
+        return probs
 
     def __repr__(self) -> str:
         names = ", ".join(t.name for t in self.techniques) or "none"

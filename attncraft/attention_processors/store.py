@@ -30,6 +30,7 @@ StepFilter = Callable[[int], bool]
 class AttentionStore(AttentionTechnique):
     name = "attention-store"
     order = OBSERVE_ORDER
+    edits_maps = False
 
     def __init__(
         self,

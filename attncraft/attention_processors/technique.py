@@ -36,6 +36,10 @@ class AttentionTechnique:
 
     name: str = "technique"
     order: int = EDIT_ORDER
+    edits_maps: bool = True
+    """False for observers, whose score/probability hooks return their input unchanged: on a layer
+    where every map-reading technique only observes, the output comes from the fused kernel and the
+    maps are computed on the side (same output as stock, fewer operations)."""
 
     def __init__(self, selector: LayerSelector | None = None):
         self.selector = selector if selector is not None else self.default_selector()

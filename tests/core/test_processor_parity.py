@@ -13,6 +13,7 @@ import tiny_models as tm
 from attncraft.attention_processors import (
     ALL_LAYERS,
     AttentionStore,
+    AttentionTechnique,
     AttncraftAttnProcessor,
     get_manager,
 )
@@ -49,16 +50,35 @@ def test_core_processor_matches_stock_sdpa(kind):
     assert torch.equal(stock, ours)
 
 
+class IdentityEditor(AttentionTechnique):
+    """Edits nothing but declares that it edits, forcing the explicit softmax path."""
+
+    def edit_probs(self, call, probs):
+        return probs
+
+
 @pytest.mark.parametrize("kind", ["sd", "sdxl", "motion"])
 def test_explicit_path_matches_stock_within_fp32_tolerance(kind):
     unet, inputs = _unet_inputs(kind)
     with torch.no_grad():
         stock = unet(**inputs).sample
+        with get_manager(unet).applied(IdentityEditor(ALL_LAYERS)) as manager:
+            assert all(manager.processor(n)._maps_edited for n in manager.layers)
+            ours = unet(**inputs).sample
+    torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sd", "motion"])
+def test_observer_only_layers_keep_the_stock_output_exactly(kind):
+    unet, inputs = _unet_inputs(kind)
+    with torch.no_grad():
+        stock = unet(**inputs).sample
         store = AttentionStore(selector=ALL_LAYERS, cond_only=False)
-        with get_manager(unet).applied(store):
+        with get_manager(unet).applied(store) as manager:
+            assert not any(manager.processor(n)._maps_edited for n in manager.layers)
             ours = unet(**inputs).sample
     assert len(store.layer_names) == len(unet.attn_processors)
-    torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours, stock)
 
 
 def test_probabilities_equal_independent_softmax():
