@@ -9,7 +9,6 @@ stream of fresh scenes throughout training. Pixels are in [-1, 1] (mean 0.5, std
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +109,8 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     opt = common.adamw(_param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
     log = common.LossLog("clip", every_s=cfg.log_every_s, quiet=quiet)
     labels = torch.arange(cfg.batch, device=device)
-    budget.start_training()
-    step = 0
-    lr = 0.0
-    while True:
-        next_rate = common.next_lr(step, max_steps, budget, cfg, opt)
-        if next_rate is None:
-            break
-        lr = next_rate
+    steps = common.TrainingSteps(budget, max_steps, cfg, opt)
+    for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         idx = pool.sample_index(cfg.batch)
         cap = torch.randint(0, n_caps, (cfg.batch,), device=device)
@@ -135,11 +128,9 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, 4.6052)
         log.add(loss)
-        step += 1
-        log.maybe_print(step, lr, budget)
-    log.maybe_print(step, lr, budget, force=True)
-    log.flush()
-    train_s = time.time() - budget.train_t0
+        log.maybe_print(step + 1, lr, budget)
+    train_s = steps.finish(log)
+    step = steps.done
     stream.close()
 
     # save fp16 safetensors in the standard transformers layout

@@ -148,14 +148,33 @@ def start_stage(name: str, args: RunArgs, cfg: Any, quiet: bool = False) -> Stag
     return Stage(Path(args.out), device, budget, max_steps, workers, say)
 
 
-def next_lr(step: int, max_steps: int | None, budget: Budget, cfg: Any, optimizer) -> float | None:
-    """The learning rate for ``step`` (set on ``optimizer``), or None when the run must stop."""
-    if (max_steps is not None and step >= max_steps) or budget.time_up():
-        return None
-    lr = lr_at(step, progress_fraction(step, max_steps, budget), cfg.lr, cfg.warmup, cfg.final_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+class TrainingSteps:
+    """The training loop's clock: ``for step, lr in steps`` until ``max_steps`` or the budget ends.
+
+    Starts the training timer, sets each step's learning rate on ``optimizer`` (warm-up, then cosine
+    over the steps or the wall-clock window), and counts the finished steps in :attr:`done`.
+    """
+
+    def __init__(self, budget: Budget, max_steps: int | None, cfg: Any, optimizer):
+        self.budget, self.max_steps, self.cfg, self.optimizer = budget, max_steps, cfg, optimizer
+        self.done = 0
+        self.lr = 0.0
+
+    def __iter__(self):
+        self.budget.start_training()
+        while not ((self.max_steps is not None and self.done >= self.max_steps) or self.budget.time_up()):
+            frac = progress_fraction(self.done, self.max_steps, self.budget)
+            self.lr = lr_at(self.done, frac, self.cfg.lr, self.cfg.warmup, self.cfg.final_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+            yield self.done, self.lr
+            self.done += 1
+
+    def finish(self, log: LossLog) -> float:
+        """Print and flush the last losses; return the seconds spent training."""
+        log.maybe_print(self.done, self.lr, self.budget, force=True)
+        log.flush()
+        return time.time() - self.budget.train_t0
 
 
 def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str, Any]:

@@ -23,7 +23,6 @@ Choices, and why (the budget is ~6 minutes on one H200):
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -225,13 +224,8 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     ema = common.PowerEMA(unet, gamma=cfg.ema_gamma)
     model_fn = torch.compile(unet) if args.compile else unet
     log = common.LossLog("unet", every_s=cfg.log_every_s, quiet=quiet)
-    budget.start_training()
-    step, lr = 0, 0.0
-    while True:
-        next_rate = common.next_lr(step, max_steps, budget, cfg, opt)
-        if next_rate is None:
-            break
-        lr = next_rate
+    steps = common.TrainingSteps(budget, max_steps, cfg, opt)
+    for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
         idx = pool.sample_index(B)
@@ -260,11 +254,9 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         opt.step()
         ema.update()
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
-        step += 1
-        log.maybe_print(step, lr, budget)
-    log.maybe_print(step, lr, budget, force=True)
-    log.flush()
-    train_s = time.time() - budget.train_t0
+        log.maybe_print(step + 1, lr, budget)
+    train_s = steps.finish(log)
+    step = steps.done
     stream.close()
 
     unet.eval()

@@ -20,7 +20,6 @@ scenes (``training_log.json``: ``latent_stats.reader_on_reconstructions``): the 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -153,13 +152,8 @@ def train_vae(args: common.RunArgs, cfg: VaeTrain | None = None, quiet: bool = F
     fill_pool(pool, stream, encode, limit_s=cfg.pool_fill_limit_s, log=say)
     opt = common.adamw(vae.parameters(), cfg.lr, cfg.weight_decay, device)
     log = common.LossLog("vae", every_s=cfg.log_every_s, quiet=quiet)
-    budget.start_training()
-    step, lr = 0, 0.0
-    while True:
-        next_rate = common.next_lr(step, max_steps, budget, cfg, opt)
-        if next_rate is None:
-            break
-        lr = next_rate
+    steps = common.TrainingSteps(budget, max_steps, cfg, opt)
+    for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         idx = pool.sample_index(cfg.batch)
         x = to_unit(pool.data["images"][idx])
@@ -175,11 +169,9 @@ def train_vae(args: common.RunArgs, cfg: VaeTrain | None = None, quiet: bool = F
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         log.add(loss)
-        step += 1
-        log.maybe_print(step, lr, budget)
-    log.maybe_print(step, lr, budget, force=True)
-    log.flush()
-    train_s = time.time() - budget.train_t0
+        log.maybe_print(step + 1, lr, budget)
+    train_s = steps.finish(log)
+    step = steps.done
 
     # measure the latent scale on fresh scenes, then save fp16
     vae.eval()
