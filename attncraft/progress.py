@@ -3,10 +3,12 @@
 :func:`progress_bar` wraps an iterable; it renders to stderr and disappears when stderr is not a
 terminal and ``ATTNCRAFT_PROGRESS`` is unset (so logs and tests stay clean), or when ``enabled`` is
 false. A ``postfix`` callback lets the caller show a live metric (e.g. the current CLIP score).
+:func:`progress_task` is the same bar for work that reports its own progress through a callback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -27,19 +29,18 @@ def progress_enabled(enabled: bool | None = None) -> bool:
     return sys.stderr.isatty()
 
 
-def progress_bar(
-    iterable: Iterable[T],
-    description: str,
-    total: int | None = None,
-    enabled: bool | None = None,
-    postfix: Callable[[], str] | None = None,
-) -> Iterator[T]:
-    """Iterate ``iterable`` while showing a bar with count, elapsed time, ETA and optional postfix."""
+@contextlib.contextmanager
+def progress_task(
+    description: str, total: int | None, enabled: bool | None = None
+) -> Iterator[Callable[[int, str], None]]:
+    """A bar for work that reports its own progress: yields ``update(completed, postfix="")``.
+
+    For callbacks (e.g. a diffusers pipeline's ``callback_on_step_end``); when the bar is disabled
+    ``update`` does nothing.
+    """
     if not progress_enabled(enabled):
-        yield from iterable
+        yield lambda completed, postfix="": None
         return
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)  # type: ignore[arg-type]
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -51,6 +52,20 @@ def progress_bar(
     ]
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total, postfix="")
-        for item in iterable:
+        yield lambda completed, postfix="": progress.update(task, completed=completed, postfix=postfix)
+
+
+def progress_bar(
+    iterable: Iterable[T],
+    description: str,
+    total: int | None = None,
+    enabled: bool | None = None,
+    postfix: Callable[[], str] | None = None,
+) -> Iterator[T]:
+    """Iterate ``iterable`` while showing a bar with count, elapsed time, ETA and optional postfix."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with progress_task(description, total, enabled) as update:
+        for done, item in enumerate(iterable, start=1):
             yield item
-            progress.update(task, advance=1, postfix=postfix() if postfix else "")
+            update(done, postfix() if postfix else "")

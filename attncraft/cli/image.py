@@ -30,7 +30,7 @@ def image(
     from attncraft.errors import InputError
     from attncraft.loading import load_text_to_image
     from attncraft.pipelines.text_to_image import default_settings, generate, save_images, validate
-    from attncraft.progress import progress_enabled
+    from attncraft.progress import progress_task
 
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}", "pass e.g. --steps 25")
@@ -44,16 +44,9 @@ def image(
     validate(settings, loaded)
     console.print(f"model: {loaded.label}")
 
-    total = settings.count and settings.num_inference_steps
-    if progress_enabled():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("eta"), TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("denoising", total=total)
-            result = generate(loaded, settings, on_step=lambda i, n: bar.update(task, completed=i))
-    else:
-        result = generate(loaded, settings)
+    # one pipeline call denoises the whole batch, so the bar counts denoising steps
+    with progress_task("denoising", settings.num_inference_steps) as update:
+        result = generate(loaded, settings, on_step=lambda i, n: update(i))
     paths = save_images(result.images, settings, out)
     console.print(f"wrote {len(paths)} image{'s' if len(paths) != 1 else ''} to {out}/")
     for path in paths:
