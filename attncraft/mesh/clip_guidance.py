@@ -30,7 +30,6 @@ the same gradient.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from attncraft.errors import InputError, ModelLoadError
+from attncraft.loading import hub_offline
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,8 +58,6 @@ RANDOM_SIZES: dict[str, dict[str, Any]] = {
                  vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                              image_size=32, patch_size=8), projection_dim=32),
 }
-
-SHAPES_CLIP_FOLDER = "shapes-clip"
 
 
 def random_clip_config(size: str = "tiny"):
@@ -84,10 +82,6 @@ def build_random_clip(size: str = "tiny", seed: int = 0):
         torch.manual_seed(seed)
         model = CLIPModel(config)
     return model
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _looks_like_hub_id(ref: str) -> bool:
@@ -125,13 +119,12 @@ def _check_clip(model, ref: str):
 
 
 def default_clip_folder() -> Path | None:
+    """The shipped shapes CLIP folder (``attncraft.shapes.models.SHAPES_CLIP_DIR``), if present."""
     try:
-        from attncraft.assets import models_dir
-
-        folder = models_dir() / SHAPES_CLIP_FOLDER
-    except FileNotFoundError:
+        from attncraft.shapes.models import SHAPES_CLIP_DIR
+    except FileNotFoundError:  # no assets folder at all
         return None
-    return folder if (folder / "config.json").is_file() else None
+    return SHAPES_CLIP_DIR if (SHAPES_CLIP_DIR / "config.json").is_file() else None
 
 
 def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
@@ -180,7 +173,7 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
     except Exception:  # noqa: BLE001 - not cached
         model = None
     if model is None:
-        if _offline():
+        if hub_offline():
             raise ModelLoadError(f"CLIP {ref_s!r} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set",
                                  "pass an existing CLIPModel folder with --clip (download it where the Hub is reachable)")
         try:
@@ -193,7 +186,7 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(ref_s, local_files_only=_offline())
+        tok = AutoTokenizer.from_pretrained(ref_s, local_files_only=hub_offline())
         if getattr(tok, "model_max_length", 0) > 10_000:
             tok.model_max_length = 77
     except Exception:  # noqa: BLE001
