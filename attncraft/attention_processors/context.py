@@ -44,6 +44,8 @@ class AttentionContext:
     """Explicitly set: True if the batch is [uncond; cond]. None: ask the pipeline (see below)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Free-form per-run state for techniques (cleared at each run start)."""
+    deferred: Any = None
+    """The :class:`~.deferred_maps.DeferredMaps` queue while a manager's UNet hooks are attached."""
     _pipeline_ref: Any = None
 
     _timestep_value: float | None = None

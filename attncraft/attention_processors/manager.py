@@ -3,7 +3,9 @@
 One manager per UNet (created on demand by :func:`get_manager`, stored on the model). It
 
 * describes the model's attention layers once (:func:`~.layers.discover_layers`);
-* owns the shared :class:`~.context.AttentionContext` and the :class:`~.step_tracker.StepTracker`;
+* owns the shared :class:`~.context.AttentionContext` and the :class:`~.step_tracker.StepTracker`,
+  and, while a technique that reads maps after the forward is installed, a forward hook that
+  computes those deferred maps when the UNet returns (:mod:`.deferred_maps`);
 * on :meth:`install`, puts an :class:`~.processor.AttncraftAttnProcessor` on exactly the layers the
   technique selects (remembering the processor that was there) and leaves every other layer's
   processor untouched; on :meth:`remove`, restores the remembered processors of layers no technique
@@ -20,10 +22,12 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from attncraft.attention_processors.backends import check_backend
 from attncraft.attention_processors.context import AttentionContext
+from attncraft.attention_processors.deferred_maps import DeferredMaps
 from attncraft.attention_processors.layers import LayerInfo, attention_modules, discover_layers
 from attncraft.attention_processors.processor import AttncraftAttnProcessor
 from attncraft.attention_processors.selection import ALL_LAYERS, LayerSelector
@@ -47,6 +51,7 @@ class AttentionManager:
         self._techniques: list[AttentionTechnique] = []
         self._original: dict[str, Any] = {}
         self._core_layers: set[str] = set()
+        self._post_handle = None
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -91,6 +96,7 @@ class AttentionManager:
             self._ensure_processor(layer.name)
         self._refresh_processors()
         self.tracker.attach(self.unet)
+        self._update_deferred_hook()
         return technique
 
     def remove(self, technique: AttentionTechnique) -> None:
@@ -103,6 +109,7 @@ class AttentionManager:
         for name in list(self._original):
             if name not in used:
                 self._modules[name].set_processor(self._original.pop(name))
+        self._update_deferred_hook()
         if not self._techniques:
             self.tracker.detach()
 
@@ -131,7 +138,36 @@ class AttentionManager:
         self.context.num_inference_steps = num_inference_steps
         self.tracker.start_run()
 
+    def flush_maps(self) -> None:
+        """Compute the deferred maps of the last UNet call now (the forward hook does this itself)."""
+        if self.context.deferred is not None:
+            self.context.deferred.flush()
+
     # -- internals --------------------------------------------------------------------------
+    def _update_deferred_hook(self) -> None:
+        """Hold the deferred-maps queue and its forward hook exactly while some installed
+        technique reads maps after the forward (no hook otherwise, e.g. under torch.compile
+        benchmarks of the plain core)."""
+        wanted = any(t.reads_maps_after_forward for t in self._techniques)
+        if wanted and self._post_handle is None:
+            self.context.deferred = DeferredMaps()
+            self._post_handle = self.unet.register_forward_hook(self._after_forward, always_call=True)
+        elif not wanted and self._post_handle is not None:
+            self.flush_maps()
+            self._post_handle.remove()
+            self._post_handle = None
+            self.context.deferred = None
+
+    @torch.compiler.disable
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        deferred = self.context.deferred
+        if deferred is None:
+            return
+        if output is None:  # the forward raised: its half-recorded maps are dropped
+            deferred.clear()
+        else:
+            deferred.flush()
+
     def _owned_layers(self) -> list[str]:
         return [n for n, m in self._modules.items() if isinstance(m.processor, AttncraftAttnProcessor)]
 

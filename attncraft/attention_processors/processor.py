@@ -18,7 +18,9 @@ uses, not ``attn.scale`` (they coincide for every UNet diffusers builds).
 ``edit_output`` hooks run on both paths, so techniques that only add to the output (extra
 cross-attention branches, feature blending) keep the fused kernel. So do layers where every
 map-reading technique is an observer (``edits_maps = False``, e.g. the attention store): the output
-comes from the fused kernel and the maps are computed beside it.
+comes from the fused kernel and the maps are computed beside it; when those observers only read
+the maps after the UNet call (``reads_maps_after_forward``), the maps are computed then, batched
+across layers (:mod:`.deferred_maps`), except inside a ``torch.compile`` graph.
 
 One processor instance serves exactly one layer (it knows its :class:`~.layers.LayerInfo`); all
 processors of a model share one :class:`~.context.AttentionContext`.
@@ -26,7 +28,6 @@ processors of a model share one :class:`~.context.AttentionContext`.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from attncraft.attention_processors.backends import fused_attention
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
+from attncraft.attention_processors.deferred_maps import attention_scores, run_score_and_prob_hooks
 from attncraft.attention_processors.layers import LayerInfo
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ class AttncraftAttnProcessor:
         self.techniques: list[AttentionTechnique] = []
         self._needs_maps = False
         self._maps_edited = False
+        self._defer_maps = False
 
     # -- technique bookkeeping (done by the manager) -------------------------------------------
     def set_techniques(self, techniques: list[AttentionTechnique]) -> None:
@@ -58,6 +61,7 @@ class AttncraftAttnProcessor:
         readers = [t for t in self.techniques if t.needs_maps(self.layer)]
         self._needs_maps = bool(readers)
         self._maps_edited = any(t.edits_maps for t in readers)
+        self._defer_maps = bool(readers) and all(not t.edits_maps and t.reads_maps_after_forward for t in readers)
 
     @property
     def needs_maps(self) -> bool:
@@ -139,7 +143,11 @@ class AttncraftAttnProcessor:
             else:
                 out = fused_attention(self.backend, query, key, value, attention_mask)
                 if self._needs_maps:  # observers only: maps on the side, output from the fused kernel
-                    self._run_map_hooks(call, query, key, attention_mask)
+                    deferred = self.context.deferred
+                    if self._defer_maps and deferred is not None and not torch.compiler.is_compiling():
+                        deferred.add(call, query, key, attention_mask, self.techniques)
+                    else:
+                        self._run_map_hooks(call, query, key, attention_mask)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
             for technique in self.techniques:
                 out = technique.edit_output(call, out)
@@ -168,19 +176,7 @@ class AttncraftAttnProcessor:
         self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Scores -> score hooks -> softmax -> probability hooks; returns the final probabilities."""
-        scale = 1.0 / math.sqrt(query.shape[-1])
-        scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            else:
-                scores = scores + mask.float()
-        for technique in self.techniques:
-            scores = technique.edit_scores(call, scores)
-        probs = scores.softmax(dim=-1)
-        for technique in self.techniques:
-            probs = technique.edit_probs(call, probs)
-        return probs
+        return run_score_and_prob_hooks(call, attention_scores(query, key, mask), self.techniques)
 
     def __repr__(self) -> str:
         names = ", ".join(t.name for t in self.techniques) or "none"

@@ -93,6 +93,8 @@ class StepTracker:
     @torch.compiler.disable
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ctx = self.context
+        if ctx.deferred is not None and len(ctx.deferred):  # maps of a call whose forward hook did not run
+            ctx.deferred.flush()
         sample = args[0] if args else kwargs.get("sample")
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
         if sample is not None:

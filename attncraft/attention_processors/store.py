@@ -9,7 +9,9 @@ default), reduced on the fly so memory stays bounded by what was asked for:
 * ``per_step=False`` (default) keeps one running sum per layer (memory = one map per layer);
   ``per_step=True`` keeps one map per layer per recorded step.
 
-Maps stay on their device (no host sync during sampling) unless ``device`` is given. Results are
+Maps stay on their device (no host sync during sampling) unless ``device`` is given. The store reads
+maps only after each UNet call, so in eager mode its layers' maps are computed when the UNet returns,
+batched across layers (:mod:`.deferred_maps`); the stored values are the same. Results are
 read with :meth:`layer_maps`, :meth:`average` (over layers of one resolution) and
 :meth:`spatial_token_maps` (cross-attention maps reshaped to ``(batch, tokens, h, w)``).
 """
@@ -31,6 +33,7 @@ class AttentionStore(AttentionTechnique):
     name = "attention-store"
     order = OBSERVE_ORDER
     edits_maps = False
+    reads_maps_after_forward = True
 
     def __init__(
         self,
@@ -56,7 +59,7 @@ class AttentionStore(AttentionTechnique):
         self.dtype = dtype
         self.reset_each_run = reset_each_run
         self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, torch.Tensor | int] = {}
         self._steps: dict[str, dict[int, torch.Tensor]] = {}
         self._resolutions: dict[str, tuple[int, int] | None] = {}
 
@@ -77,24 +80,48 @@ class AttentionStore(AttentionTechnique):
         step = call.step_index
         if self._step_filter is not None and not self._step_filter(step):
             return probs
-        kept = probs[call.cond_rows()] if self.cond_only else probs
-        kept = kept.detach()
+        self._record(call, step, self._reduce(call, probs, head_dim=1))
+        return probs
+
+    def observe_maps(self, calls: list[AttentionCall], probs: torch.Tensor) -> None:
+        """A stack of layers of one UNet call (same shape, so the same CFG rows): reduced at once."""
+        step = calls[0].step_index
+        if self._step_filter is not None and not self._step_filter(step):
+            return
+        kept = self._reduce(calls[0], probs, head_dim=2)
+        for call, layer_map in zip(calls, kept.unbind(0)):
+            self._record(call, step, layer_map)
+
+    def _reduce(self, call: AttentionCall, probs: torch.Tensor, head_dim: int) -> torch.Tensor:
+        """Conditional rows (dim ``head_dim - 1``), head mean (dim ``head_dim``), storage dtype/device."""
+        if self.cond_only:
+            rows = call.cond_rows()
+            probs = probs[rows] if head_dim == 1 else probs[:, rows]
+        kept = probs.detach()
         if self.reduce_heads:
-            kept = kept.mean(dim=1)
-        kept = kept.to(dtype=self.dtype, device=self.device or kept.device)
+            kept = kept.mean(dim=head_dim)
+        return kept.to(dtype=self.dtype, device=self.device or kept.device)
+
+    def _record(self, call: AttentionCall, step: int, kept: torch.Tensor) -> None:
         name = call.layer.name
         self._resolutions[name] = call.resolution
         if self.per_step:
             self._steps.setdefault(name, {})[step] = kept.clone()
         elif name in self._sums:
-            # in place, and the count as a tensor: under torch.compile a Python counter would be
-            # guarded on and force a recompilation at every step
             self._sums[name].add_(kept)
-            self._counts[name].add_(1)
+            # host-side count in eager mode (no kernel launch per layer); a tensor under
+            # torch.compile, where a Python counter would be guarded on and recompile every step
+            count = self._counts[name]
+            if isinstance(count, torch.Tensor):
+                count.add_(1)
+            elif torch.compiler.is_compiling():
+                self._counts[name] = torch.full((), count + 1, dtype=torch.int64, device=kept.device)
+            else:
+                self._counts[name] = count + 1
         else:
             self._sums[name] = kept.clone()
-            self._counts[name] = torch.ones((), dtype=torch.int64, device=kept.device)
-        return probs
+            compiling = torch.compiler.is_compiling()
+            self._counts[name] = torch.ones((), dtype=torch.int64, device=kept.device) if compiling else 1
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -105,7 +132,7 @@ class AttentionStore(AttentionTechnique):
         """Per layer: the mean over recorded steps (``per_step=False``) or a stack over steps."""
         if self.per_step:
             return {n: torch.stack([m for _, m in sorted(s.items())]) for n, s in self._steps.items()}
-        return {n: self._sums[n] / self._counts[n].to(self._sums[n].dtype) for n in self._sums}
+        return {n: self._sums[n] / self._counts[n] for n in self._sums}
 
     def recorded_count(self, name: str) -> int:
         """How many calls were accumulated for layer ``name`` (per_step=False)."""

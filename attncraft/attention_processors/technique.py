@@ -40,6 +40,12 @@ class AttentionTechnique:
     """False for observers, whose score/probability hooks return their input unchanged: on a layer
     where every map-reading technique only observes, the output comes from the fused kernel and the
     maps are computed on the side (same output as stock, fewer operations)."""
+    reads_maps_after_forward: bool = False
+    """True for observers (``edits_maps = False``) that use the maps only once the UNet call has
+    returned, like the attention store. On a layer where every map reader says so, the maps are
+    computed when the UNet returns, batched with the other such layers of the same shape
+    (:mod:`.deferred_maps`), and delivered through :meth:`observe_maps`. Leave it False for a
+    technique that reads a map in one layer to act in a later layer of the same call."""
 
     def __init__(self, selector: LayerSelector | None = None):
         self.selector = selector if selector is not None else self.default_selector()
@@ -69,6 +75,16 @@ class AttentionTechnique:
 
     def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
         return output
+
+    def observe_maps(self, calls: list[AttentionCall], probs: torch.Tensor) -> None:
+        """Deferred observers: the probabilities of several layers of one UNet call, stacked.
+
+        ``probs`` is ``(len(calls), batch, heads, queries, keys)``, layer ``i`` belonging to
+        ``calls[i]`` (all of one shape). The default hands each layer to :meth:`edit_probs`;
+        override it to reduce the whole stack at once.
+        """
+        for call, layer_probs in zip(calls, probs.unbind(0)):
+            self.edit_probs(call, layer_probs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"
