@@ -251,3 +251,71 @@ def test_scene_chunks_are_seeded_and_disjoint_from_evaluation():
     stream = ChunkStream(ds, workers=0)
     assert stream.synchronous and [c.index for c in (stream.get(), stream.get())] == [0, 1]
     stream.close()
+
+
+# ------------------------------------------------------------------------- warm starts, VAE loss
+def test_edge_loss_is_the_mean_absolute_pixel_difference_of_the_error():
+    from attncraft.shapes.training.vae import edge_l1
+
+    ones = torch.ones(2, 1, 8, 8)
+    assert float(edge_l1(torch.zeros(2, 3, 8, 8), ones)) == 0.0
+    assert float(edge_l1(torch.full((2, 3, 8, 8), 0.7), ones)) == 0.0  # a uniform offset has no edges
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(2, 3, 8, 8) * 0.25  # d/dx = 0.25, d/dy = 0
+    assert float(edge_l1(ramp, ones)) == pytest.approx(0.125)
+    checks = (torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2 * 2.0 - 1.0  # +-1 checkerboard
+    assert float(edge_l1(checks.expand(2, 3, 8, 8), ones)) == pytest.approx(2.0)
+    # a difference takes the larger weight of its two pixels: with column 3 weighing 3, the x
+    # differences (8 rows x 7) weigh 1 except pairs (2,3) and (3,4): total 8 * (5 + 2 * 3) = 88
+    w = torch.ones(1, 1, 8, 8)
+    w[..., 3] = 3.0
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 1.0  # one vertical edge, between columns 3 and 4 (no y differences)
+    assert float(edge_l1(step, w)) == pytest.approx(0.5 * (3.0 * 8) / 88)
+
+
+def test_warm_starts_keep_the_weights_they_start_from_and_record_them(trained, tmp_path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from attncraft.shapes.training.unet import train_unet
+    from attncraft.shapes.training.vae import train_vae
+
+    root, info = trained
+    vae = train_vae(_run_args(tmp_path / "vae", init_dir=str(root / "shapes-vae"), max_steps=0), quiet=True)
+    assert vae["steps"] == 0
+    assert vae["initialised_from"]["folder"] == str(root / "shapes-vae")
+    assert vae["initialised_from"]["steps"] == info["vae"]["steps"]
+    before = AutoencoderKL.from_pretrained(str(root / "shapes-vae"), torch_dtype=torch.float32).eval()
+    after = AutoencoderKL.from_pretrained(str(tmp_path / "vae"), torch_dtype=torch.float32).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():  # the latent re-normalisation is exact: decoding is unchanged
+        rec_before = before.decode(before.encode(x).latent_dist.mean).sample
+        rec_after = after.decode(after.encode(x).latent_dist.mean).sample
+    torch.testing.assert_close(rec_after, rec_before, atol=2e-2, rtol=0)
+
+    unet = train_unet(_run_args(tmp_path / "sd", init_dir=str(root / "shapes-sd"), max_steps=0,
+                                clip_dir=str(root / "shapes-clip"), vae_dir=str(root / "shapes-vae")), quiet=True)
+    assert unet["initialised_from"]["steps"] == info["unet"]["steps"]
+    a = UNet2DConditionModel.from_pretrained(str(root / "shapes-sd" / "unet")).state_dict()
+    b = UNet2DConditionModel.from_pretrained(str(tmp_path / "sd" / "unet")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = json.loads((tmp_path / "sd" / "training_log.json").read_text())
+    assert log["run_args"]["init_dir"] == str(root / "shapes-sd")
+
+
+def test_init_folder_accepts_a_model_or_a_pipeline_folder(trained, tmp_path):
+    root, _ = trained
+    assert common.init_folder(root / "shapes-sd", "unet") == root / "shapes-sd" / "unet"
+    assert common.init_folder(root / "shapes-sd" / "vae", "vae") == root / "shapes-sd" / "vae"
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        common.init_folder(tmp_path, "vae")
+
+
+def test_learning_rate_override_from_the_command_line():
+    from attncraft.shapes.training.__main__ import parse
+    from attncraft.shapes.training.configs import get_configs
+
+    ns = parse(["vae", "--out", "x", "--lr", "3e-4", "--init", "some/folder"])
+    assert ns.lr == 3e-4 and ns.init_dir == "some/folder"
+    cfg = get_configs("full").vae
+    assert common.apply_overrides(cfg, common.RunArgs(lr=ns.lr)).lr == 3e-4
+    assert common.apply_overrides(cfg, common.RunArgs()).lr == cfg.lr

@@ -90,7 +90,7 @@ def _param_groups(model, weight_decay: float):
 
 
 def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool = False) -> dict[str, Any]:
-    cfg = cfg or get_configs(args.config).clip
+    cfg = common.apply_overrides(cfg or get_configs(args.config).clip, args)
     out, device, budget, max_steps, workers, say = common.start_stage("clip", args, cfg, quiet).unpack()
 
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits), workers=workers)

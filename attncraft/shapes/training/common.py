@@ -9,7 +9,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class RunArgs:
     sd_dir: str | None = None  # evaluate: the shapes SD folder
     what: str = "all"  # evaluate: clip | sd | all
     compile: bool = False
+    init_dir: str | None = None  # vae/unet: warm start from these weights
+    lr: float | None = None  # peak learning rate (None: the config's)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -106,6 +108,38 @@ class PowerEMA:
         params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
         for p, s in zip(params, self.shadow):
             p.copy_(s.to(p.dtype))
+
+
+def apply_overrides(cfg: Any, args: RunArgs) -> Any:
+    """The stage config with the command line's overrides (``--lr``) applied."""
+    return replace(cfg, lr=args.lr) if args.lr is not None else cfg
+
+
+def init_folder(path: str | Path, component: str) -> Path:
+    """The folder holding ``component``'s weights for a warm start: ``path`` itself when it is that
+    model's folder (a ``config.json`` beside the weights), else ``path/component`` (a pipeline folder)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / component / "config.json").is_file():
+        return path / component
+    raise FileNotFoundError(f"--init {path}: neither it nor {path / component} holds a config.json")
+
+
+def init_provenance(path: str | Path | None, component: str) -> dict[str, Any] | None:
+    """Where a warm-started model came from: the folder, and the steps/examples/command of the run
+    that made it (from its ``training_log.json``, when there is one)."""
+    if not path:
+        return None
+    folder = init_folder(path, component)
+    info: dict[str, Any] = {"folder": str(folder)}
+    for log_path in (folder / "training_log.json", folder.parent / "training_log.json"):
+        if log_path.is_file():
+            prev = json.loads(log_path.read_text())
+            info.update({k: prev[k] for k in ("stage", "command", "steps", "examples_seen", "train_seconds",
+                                              "initialised_from") if k in prev})
+            break
+    return info
 
 
 def seed_everything(seed: int) -> None:

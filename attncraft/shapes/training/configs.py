@@ -43,6 +43,7 @@ class VaeTrain:
     reserve_s: float = 25.0
     kl_weight: float = 1e-5  # on the per-element mean KL, against per-pixel mean L1 + MSE
     object_weight: float = 4.0  # object pixels weigh 1 + object_weight
+    edge_weight: float = 1.0  # L1 of the error's pixel differences (keeps the surface patterns)
     reader_scenes: int = 256  # held-out scenes whose reconstructions the reader checks at the end
     pool: int = 65536
     chunk: int = 1024

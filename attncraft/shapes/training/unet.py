@@ -78,6 +78,17 @@ def build_unet(cfg: UnetTrain, seed: int, cross_attention_dim: int):
         return UNet2DConditionModel(**kw)
 
 
+def load_init_unet(path, cross_attention_dim: int):
+    """A trained UNet to start from (``--init``): a UNet folder, or a shapes SD folder's ``unet/``."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(common.init_folder(path, "unet")), torch_dtype=torch.float32)
+    if unet.config.cross_attention_dim != cross_attention_dim:
+        raise ValueError(f"--init {path}: its UNet attends to {unet.config.cross_attention_dim}-d text, "
+                         f"the text encoder gives {cross_attention_dim}-d")
+    return unet
+
+
 def save_sd_folder(out: Path, text_encoder, vae, unet, scheduler_name: str | None = None) -> None:
     """Save a ``StableDiffusionPipeline`` folder (fp16 safetensors, no tokenizer.json)."""
     from attncraft.shapes.models import DEFAULT_SCHEDULER, assemble_sd_pipeline, shapes_scheduler
@@ -182,7 +193,7 @@ def conditioning_probe(unet, text_encoder, encode, empty, alphas_cumprod, device
 def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool = False) -> dict[str, Any]:
     from attncraft.shapes.models import NOISE_SCHEDULE, SD_DEFAULTS_FILE, SHAPES_CLIP_DIR, shapes_sd_defaults
 
-    cfg = cfg or get_configs(args.config).unet
+    cfg = common.apply_overrides(cfg or get_configs(args.config).unet, args)
     out, device, budget, max_steps, workers, say = common.start_stage("unet", args, cfg, quiet).unpack()
     clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
@@ -193,7 +204,8 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
     hidden = text_encoder.config.hidden_size
-    unet = build_unet(cfg, args.seed, hidden).to(device).train()
+    unet = load_init_unet(args.init_dir, hidden) if args.init_dir else build_unet(cfg, args.seed, hidden)
+    unet = unet.to(device).train()
     n_params = sum(p.numel() for p in unet.parameters())
     latent = 64 // 4
     say(f"UNet2DConditionModel {n_params / 1e6:.3f} M params on {device}; text hidden {hidden}; "
@@ -245,7 +257,14 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         snr = a_bar / (1.0 - a_bar)
         weight = torch.clamp(snr + 1.0, max=cfg.min_snr_gamma) / (snr + 1.0)  # = min(1, gamma / (snr + 1))
         with common.autocast(device):
-            pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+            try:
+                pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+            except Exception as exc:  # a compiler failure must not cost the run: train eagerly
+                if model_fn is unet or step > 0:
+                    raise
+                say(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+                model_fn = unet
+                pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weight).mean()
         opt.zero_grad(set_to_none=True)
@@ -271,11 +290,13 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     info = {
         "model": "shapes-sd",
         "unet_params": n_params,
+        "initialised_from": common.init_provenance(args.init_dir, "unet"),
         "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
         "vae_params": sum(p.numel() for p in vae.parameters()),
         **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
         "prediction_type": "v_prediction",
+        "compiled": model_fn is not unet,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
         "clip_dir": str(clip_dir),
         "vae_dir": str(vae_dir),
