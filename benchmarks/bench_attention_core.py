@@ -7,7 +7,10 @@ latent, fp16 by default):
 * ``core``    - :class:`AttncraftAttnProcessor` on every layer, no technique (target: <= 1 % over stock);
 * ``capture`` - ``stock`` everywhere except the five 16x16 cross-attention layers, where an
   :class:`AttentionStore` records probabilities at every step (target: <= 3 % over stock), with the
-  step tracker active and the timestep a device tensor, as in a real pipeline loop.
+  step tracker active and the timestep a device tensor, as in a real pipeline loop; the maps are
+  computed when the UNet returns, batched across the five layers (``deferred_maps.py``);
+* ``capture_per_layer`` - the same store forced onto the per-layer path (maps computed inside each
+  layer), for comparison.
 
 Variants are timed in interleaved rounds (ABC ABC ...) of ``--steps`` UNet calls with CUDA events,
 after warm-up; the median round is reported, with peak memory per variant. With ``--compile`` each
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     stock = {k: AttnProcessor2_0() for k in unet.attn_processors}
     manager = get_manager(unet)
     store = AttentionStore(sixteen_by_sixteen_cross(latent))
+    store_per_layer = AttentionStore(sixteen_by_sixteen_cross(latent))
+    store_per_layer.reads_maps_after_forward = False
 
     def use(variant: str) -> None:
         manager.remove_all()
@@ -134,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             manager.install_core()
         elif variant == "capture":
             manager.install(store)
+        elif variant == "capture_per_layer":
+            manager.install(store_per_layer)
         manager.start_run()
 
-    variants = ["stock", "core", "capture"]
+    variants = ["stock", "core", "capture", "capture_per_layer"]
     results: dict[str, dict] = {}
     with torch.inference_mode():
         use("capture")
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks: dict[str, float] = {}
         for r in range(args.rounds):
             # rotate the order every round so no variant always runs first or last
-            for variant in variants[r % 3:] + variants[: r % 3]:
+            for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
                 use(variant)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -160,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "rounds": rounds[variant], "peak_gib": peaks.get(variant)}
         maps = store.layer_maps()
         assert len(maps) == len(captured_layers), "store did not record every selected layer"
+        for name, m in store_per_layer.layer_maps().items():  # the two paths record the same maps
+            torch.testing.assert_close(maps[name] / maps[name].sum(-1, keepdim=True), m / m.sum(-1, keepdim=True),
+                                       rtol=1e-3, atol=1e-5)
 
         if args.compile:
             for variant in [v for v in variants if v in args.compile_variants.split(",")]:
