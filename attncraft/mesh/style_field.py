@@ -60,6 +60,14 @@ def _block(width_in: int, width_out: int, layer_norm: bool) -> list[nn.Module]:
     return layers
 
 
+def _trunk(width_in: int, width: int, depth: int, layer_norm: bool) -> nn.Sequential:
+    """The shared MLP: one block from the Fourier features, then ``depth`` more."""
+    layers = _block(width_in, width, layer_norm)
+    for _ in range(depth):
+        layers += _block(width, width, layer_norm)
+    return nn.Sequential(*layers)
+
+
 def _head(width: int, depth: int, out: int, layer_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(depth):
@@ -82,10 +90,7 @@ class XMeshField(nn.Module):
                  fourier_seed: int | None = None, tdam_rank: int = 30, tdam_reduction: int = 8):
         super().__init__()
         self.fourier = FourierFeatures(3, width, sigma, seed=fourier_seed)
-        layers = _block(self.fourier.out_channels, width, True)
-        for _ in range(depth):
-            layers += _block(width, width, True)
-        self.base = nn.Sequential(*layers)
+        self.base = _trunk(self.fourier.out_channels, width, depth, True)
         self.tdam = TDAM(width, text_dim, tdam_reduction, tdam_rank) if use_tdam else None
         self.color_head = _head(width, color_depth, 3, True)
         self.displacement_head = _head(width, norm_depth, 3, True)
@@ -113,10 +118,7 @@ class Text2MeshField(nn.Module):
                  **_: object):
         super().__init__()
         self.fourier = FourierFeatures(3, width, sigma, seed=fourier_seed)
-        layers = _block(self.fourier.out_channels, width, False)
-        for _ in range(depth):
-            layers += _block(width, width, False)
-        self.base = nn.Sequential(*layers)
+        self.base = _trunk(self.fourier.out_channels, width, depth, False)
         self.color_head = _head(width, color_depth, 3, False)
         self.displacement_head = _head(width, norm_depth, 1, False)
         self.norm_ratio = norm_ratio
