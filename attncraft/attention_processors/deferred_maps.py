@@ -67,16 +67,23 @@ class _Pending:
     techniques: tuple[AttentionTechnique, ...]
 
 
+def run_score_hooks(call: AttentionCall, scores: torch.Tensor, techniques: Sequence[AttentionTechnique]) -> torch.Tensor:
+    for technique in techniques:
+        scores = technique.edit_scores(call, scores)
+    return scores
+
+
+def run_prob_hooks(call: AttentionCall, probs: torch.Tensor, techniques: Sequence[AttentionTechnique]) -> torch.Tensor:
+    for technique in techniques:
+        probs = technique.edit_probs(call, probs)
+    return probs
+
+
 def run_score_and_prob_hooks(
     call: AttentionCall, scores: torch.Tensor, techniques: Sequence[AttentionTechnique]
 ) -> torch.Tensor:
     """Score hooks -> softmax -> probability hooks for one layer; returns the final probabilities."""
-    for technique in techniques:
-        scores = technique.edit_scores(call, scores)
-    probs = scores.softmax(dim=-1)
-    for technique in techniques:
-        probs = technique.edit_probs(call, probs)
-    return probs
+    return run_prob_hooks(call, run_score_hooks(call, scores, techniques).softmax(dim=-1), techniques)
 
 
 class DeferredMaps:
@@ -137,19 +144,12 @@ class DeferredMaps:
         techniques = items[0].techniques
         calls = [item.call for item in items]
         scores = attention_scores(torch.stack([i.query for i in items]), torch.stack([i.key for i in items]))
-        slices = list(scores.unbind(0))
-        edited = False
-        for n, call in enumerate(calls):
-            s = slices[n]
-            for technique in techniques:
-                s = technique.edit_scores(call, s)
-            if s is not slices[n]:
-                slices[n], edited = s, True
-        if edited:  # an observer returned new scores (observers should not): honour it, layer by layer
-            for call, s in zip(calls, slices):
-                probs = s.softmax(dim=-1)
-                for technique in techniques:
-                    probs = technique.edit_probs(call, probs)
+        slices = scores.unbind(0)
+        seen = [run_score_hooks(call, s, techniques) for call, s in zip(calls, slices)]
+        if any(after is not before for after, before in zip(seen, slices)):
+            # an observer returned new scores (observers should not): honour it, layer by layer
+            for call, s in zip(calls, seen):
+                run_prob_hooks(call, s.softmax(dim=-1), techniques)
             return
         probs = scores.softmax(dim=-1)
         for technique in techniques:
