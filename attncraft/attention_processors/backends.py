@@ -3,8 +3,10 @@
 ``sdpa`` (default) is ``torch.nn.functional.scaled_dot_product_attention``, the same call diffusers'
 ``AttnProcessor2_0`` makes, so outputs are identical. ``xformers`` uses
 ``xformers.ops.memory_efficient_attention``; it is available only when the optional ``xformers``
-extra is installed *and* the tensors are on CUDA (xformers has no CPU kernels), and it is checked
-when the backend is chosen so a bad choice fails early with a clear message.
+extra is installed, its CUDA kernels load with the installed torch, and a CUDA device is present
+(xformers has no CPU kernels). All three are checked when the backend is chosen, with one tiny
+attention call, so a bad choice fails early with a clear message instead of mid-generation.
+Tensors that are not on CUDA take SDPA even with the xformers backend.
 """
 
 from __future__ import annotations
@@ -19,24 +21,57 @@ from attncraft.errors import InputError
 BACKENDS = ("sdpa", "xformers")
 
 
+def _probe_device() -> torch.device:
+    return torch.device("cuda")
+
+
 @lru_cache(maxsize=1)
-def xformers_available() -> bool:
+def xformers_problem() -> str | None:
+    """Why the xformers backend cannot run here, or None when it can.
+
+    Importing xformers is not enough: a wheel built for another torch imports fine but cannot load
+    its CUDA kernels, and would only fail at the first attention call, mid-generation. So one tiny
+    attention is run here, once, when the backend is chosen.
+    """
     try:
-        import xformers.ops  # noqa: F401
+        import xformers
+        import xformers.ops as xops
     except Exception:  # noqa: BLE001 - any import failure means "not usable"
-        return False
-    return torch.cuda.is_available()
+        return "the xformers attention backend needs the xformers package, which is not installed"
+    if not torch.cuda.is_available():
+        return "the xformers attention backend needs a CUDA device, and none is available"
+    try:
+        probe = torch.zeros(1, 1, 8, 64, device=_probe_device(), dtype=torch.float16)
+        _xformers_attention(xops, probe, probe, probe, None)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the kernel stops the backend
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (f"xformers {getattr(xformers, '__version__', '?')} is installed but its attention kernels do not run "
+                f"with torch {torch.__version__} ({reason})")
+    return None
+
+
+def xformers_available() -> bool:
+    return xformers_problem() is None
 
 
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise InputError(f"unknown attention backend {name!r}", f"pass one of {', '.join(BACKENDS)}")
-    if name == "xformers" and not xformers_available():
-        raise InputError(
-            "the xformers attention backend needs the xformers package and a CUDA device",
-            "install attncraft[xformers] on a CUDA machine, or use --attention-backend sdpa",
-        )
+    if name == "xformers":
+        problem = xformers_problem()
+        if problem is not None:
+            raise InputError(
+                problem,
+                "install an xformers build made for this torch and CUDA (pip install 'attncraft[xformers]') "
+                "on a CUDA machine, or use --attention-backend sdpa",
+            )
     return name
+
+
+def _xformers_attention(xops, query, key, value, mask):
+    """xformers on (batch, heads, tokens, head_dim) tensors; it wants (batch, tokens, heads, head_dim)."""
+    out = xops.memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_bias=mask)
+    return out.transpose(1, 2)
 
 
 def fused_attention(
@@ -46,9 +81,5 @@ def fused_attention(
     if backend == "xformers" and query.is_cuda:
         import xformers.ops as xops
 
-        # xformers expects (batch, tokens, heads, head_dim)
-        out = xops.memory_efficient_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_bias=mask
-        )
-        return out.transpose(1, 2)
+        return _xformers_attention(xops, query, key, value, mask)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)

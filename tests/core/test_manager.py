@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import tiny_models as tm
@@ -196,11 +199,41 @@ def test_xformers_backend_refused_without_cuda():
         get_manager(tm.sd_unet(), backend="xformers")
 
 
+def test_xformers_layout_matches_sdpa(fake_xformers):
+    from attncraft.attention_processors import backends
+
+    ops = fake_xformers()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (5, 7, 7))  # heads 3 != tokens 5, 7
+    out = backends._xformers_attention(ops, q, k, v, None)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
+
+
+def test_xformers_that_cannot_run_its_kernels_is_refused_with_the_reason(fake_xformers, monkeypatch):
+    """An xformers wheel built for another torch imports, then fails at its first call: refused up front."""
+    from attncraft.attention_processors import backends
+    from attncraft.errors import InputError
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs:\n  query ...")
+
+    ops = fake_xformers(broken)
+    with pytest.raises(InputError, match="kernels do not run.*No operator found") as info:
+        get_manager(tm.sd_unet(), backend="xformers")
+    assert "\n" not in str(info.value) and "sdpa" in str(info.value)
+    fake_xformers()  # a build whose kernels run is accepted
+    assert ops is not sys.modules["xformers.ops"] and backends.check_backend("xformers") == "xformers"
+
+
 @pytest.mark.gpu
 def test_xformers_backend_matches_sdpa_on_cuda():
+    from attncraft.attention_processors.backends import xformers_problem
+
     pytest.importorskip("xformers")
     if not torch.cuda.is_available():
         pytest.skip("xformers needs CUDA")
+    if xformers_problem() is not None:
+        pytest.skip(xformers_problem())
     unet = tm.sd_unet().cuda().half()
     g = torch.Generator(device="cuda").manual_seed(0)
     sample = torch.randn(2, 4, 16, 16, device="cuda", generator=g, dtype=torch.half)
@@ -211,6 +244,27 @@ def test_xformers_backend_matches_sdpa_on_cuda():
         get_manager(unet, backend="xformers").install_core()
         out = unet(sample, 10, encoder_hidden_states=ehs).sample
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_installed_xformers_is_refused_on_cuda_exactly_when_its_kernels_fail():
+    """On a real CUDA machine: the up-front probe agrees with an actual xformers call."""
+    from attncraft.attention_processors.backends import xformers_problem
+    from attncraft.errors import InputError
+
+    xops = pytest.importorskip("xformers.ops")
+    if not torch.cuda.is_available():
+        pytest.skip("xformers needs CUDA")
+    q = torch.randn(2, 64, 8, 40, device="cuda", dtype=torch.half)
+    try:
+        xops.memory_efficient_attention(q, q, q)
+        runs = True
+    except Exception:  # noqa: BLE001
+        runs = False
+    assert (xformers_problem() is None) == runs
+    if not runs:
+        with pytest.raises(InputError, match="xformers"):
+            get_manager(tm.sd_unet(), backend="xformers")
 
 
 def test_sync_free_step_tracking_matches_value_tracking():
