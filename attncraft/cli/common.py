@@ -16,6 +16,10 @@ MODEL_HELP = "Model: 'shapes' (embedded default), a diffusers folder, a .safeten
 ModelOption = typer.Option("shapes", "--model", "-m", help=MODEL_HELP)
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 DtypeOption = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16 or bf16.")
+AttentionBackendOption = typer.Option(
+    "sdpa", "--attention-backend",
+    help="Fused attention kernel: sdpa (PyTorch, default) or xformers (CUDA only; the optional xformers extra).",
+)
 OutOption = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if needed).")
 
 

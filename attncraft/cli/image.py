@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from attncraft.cli.common import DeviceOption, DtypeOption, ModelOption, OutOption, console, quiet_libraries
+from attncraft.cli.common import (
+    AttentionBackendOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    OutOption,
+    console,
+    quiet_libraries,
+)
 
 
 def image(
@@ -24,9 +32,12 @@ def image(
     out: Path = OutOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
+    attention_backend: str = AttentionBackendOption,
 ) -> None:
     """Generate images from a text prompt; each PNG stores the settings that reproduce it."""
     quiet_libraries()
+    from attncraft.attention_processors import get_manager
+    from attncraft.attention_processors.backends import check_backend
     from attncraft.errors import InputError
     from attncraft.loading import load_text_to_image
     from attncraft.pipelines.text_to_image import default_settings, generate, save_images, validate
@@ -34,13 +45,18 @@ def image(
 
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}", "pass e.g. --steps 25")
+    check_backend(attention_backend)  # before loading the model: a backend that cannot run fails at once
     loaded = load_text_to_image(model, device=device, dtype=dtype, config=config)
+    if attention_backend != "sdpa":
+        # the core processor on every layer, running the chosen kernel (no technique involved)
+        get_manager(loaded.pipeline, backend=attention_backend).install_core()
     settings = default_settings(loaded, prompt)
     for name, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("width", width),
                         ("height", height), ("scheduler", scheduler)):
         if value is not None:
             setattr(settings, name, value)
     settings.seed, settings.count, settings.negative_prompt = seed, count, negative
+    settings.extra["attention_backend"] = attention_backend
     validate(settings, loaded)
     console.print(f"model: {loaded.label}")
 
