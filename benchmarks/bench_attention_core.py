@@ -14,12 +14,17 @@ latent, fp16 by default):
 
 Variants are timed in interleaved rounds (ABC ABC ...) of ``--steps`` UNet calls with CUDA events,
 after warm-up; the median round is reported, with peak memory per variant. With ``--compile`` each
-variant is also run under ``torch.compile`` and ``torch._dynamo.explain`` reports graph breaks.
+variant is also run under ``torch.compile`` and ``torch._dynamo.explain`` reports graph breaks. The
+compiled variants are interleaved too, each on its own copy of the UNet (timing them one after the
+other let the host's drift pass for a cost: compiled SD 1.5 at batch 2 is about as host-bound as it
+is device-bound on the H200 machine). Also reported per compiled variant: the host time to issue a
+call, and with ``--profile DIR`` the device kernel time per call and the host syncs per call, from
+``torch.profiler`` tables written to DIR.
 
 The weights are random: the SD 1.5 architecture costs the same with random weights as with real
 ones, and no real weights are reachable from the benchmark machines.
 
-Usage: ``python benchmarks/bench_attention_core.py --device cuda --steps 50 --rounds 5 --compile``
+Usage: ``python benchmarks/bench_attention_core.py --device cuda --steps 20 --rounds 10 --compile --profile DIR``
 (``--tiny --device cpu`` for a quick local check).
 """
 
@@ -72,6 +77,47 @@ def time_variant(unet, inputs, timesteps, steps: int, device) -> float:
     return (time.perf_counter() - t0) * 1000 / steps
 
 
+def host_ms_per_call(unet, inputs, timesteps, steps: int, device) -> float:
+    """Host milliseconds to *issue* ``steps`` calls (no sync inside): about equal to the timed
+    ms per call when the host is the bottleneck, well below it when the GPU is."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for t in timesteps[:steps]:
+        unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+    issued = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return issued * 1000 / steps
+
+
+def write_profile(unet, inputs, timesteps, steps: int, device, path: str, title: str) -> dict[str, float]:
+    """Profile ``steps`` calls with ``torch.profiler``; write the top ops to ``path``.
+
+    Returns the totals that tell a host-side slowdown from a device-side one: device kernel time
+    per call, and the number of host syncs (``aten::_local_scalar_dense``, stream/device syncs,
+    device-to-host copies) per call.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        time_variant(unet, inputs, timesteps, steps, device)
+    averages = prof.key_averages()
+    # a value read on the host, an explicit sync, or a device-to-host copy (host-to-device copies
+    # are asynchronous and do not count)
+    sync_names = {"aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"}
+    syncs = sum(e.count for e in averages if e.key in sync_names or e.key.startswith("Memcpy DtoH"))
+    device_ms = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / 1000 / steps if cuda else 0.0
+    with open(path, "w") as fh:
+        fh.write(f"{title}: {steps} calls; device kernel time {device_ms:.2f} ms / call; host syncs {syncs / steps:.1f} / call\n\n")
+        if cuda:
+            fh.write(averages.table(sort_by="self_device_time_total", row_limit=30) + "\n")
+        fh.write(averages.table(sort_by="cpu_time_total", row_limit=40) + "\n")
+    return {"device_ms_per_call": device_ms, "syncs_per_call": syncs / steps}
+
+
 def processor_call_overhead(device, dtype) -> dict[str, float]:
     """Microseconds per processor call (host side dominates: the eager UNet is launch-bound)."""
     from diffusers.models.attention_processor import Attention
@@ -102,6 +148,69 @@ def processor_call_overhead(device, dtype) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def install_variant(unet, variant: str, latent: int):
+    """Set up ``unet`` (a fresh copy) for ``variant``; returns its manager."""
+    unet.set_attn_processor(AttnProcessor2_0())
+    manager = get_manager(unet)
+    if variant == "core":
+        manager.install_core()
+    elif variant.startswith("capture"):
+        store = AttentionStore(sixteen_by_sixteen_cross(latent))
+        store.reads_maps_after_forward = variant == "capture"
+        manager.install(store)
+    return manager
+
+
+def compile_variants(args, results, copies, inputs, timesteps, device, latent) -> None:
+    """Compiled timings, interleaved like the eager ones.
+
+    Each variant is its own copy of the UNet with its processors installed once: switching the
+    processors of one model would fail dynamo's guards and time recompilations. All copies share
+    one dynamo cache (one code object, guarded per instance), so the rounds can alternate between
+    them; a graph compiled during the timed rounds is counted and reported.
+    """
+    managers = {v: install_variant(u, v, latent) for v, u in copies.items()}
+    with torch.inference_mode():
+        for variant, unet in copies.items():
+            explain = torch._dynamo.explain(unet)(inputs["sample"], timesteps[0], encoder_hidden_states=inputs["ehs"])
+            results[variant]["graph_breaks"] = explain.graph_break_count
+            results[variant]["graphs"] = explain.graph_count
+        torch._dynamo.reset()  # drop explain's cache entries, which would otherwise be reused
+        compiled = {v: torch.compile(u) for v, u in copies.items()}
+        for variant, model in compiled.items():
+            t0 = time.perf_counter()
+            for _ in range(2):
+                # two whole runs: a technique's first call of a run can take another graph than
+                # the rest (the store's first call creates its sums), and both must be compiled
+                # before timing, or a round pays for a compilation (hence at least two calls)
+                managers[variant].start_run()
+                time_variant(model, inputs, timesteps, min(max(args.warmup, 2), args.steps), device)
+            results[variant]["compile_warmup_s"] = time.perf_counter() - t0
+        graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        names = list(compiled)
+        times: dict[str, list[float]] = {v: [] for v in names}
+        for r in range(args.rounds):
+            for variant in names[r % len(names):] + names[: r % len(names)]:
+                managers[variant].start_run()
+                times[variant].append(time_variant(compiled[variant], inputs, timesteps, args.steps, device))
+        for variant in names:
+            managers[variant].start_run()
+            results[variant]["compiled_host_ms_per_call"] = host_ms_per_call(compiled[variant], inputs, timesteps, args.steps, device)
+        results["graphs_compiled_while_timing"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+        for variant in names:
+            results[variant]["compiled_rounds"] = times[variant]
+            results[variant]["compiled_ms_per_call"] = statistics.median(times[variant])
+            if "stock" in times:
+                results[variant]["compiled_paired_ratio"] = statistics.median(
+                    t / s for t, s in zip(times[variant], times["stock"]))
+        if args.profile:  # last: the profiler can slow later kernel launches down
+            for variant in names:
+                managers[variant].start_run()
+                results[variant]["compiled_profile"] = write_profile(
+                    compiled[variant], inputs, timesteps, args.steps, device,
+                    f"{args.profile}/profile_compiled_{variant}.txt", f"compiled {variant}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -111,21 +220,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-variants", default="stock,core,capture", help="variants to compile (comma-separated)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="also profile each compiled variant (torch.profiler tables into DIR)")
     parser.add_argument("--tiny", action="store_true", help="tiny UNet for a CPU smoke run")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    torch.manual_seed(0)
-    unet, latent, ctx_dim = build_unet(args.tiny)
-    unet = unet.to(device=device, dtype=dtype).eval()
+
+    def fresh_unet():
+        torch.manual_seed(0)  # every copy gets the same weights
+        unet, latent, ctx_dim = build_unet(args.tiny)
+        return unet.to(device=device, dtype=dtype).eval(), latent, ctx_dim
+
+    unet, latent, ctx_dim = fresh_unet()
+    n_proc = len(unet.attn_processors)
     g = torch.Generator(device=device).manual_seed(0)
     inputs = {
         "sample": torch.randn(2, 4, latent, latent, device=device, dtype=dtype, generator=g),
         "ehs": torch.randn(2, 77, ctx_dim, device=device, dtype=dtype, generator=g),
     }
     timesteps = torch.linspace(999, 0, args.steps, device=device).round().long()
+    variants = ["stock", "core", "capture", "capture_per_layer"]
     stock = {k: AttnProcessor2_0() for k in unet.attn_processors}
     manager = get_manager(unet)
     store = AttentionStore(sixteen_by_sixteen_cross(latent))
@@ -143,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
             manager.install(store_per_layer)
         manager.start_run()
 
-    variants = ["stock", "core", "capture", "capture_per_layer"]
     results: dict[str, dict] = {}
     with torch.inference_mode():
         use("capture")
@@ -171,31 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.testing.assert_close(maps[name] / maps[name].sum(-1, keepdim=True), m / m.sum(-1, keepdim=True),
                                        rtol=1e-3, atol=1e-5)
 
-        if args.compile:
-            for variant in [v for v in variants if v in args.compile_variants.split(",")]:
-                use(variant)
-                torch._dynamo.reset()
-                explain = torch._dynamo.explain(unet)(inputs["sample"], timesteps[0], encoder_hidden_states=inputs["ehs"])
-                torch._dynamo.reset()
-                compiled = torch.compile(unet)
-                t0 = time.perf_counter()
-                for _ in range(2):
-                    # two whole runs: a technique's first call of a run can take another graph than
-                    # the rest (the store's first call creates its sums), and both must be compiled
-                    # before timing, or a round pays for a compilation
-                    manager.start_run()
-                    time_variant(compiled, inputs, timesteps, min(args.warmup, args.steps), device)
-                compile_s = time.perf_counter() - t0
-                times = []
-                # processors are left in place between compiled rounds: re-setting them would
-                # invalidate dynamo's guards and time recompilations instead of the model
-                for _ in range(args.rounds):
-                    manager.start_run()
-                    times.append(time_variant(compiled, inputs, timesteps, args.steps, device))
-                results[variant]["compiled_ms_per_call"] = statistics.median(times)
-                results[variant]["compile_warmup_s"] = compile_s
-                results[variant]["graph_breaks"] = explain.graph_break_count
-                results[variant]["graphs"] = explain.graph_count
+    if args.compile:
+        del unet, manager, store, store_per_layer  # the compiled copies take its place in memory
+        wanted = [v for v in variants if v in args.compile_variants.split(",")]
+        compile_variants(args, results, {v: fresh_unet()[0] for v in wanted}, inputs, timesteps, device, latent)
 
     micro = processor_call_overhead(device, dtype)
     base = results["stock"]["ms_per_call"]
@@ -219,7 +314,22 @@ def main(argv: list[str] | None = None) -> int:
         min_ratio = r["min_ms"] / results["stock"]["min_ms"]
         print(f"| {variant} | {r['ms_per_call']:.2f} | {r['min_ms']:.2f} | {r['ms_per_call'] / base:.4f} | {min_ratio:.4f} | {peak} | {comp} | {cratio} | {breaks} |")
     print()
-    n_proc = len(unet.attn_processors)
+    if args.compile:
+        print(f"Compiled: one UNet copy per variant, {args.rounds} interleaved rounds; graphs compiled while "
+              f"timing: {results['graphs_compiled_while_timing']}.")
+        print()
+        print("| compiled variant | paired ratio (median) | host ms to issue a call | device kernel ms / call | host syncs / call | compile + warm-up s |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for variant in variants:
+            r = results[variant]
+            if "compiled_ms_per_call" not in r:
+                continue
+            prof = r.get("compiled_profile", {})
+            dev = f"{prof['device_ms_per_call']:.2f}" if prof else "-"
+            syncs = f"{prof['syncs_per_call']:.1f}" if prof else "-"
+            paired = f"{r['compiled_paired_ratio']:.4f}" if "compiled_paired_ratio" in r else "-"
+            print(f"| {variant} | {paired} | {r['compiled_host_ms_per_call']:.2f} | {dev} | {syncs} | {r['compile_warmup_s']:.0f} |")
+        print()
     print(f"Host-side cost of one processor call on a small attention layer (median of 7 x 2000 calls): "
           f"stock {micro['stock']:.2f} us, core {micro['core']:.2f} us; x{n_proc} layers = "
           f"{(micro['core'] - micro['stock']) * n_proc / 1000:.3f} ms per UNet call "

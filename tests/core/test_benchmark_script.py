@@ -9,6 +9,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention_core.py"
 
 
@@ -26,3 +28,21 @@ def test_core_benchmark_runs_every_variant_on_a_tiny_unet(tmp_path, capsys):
         assert len(results[variant]["rounds"]) == 2 and results[variant]["ms_per_call"] > 0
     table = capsys.readouterr().out
     assert "| capture_per_layer |" in table and "Captured layers (3)" in table
+
+
+def test_profile_table_counts_host_syncs(tmp_path):
+    """``--profile``'s helper: a value read on the host per call shows up as one sync per call."""
+    spec = importlib.util.spec_from_file_location("bench_attention_core", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class ReadsItsInput(torch.nn.Module):
+        def forward(self, sample, t, encoder_hidden_states=None):
+            return sample * float(sample.sum())  # one aten::_local_scalar_dense per call
+
+    inputs = {"sample": torch.ones(2, 3), "ehs": None}
+    path = tmp_path / "profile.txt"
+    stats = bench.write_profile(ReadsItsInput(), inputs, torch.arange(4), 4, torch.device("cpu"), str(path), "probe")
+    assert stats["syncs_per_call"] == 1.0
+    assert path.read_text().startswith("probe: 4 calls;") and "aten::_local_scalar_dense" in path.read_text()
+    assert bench.host_ms_per_call(ReadsItsInput(), inputs, torch.arange(4), 4, torch.device("cpu")) > 0
