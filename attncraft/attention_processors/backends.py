@@ -36,18 +36,23 @@ def xformers_problem() -> str | None:
     try:
         import xformers
         import xformers.ops as xops
-    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+    except ModuleNotFoundError:
         return "the xformers attention backend needs the xformers package, which is not installed"
+    except Exception as exc:  # noqa: BLE001 - an installed xformers that does not import is not usable
+        return f"xformers is installed but does not import ({_first_line(exc)})"
     if not torch.cuda.is_available():
         return "the xformers attention backend needs a CUDA device, and none is available"
     try:
         probe = torch.zeros(1, 1, 8, 64, device=_probe_device(), dtype=torch.float16)
         _xformers_attention(xops, probe, probe, probe, None)
     except Exception as exc:  # noqa: BLE001 - whatever stops the kernel stops the backend
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return (f"xformers {getattr(xformers, '__version__', '?')} is installed but its attention kernels do not run "
-                f"with torch {torch.__version__} ({reason})")
+                f"with torch {torch.__version__} ({_first_line(exc)})")
     return None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def xformers_available() -> bool:
