@@ -61,19 +61,23 @@ def sixteen_by_sixteen_cross(latent: int) -> object:
     return select_layers(kinds="cross", levels=level)
 
 
+def issue_calls(unet, inputs, timesteps, steps: int) -> None:
+    """``steps`` UNet calls, the timestep decreasing like a sampler's."""
+    for t in timesteps[:steps]:
+        unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+
+
 def time_variant(unet, inputs, timesteps, steps: int, device) -> float:
-    """Milliseconds per UNet call over ``steps`` calls (timestep decreasing like a sampler)."""
+    """Milliseconds per UNet call over ``steps`` calls."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for t in timesteps[:steps]:
-            unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+        issue_calls(unet, inputs, timesteps, steps)
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end) / steps
     t0 = time.perf_counter()
-    for t in timesteps[:steps]:
-        unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+    issue_calls(unet, inputs, timesteps, steps)
     return (time.perf_counter() - t0) * 1000 / steps
 
 
@@ -83,8 +87,7 @@ def host_ms_per_call(unet, inputs, timesteps, steps: int, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for t in timesteps[:steps]:
-        unet(inputs["sample"], t, encoder_hidden_states=inputs["ehs"])
+    issue_calls(unet, inputs, timesteps, steps)
     issued = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -148,17 +151,19 @@ def processor_call_overhead(device, dtype) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def install_variant(unet, variant: str, latent: int):
-    """Set up ``unet`` (a fresh copy) for ``variant``; returns its manager."""
-    unet.set_attn_processor(AttnProcessor2_0())
-    manager = get_manager(unet)
+def capture_stores(latent: int) -> dict[str, AttentionStore]:
+    """The store of each capture variant: deferred maps, or forced onto the per-layer path."""
+    stores = {v: AttentionStore(sixteen_by_sixteen_cross(latent)) for v in ("capture", "capture_per_layer")}
+    stores["capture_per_layer"].reads_maps_after_forward = False
+    return stores
+
+
+def install_variant(manager, variant: str, stores: dict[str, AttentionStore]) -> None:
+    """Install what ``variant`` adds to stock processors (nothing for ``stock``)."""
     if variant == "core":
         manager.install_core()
-    elif variant.startswith("capture"):
-        store = AttentionStore(sixteen_by_sixteen_cross(latent))
-        store.reads_maps_after_forward = variant == "capture"
-        manager.install(store)
-    return manager
+    elif variant in stores:
+        manager.install(stores[variant])
 
 
 def compile_variants(args, results, copies, inputs, timesteps, device, latent) -> None:
@@ -169,7 +174,11 @@ def compile_variants(args, results, copies, inputs, timesteps, device, latent) -
     one dynamo cache (one code object, guarded per instance), so the rounds can alternate between
     them; a graph compiled during the timed rounds is counted and reported.
     """
-    managers = {v: install_variant(u, v, latent) for v, u in copies.items()}
+    managers = {}
+    for variant, unet in copies.items():
+        unet.set_attn_processor(AttnProcessor2_0())
+        managers[variant] = get_manager(unet)
+        install_variant(managers[variant], variant, capture_stores(latent))
     with torch.inference_mode():
         for variant, unet in copies.items():
             explain = torch._dynamo.explain(unet)(inputs["sample"], timesteps[0], encoder_hidden_states=inputs["ehs"])
@@ -245,25 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["stock", "core", "capture", "capture_per_layer"]
     stock = {k: AttnProcessor2_0() for k in unet.attn_processors}
     manager = get_manager(unet)
-    store = AttentionStore(sixteen_by_sixteen_cross(latent))
-    store_per_layer = AttentionStore(sixteen_by_sixteen_cross(latent))
-    store_per_layer.reads_maps_after_forward = False
+    stores = capture_stores(latent)
 
     def use(variant: str) -> None:
         manager.remove_all()
         unet.set_attn_processor(dict(stock))
-        if variant == "core":
-            manager.install_core()
-        elif variant == "capture":
-            manager.install(store)
-        elif variant == "capture_per_layer":
-            manager.install(store_per_layer)
+        install_variant(manager, variant, stores)
         manager.start_run()
 
     results: dict[str, dict] = {}
     with torch.inference_mode():
         use("capture")
-        captured_layers = [layer.name for layer in manager.layers_for(store)]
+        captured_layers = [layer.name for layer in manager.layers_for(stores["capture"])]
         for variant in variants:  # warm-up
             use(variant)
             time_variant(unet, inputs, timesteps, min(args.warmup, args.steps), device)
@@ -281,14 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             results[variant] = {"ms_per_call": statistics.median(rounds[variant]), "min_ms": min(rounds[variant]),
                                 "rounds": rounds[variant], "peak_gib": peaks.get(variant)}
-        maps = store.layer_maps()
+        maps = stores["capture"].layer_maps()
         assert len(maps) == len(captured_layers), "store did not record every selected layer"
-        for name, m in store_per_layer.layer_maps().items():  # the two paths record the same maps
+        for name, m in stores["capture_per_layer"].layer_maps().items():  # the two paths record the same maps
             torch.testing.assert_close(maps[name] / maps[name].sum(-1, keepdim=True), m / m.sum(-1, keepdim=True),
                                        rtol=1e-3, atol=1e-5)
 
     if args.compile:
-        del unet, manager, store, store_per_layer  # the compiled copies take its place in memory
+        del unet, manager, stores  # the compiled copies take its place in memory
         wanted = [v for v in variants if v in args.compile_variants.split(",")]
         compile_variants(args, results, {v: fresh_unet()[0] for v in wanted}, inputs, timesteps, device, latent)
 
