@@ -117,7 +117,7 @@ def render(
             settings = {"command": "world render", "seed": seed, "index": i, "size": size, "caption": caption,
                         "scene": scene.to_dict()}  # fmt: skip
             path = out / f"scene_{i:03d}.png"
-            save_png_with_settings(_to_pil(result.images[i]), path, settings)
+            save_png_with_settings(_to_pil(result.images[i]), path, settings, overwrite=True)
             mask_path = out / f"scene_{i:03d}_mask.png"
             with atomic_path(mask_path) as tmp:
                 _label_image(result.masks[i, : len(scene.objects)]).save(tmp, format="PNG")

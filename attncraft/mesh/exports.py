@@ -95,7 +95,7 @@ def save_contact_sheet(path, vertices, faces, colors, settings: dict[str, Any], 
 
     elev, azim = mes_views()
     images = to_uint8(render_views(vertices, faces, colors, elev, azim, resolution, renderer=renderer, device=device))
-    return save_png_with_settings(Image.fromarray(contact_sheet(images, columns=8)), path, settings)
+    return save_png_with_settings(Image.fromarray(contact_sheet(images, columns=8)), path, settings, overwrite=True)
 
 
 def save_turntable(path, vertices, faces, colors, frames: int = 48, fps: int = 16, resolution: int = 256,

@@ -149,22 +149,16 @@ def output_name(prompt: str, seed: int) -> str:
     return f"{slug}_s{seed}"
 
 
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem.suffix``, or ``stem-2``, ``stem-3``... if taken: never overwrite a result."""
-    path = folder / f"{stem}{suffix}"
-    n = 2
-    while path.exists():
-        path = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return path
+def save_images(images, settings: TextToImageSettings, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write each image as PNG with its own reproducible settings; returns the paths.
 
-
-def save_images(images, settings: TextToImageSettings, out_dir: str | Path) -> list[Path]:
-    """Write each image as PNG with its own reproducible settings; returns the paths."""
+    Names are ``<prompt>_s<seed>.png``; an existing file is never replaced (the next free name
+    ``...-2.png`` is taken, atomically even with concurrent runs) unless ``overwrite``.
+    """
     out_dir = Path(out_dir)
     paths = []
     for i, image in enumerate(images):
         meta = settings.for_image(i)
-        path = unique_path(out_dir, output_name(settings.prompt, meta["seed"]), ".png")
-        paths.append(save_png_with_settings(image, path, meta))
+        path = out_dir / f"{output_name(settings.prompt, meta['seed'])}.png"
+        paths.append(save_png_with_settings(image, path, meta, overwrite=overwrite))
     return paths
