@@ -7,7 +7,9 @@ Every check takes
 * ``call``: the keyword arguments of one generation (prompt, steps, size, frames, guidance...),
   without ``generator`` and ``output_type``, which the checks set;
 * optionally ``reference``: a factory of the pipeline the output must match (e.g. the stock
-  pipeline), compared under the same feature exactly (``atol=0``) or within ``atol``.
+  pipeline), compared under the same feature exactly (``reference_atol=0``, the default) or within
+  it. It may return one pipeline built once: the checks switch the features they turn on in it off
+  again (``make`` must build a fresh pipeline, since save/load and ``from_pipe`` keep using it).
 
 What each check asserts:
 
@@ -82,7 +84,7 @@ def _takes_chunk(pipe) -> bool:
     return "decode_chunk_size" in inspect.signature(pipe.decode_latents).parameters
 
 
-def check_output_types(make: Factory, call: dict, reference: Factory | None = None, atol: float = 0.0) -> None:
+def check_output_types(make: Factory, call: dict, reference: Factory | None = None, reference_atol: float = 0.0) -> None:
     pipe = make()
     as_np = generate(pipe, call)
     as_pt = generate(pipe, call, output_type="pt")
@@ -94,7 +96,7 @@ def check_output_types(make: Factory, call: dict, reference: Factory | None = No
     assert_same(pil, (as_np * 255).round().astype(np.uint8), 0.0, "pil output")
     assert latents.shape[1] == pipe.unet.config.in_channels
     assert_same(_decode(pipe, latents), as_np, 1e-6, "decoded latent output")
-    _compare(as_np, reference, lambda p: generate(p, call), atol, "np output")
+    _compare(as_np, reference, lambda p: generate(p, call), reference_atol, "np output")
 
 
 def check_batch_matches_single(make: Factory, call: dict, prompts: tuple[str, str] = ("a red circle", "a blue square"),
@@ -114,7 +116,8 @@ def check_batch_matches_single(make: Factory, call: dict, prompts: tuple[str, st
     _compare(batch, reference, run_reference, reference_atol, "batched output")
 
 
-def check_callback_on_step_end(make: Factory, call: dict, reference: Factory | None = None, atol: float = 0.0) -> None:
+def check_callback_on_step_end(make: Factory, call: dict, reference: Factory | None = None,
+                               reference_atol: float = 0.0) -> None:
     pipe = make()
     plain = generate(pipe, call)
     seen = []
@@ -133,7 +136,7 @@ def check_callback_on_step_end(make: Factory, call: dict, reference: Factory | N
 
     shifted = generate(pipe, call, callback_on_step_end=shift, callback_on_step_end_tensor_inputs=["latents"])
     assert np.abs(shifted - plain).max() > 1e-3, "latents returned by the callback were ignored"
-    _compare(observed, reference, lambda p: generate(p, call), atol, "callback output")
+    _compare(observed, reference, lambda p: generate(p, call), reference_atol, "callback output")
 
 
 def check_save_load(make: Factory, call: dict, tmp_path: Path, prepare: Callable[[Any], None] | None = None,
@@ -152,14 +155,14 @@ def check_save_load(make: Factory, call: dict, tmp_path: Path, prepare: Callable
 
 
 def check_from_pipe(make: Factory, call: dict, target: type | None = None, reference: Factory | None = None,
-                    atol: float = 0.0) -> None:
+                    reference_atol: float = 0.0) -> None:
     pipe = make()
     before = generate(pipe, call)
     other = (target or type(pipe)).from_pipe(pipe)
     other.set_progress_bar_config(disable=True)
     assert other.unet is pipe.unet
     assert_same(generate(other, call), before, 0.0, "output of the from_pipe pipeline")
-    _compare(before, reference, lambda p: generate(p, call), atol, "output")
+    _compare(before, reference, lambda p: generate(p, call), reference_atol, "output")
 
 
 def _switch_check(make, call, enable, disable, reference, atol_feature, atol_reference, what):
@@ -173,7 +176,10 @@ def _switch_check(make, call, enable, disable, reference, atol_feature, atol_ref
 
     def run_reference(p):
         enable(p)
-        return generate(p, call)
+        try:
+            return generate(p, call)
+        finally:
+            disable(p)
 
     _compare(switched, reference, run_reference, atol_reference, f"output with {what}")
 
@@ -193,7 +199,7 @@ def check_fused_qkv(make: Factory, call: dict, reference: Factory | None = None,
 FREEU = dict(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
 
 
-def check_freeu(make: Factory, call: dict, reference: Factory | None = None, atol: float = 0.0) -> None:
+def check_freeu(make: Factory, call: dict, reference: Factory | None = None, reference_atol: float = 0.0) -> None:
     pipe = make()
     plain = generate(pipe, call)
     pipe.enable_freeu(**FREEU)
@@ -204,9 +210,12 @@ def check_freeu(make: Factory, call: dict, reference: Factory | None = None, ato
 
     def run_reference(p):
         p.enable_freeu(**FREEU)
-        return generate(p, call)
+        try:
+            return generate(p, call)
+        finally:
+            p.disable_freeu()
 
-    _compare(freeu, reference, run_reference, atol, "FreeU output")
+    _compare(freeu, reference, run_reference, reference_atol, "FreeU output")
 
 
 def run_standard_checks(make: Factory, call: dict, tmp_path: Path, reference: Factory | None = None,

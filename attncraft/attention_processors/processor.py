@@ -60,9 +60,8 @@ Living with diffusers' own features
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
