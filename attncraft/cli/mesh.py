@@ -112,7 +112,10 @@ def stylize(
                           max_vertices=max_vertices, refine=refine, target_edge=target_edge, log=_echo,
                           iterations=iterations, views=views, resolution=resolution, learning_rate=lr, seed=seed,
                           field=field, geoloss=geoloss, background=_background(background))
-    _echo(f"final CLIP score {result.final_score:.4f} after {iterations} iterations ({result.seconds:.1f} s)")
+    from attncraft.mesh.metrics import stylize_summary
+
+    for line in stylize_summary(result):
+        _echo(line)
     dev = result.settings["device"]
     paths = result.save(out_dir, name or stem, formats=fmt_list, turntable=None if turntable_kind == "none" else turntable_kind,
                         frames=frames, device=dev)

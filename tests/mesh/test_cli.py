@@ -75,7 +75,8 @@ def test_tiny_stylize_writes_all_outputs(tmp_path, capsys):
     captured = capsys.readouterr()
     names = sorted(p.name for p in out.iterdir())
     assert names == ["ball.glb", "ball.glb.json", "ball.obj", "ball.ply", "ball_turntable.gif", "ball_views.png"]
-    assert "random weights" in captured.err and "final CLIP score" in captured.err
+    assert "random weights" in captured.err and "evaluation CLIP score" in captured.err
+    assert "ground truth:" in captured.err and "of the visible surface is red" in captured.err
     assert read_sidecar(out / "ball.glb")["prompt"] == "a red ball"
     assert len(captured.out.strip().splitlines()) == 6
 

@@ -39,7 +39,9 @@ def test_stylize_mesh_api_and_determinism(test_guide, sphere_mesh, tiny_settings
     kwargs = dict(clip=test_guide, settings=tiny_settings, device="cpu", progress=False)
     a = stylize_mesh(sphere_mesh, "a blue vase", eval_every=1, evaluator=lambda run, i: calls.append(i) or 0.5, **kwargs)
     b = stylize_mesh(sphere_mesh, "a blue vase", **kwargs)
-    assert calls == [0, 1] and a.eval_history == [(0, 0.5), (1, 0.5)]
+    # The untouched mesh first (iteration None, a separate field), then after updates 0 and 1.
+    assert calls == [None, 0, 1] and a.eval_history == [(0, 0.5), (1, 0.5)] and a.eval_initial == 0.5
+    assert [i for i, _ in a.eval_score_history] == [0, 1] and a.initial_eval_score is not None
     assert len(a.score_history) == 2 and a.vertices.shape == (42, 3) and a.colors.shape == (42, 3)
     assert (a.colors >= 0).all() and (a.colors <= 1).all()
     assert a.score_history == b.score_history and (a.colors == b.colors).all()

@@ -30,8 +30,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (off by default)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
     p.add_argument("--init", dest="init_dir", default=None,
-                   help="vae/unet: start from these weights instead of a fresh initialisation (a VAE or UNet "
-                        "folder, or a shapes SD folder, whose vae/ or unet/ is used)")
+                   help="clip/vae/unet: start from these weights instead of a fresh initialisation (a CLIP, VAE "
+                        "or UNet folder, or a shapes SD folder, whose vae/ or unet/ is used)")
+    p.add_argument("--mesh-fraction", type=float, default=None,
+                   help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     return p.parse_args(argv)
 
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
         workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
-        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, mesh_fraction=ns.mesh_fraction, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":
         from attncraft.shapes.training.clip import train_clip

@@ -26,6 +26,11 @@ class ClipTrain:
     caption_omits: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
     reserve_s: float = 15.0  # kept at the end of the budget for saving
     pool_fill_limit_s: float = 40.0
+    # share of each batch drawn from renders of painted procedural meshes (0 = the 2-D world only)
+    mesh_fraction: float = 0.0
+    mesh_pool: int = 65536
+    mesh_refresh_every: int = 4
+    mesh_workers: int = 4
     # architecture overrides (None: the shipped architecture)
     text_overrides: dict[str, Any] | None = None
     vision_overrides: dict[str, Any] | None = None
@@ -84,6 +89,7 @@ class UnetTrain:
 @dataclass
 class EvalConfig:
     clip_scenes: int = 1000  # held-out single-object scenes for zero-shot CLIP
+    mesh_scenes: int = 1000  # held-out painted meshes for the mesh zero-shot table of the CLIP
     sd_one: int = 500  # one-object prompts
     sd_two: int = 500  # two-object prompts
     sweep_prompts: int = 128  # prompts per (scheduler, guidance) in the default-sampler sweep
@@ -116,13 +122,13 @@ def get_configs(name: str) -> StageConfigs:
         return StageConfigs(
             clip=ClipTrain(batch=32, lr=3e-3, warmup=5, pool=512, chunk=128, refresh_every=8, workers=0,
                            reserve_s=0.0, text_overrides=dict(SMOKE_TEXT), vision_overrides=dict(SMOKE_VISION),
-                           max_steps=40, log_every_s=1e9, weight_decay=0.0),
+                           max_steps=40, log_every_s=1e9, weight_decay=0.0, mesh_pool=128, mesh_refresh_every=16),
             vae=VaeTrain(batch=4, lr=3e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
                          scale_samples=64, overrides=dict(SMOKE_VAE), max_steps=30, log_every_s=1e9, reader_scenes=8),
             unet=UnetTrain(batch=8, lr=2e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
                            probe_examples=32,
                            overrides=dict(SMOKE_UNET), max_steps=30, log_every_s=1e9),
-            eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2,
+            eval=EvalConfig(clip_scenes=32, mesh_scenes=24, sd_one=4, sd_two=4, sweep_prompts=2,
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
                             steps=2, gen_batch=8, score_workers=0, save_grid=False),
         )
