@@ -1,4 +1,5 @@
-"""Training configurations: ``full`` (one H200, minutes) and ``smoke`` (CPU, seconds, used by tests).
+"""Training configurations: ``full`` (one H200, minutes), ``full-mesh`` (the mesh-reading CLIP
+fine-tune, one H200) and ``smoke`` (CPU, seconds, used by tests).
 
 The full configurations use the shipped architectures of :mod:`attncraft.shapes.models`; the smoke
 ones shrink the widths (same classes, same code paths) so that each stage runs in a few seconds on
@@ -115,9 +116,16 @@ class StageConfigs:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
+                      pool_fill_limit_s=25.0)
+"""``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders."""
+
+
 def get_configs(name: str) -> StageConfigs:
     if name == "full":
         return StageConfigs()
+    if name == "full-mesh":
+        return StageConfigs(clip=ClipTrain(**MESH_FINE_TUNE))
     if name == "smoke":
         return StageConfigs(
             clip=ClipTrain(batch=32, lr=3e-3, warmup=5, pool=512, chunk=128, refresh_every=8, workers=0,
@@ -132,4 +140,4 @@ def get_configs(name: str) -> StageConfigs:
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
                             steps=2, gen_batch=8, score_workers=0, save_grid=False),
         )
-    raise ValueError(f"unknown config {name!r} (smoke or full)")
+    raise ValueError(f"unknown config {name!r} (smoke, full or full-mesh)")
