@@ -319,3 +319,22 @@ def test_learning_rate_override_from_the_command_line():
     cfg = get_configs("full").vae
     assert common.apply_overrides(cfg, common.RunArgs(lr=ns.lr)).lr == 3e-4
     assert common.apply_overrides(cfg, common.RunArgs()).lr == cfg.lr
+
+
+def test_clip_mesh_fine_tune_from_a_trained_clip(trained, tmp_path):
+    """--init + --mesh-fraction: the smoke CLIP fine-tuned on half mesh renders; the mesh tables are written."""
+    from attncraft.shapes.training.clip import train_clip
+    from attncraft.shapes.training.evaluate import eval_clip_mesh
+    from attncraft.shapes.training.configs import get_configs
+
+    root, _ = trained
+    info = train_clip(_run_args(tmp_path / "clip-mesh", init_dir=str(root / "shapes-clip"), mesh_fraction=0.5,
+                                max_steps=6), quiet=True)
+    assert info["steps"] == 6 and info["mesh_fraction"] == 0.5 and info["mesh_pool"]["meshes_added"] > 0
+    log = json.loads((tmp_path / "clip-mesh" / "training_log.json").read_text())
+    assert log["initialised_from"]["folder"] == str(root / "shapes-clip")
+    cfg = get_configs("smoke").eval
+    cfg.mesh_scenes = 12
+    res = eval_clip_mesh(tmp_path / "clip-mesh", cfg, torch.device("cpu"))
+    assert set(res["conditions"]) == {"train", "xmesh"}
+    assert set(res["conditions"]["train"]["accuracy"]) == {"color", "shape", "pattern", "joint"}
