@@ -33,6 +33,13 @@ Choices (the spec's "must decide" table), each an argument:
   its near-diagonal keys); ``clamp_rowmax=True`` clamps the row max at zero instead.
 * **Numerics**: float32 logits (the processor's explicit path); ``G`` is cached per frame count, sigma
   and device.
+
+What is monotone (rows with a positive row max; ``tests/vstar/test_tar.py``): the attention mass on
+``|i - j| <= 1`` grows with ``strength`` (the bonus falls with distance), and the weight of a frame on
+itself grows as ``sigma`` shrinks (every off-diagonal bonus shrinks, the diagonal's stays). The
+attention-weighted mean ``|i - j|`` is *not* monotone in ``sigma``: on random logits it falls from
+sigma 16 to 2 and rises again below (at sigma -> 0 the bonus sits on the diagonal alone and no longer
+pulls mass in from distant frames to near ones).
 """
 
 from __future__ import annotations
