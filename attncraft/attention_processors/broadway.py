@@ -52,6 +52,8 @@ section 6), each a constructor argument where the alternative is useful:
 * **tau**: the literal Nyquist-centred band; a band that does not fit in ``1 .. F-1`` (``tau >
   F//2 - 1``) is refused with a clear error before the first step. ``tau="all_nondc"`` scales every
   non-DC bin, which reproduces the 16-frame behaviour at any frame count.
+* **FreeNoise** (sliding windows of frames) is refused: a window's map would be guided by the
+  reference map of another window.
 * **Numerics**: maps, FFT and energies in float32 (the processor's explicit path already gives
   float32 probabilities in fp16 UNets).
 
@@ -248,6 +250,9 @@ class BroadWay(AttentionTechnique):
     """
 
     name = "broadway"
+    supports_frame_windows = False
+    """Guidance pairs each layer's map with the reference block's map of the same call; FreeNoise's
+    sliding windows run each layer once per window, which would pair maps of different windows."""
 
     def __init__(
         self,

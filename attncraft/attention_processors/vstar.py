@@ -31,6 +31,8 @@ Choices (the spec's "must decide" table), each an argument:
 * **CFG**: both halves (the reference runs TAR in both of its separate CFG passes).
 * **Negative row maxima**: as the reference (a row whose logits are all negative gets a *penalty* on
   its near-diagonal keys); ``clamp_rowmax=True`` clamps the row max at zero instead.
+* **FreeNoise** (sliding windows of frames): TAR applies within each window (the band spans the
+  window's frames), and to any slice of a split batch.
 * **Numerics**: float32 logits (the processor's explicit path); ``G`` is cached per frame count, sigma
   and device.
 
@@ -134,6 +136,7 @@ class TemporalAttentionRegularization(AttentionTechnique):
     """
 
     name = "vstar"
+    supports_split_batches = True  # the bonus is row by row: any slice of the batch gets the same edit
 
     def __init__(
         self,
