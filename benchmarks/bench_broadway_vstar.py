@@ -4,7 +4,7 @@ What it measures: diffusers' ``AnimateDiffPipeline`` with an SD 1.5-architecture
 ``MotionAdapter`` (``UNetMotionModel.from_unet2d``), an SD 1.5-size CLIP text encoder and VAE, all
 with **random weights** (the architectures cost the same as trained ones; no trained weights are
 reachable from the benchmark machine). 16 frames, 512x512, 25 DDIM steps, CFG 7.5 (batched), fp16,
-decoded to frames (``output_type="pt"``), as a user runs it. Variants, installed with
+decoded to frames (``output_type="pt"``, the VAE 4 frames at a time), as a user runs it. Variants, installed with
 ``apply_techniques`` on the same pipeline and timed in interleaved rounds (order rotated each round):
 
 * ``stock``    - the pipeline as diffusers ships it;
@@ -15,7 +15,7 @@ decoded to frames (``output_type="pt"``), as a user runs it. Variants, installed
 * ``both``     - the two on one run.
 
 Reported per variant: whole-run seconds (median over rounds) and ratio to stock (target <= 1.02,
-goal 1.01), peak allocated memory, and the per-UNet-call time of active and inactive steps (CUDA
+goal 1.01), peak allocated memory during denoising and over the whole run (the VAE decode), and the per-UNet-call time of active and inactive steps (CUDA
 events around every UNet call, read after the run) with their ratios to the same steps of stock.
 Outside their windows the techniques' layers take the stock fused path, so inactive steps should
 cost what stock costs.
@@ -129,7 +129,15 @@ class CallTimer:
 def one_run(pipe, variant: str, args, device) -> dict:
     techniques = techniques_for(variant, args.frames, args.tiny)
     timer = CallTimer(pipe.unet, device)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    loop_peak = [None]
+
+    def after_step(pipeline, step, timestep, kwargs):
+        if cuda and step == args.steps - 1:  # an allocator statistic: no device sync
+            loop_peak[0] = torch.cuda.max_memory_allocated() / 2**30
+        return kwargs
+
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -137,15 +145,15 @@ def one_run(pipe, variant: str, args, device) -> dict:
         generator = torch.Generator(device=device).manual_seed(0)
         out = pipe("a red circle moves right, then turns blue", num_frames=args.frames, height=args.size,
                    width=args.size, num_inference_steps=args.steps, guidance_scale=7.5, generator=generator,
-                   output_type="pt", decode_chunk_size=args.frames).frames  # fmt: skip
-        if device.type == "cuda":
+                   output_type="pt", decode_chunk_size=args.decode_chunk, callback_on_step_end=after_step).frames  # fmt: skip
+        if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     calls = timer.ms_per_call()
     timer.close()
     assert out.shape[1] == args.frames and len(calls) == args.steps
-    return {"seconds": seconds, "calls_ms": calls,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}  # fmt: skip
+    return {"seconds": seconds, "calls_ms": calls, "loop_peak_gib": loop_peak[0],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}  # fmt: skip
 
 
 def active_steps(variant: str, steps: int) -> set[int]:
@@ -175,9 +183,11 @@ def summarise(results: dict[str, list[dict]], steps: int) -> dict[str, dict]:
 
         seconds = statistics.median(r["seconds"] for r in runs)
         peaks = [r["peak_gib"] for r in runs if r["peak_gib"] is not None]
+        loop_peaks = [r["loop_peak_gib"] for r in runs if r["loop_peak_gib"] is not None]
         summary[variant] = {
             "seconds": seconds, "min_seconds": min(r["seconds"] for r in runs), "ratio": seconds / stock_seconds,
-            "peak_gib": max(peaks) if peaks else None, "active_steps": len(active),
+            "peak_gib": max(peaks) if peaks else None, "loop_peak_gib": max(loop_peaks) if loop_peaks else None,
+            "active_steps": len(active),
             "active_ms": mean([calls[i] for i in active]), "active_ratio": ratio(active),
             "inactive_ms": mean([calls[i] for i in inactive]), "inactive_ratio": ratio(inactive),
             "rounds_seconds": [r["seconds"] for r in runs],
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of every variant, interleaved")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of every variant first")
+    parser.add_argument("--decode-chunk", type=int, default=4, help="frames the VAE decodes at once")
     parser.add_argument("--tiny", action="store_true", help="tiny pipeline for a CPU smoke run")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
@@ -223,16 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Command: `python {' '.join(sys.argv)}`  ")
     print(f"Pipeline: AnimateDiffPipeline, {'tiny' if args.tiny else 'SD 1.5 UNet + default MotionAdapter, random weights'}, "
           f"{args.frames} frames, {args.size}x{args.size}, {args.steps} DDIM steps, CFG 7.5 (batched), {args.dtype}, "
-          f"decoded; median of {args.rounds} interleaved rounds after {args.warmup} warm-up round(s); build {built:.0f} s.  ")
+          f"decoded {args.decode_chunk} frames at a time; median of {args.rounds} interleaved rounds after {args.warmup} warm-up round(s); build {built:.0f} s.  ")
     bw_steps, tar_last = BroadWay().active_steps(args.steps), TemporalAttentionRegularization().last_active_step(args.steps)
     print("Per-call times: CUDA events around each UNet call (wall clock on CPU), median over rounds per step; active = "
           f"steps where the variant's techniques act (BroadWay 0..{bw_steps - 1}, VSTAR 0..{tar_last} of {args.steps}).")
     print()
-    print("| variant | run s (median) | min | ratio to stock | peak GiB | active steps | ms / call, active | ratio, active | ms / call, inactive | ratio, inactive |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | run s (median) | min | ratio to stock | peak GiB (denoising) | peak GiB (run) | active steps | ms / call, active | ratio, active | ms / call, inactive | ratio, inactive |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for variant in VARIANTS:
         s = summary[variant]
-        print(f"| {variant} | {s['seconds']:.3f} | {s['min_seconds']:.3f} | {s['ratio']:.4f} | {fmt(s['peak_gib'], '{:.2f}')} | "
+        print(f"| {variant} | {s['seconds']:.3f} | {s['min_seconds']:.3f} | {s['ratio']:.4f} | "
+              f"{fmt(s['loop_peak_gib'], '{:.2f}')} | {fmt(s['peak_gib'], '{:.2f}')} | "
               f"{s['active_steps']} | {fmt(s['active_ms'], '{:.2f}')} | {fmt(s['active_ratio'], '{:.4f}')} | "
               f"{fmt(s['inactive_ms'], '{:.2f}')} | {fmt(s['inactive_ratio'], '{:.4f}')} |")
     if args.json:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from attncraft.errors import InputError, ModelLoadError
-from attncraft.validation import check_int_range, check_text, looks_like_path
+from attncraft.validation import check_int_range, check_text
 
 __all__ = [
     "INSTRUCTION",
@@ -381,7 +381,7 @@ def load_language_model(ref: str, device: Any = "cpu", dtype: Any = None) -> tup
     """(model, tokenizer) of a transformers causal LM from a folder, a cached Hub id or a ``.gguf`` file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from attncraft.loading import _is_hub_error, hub_offline
+    from attncraft.loading import _is_hub_error, hub_offline, reference_looks_like_path
 
     ref = str(ref).strip()
     if not ref:
@@ -399,7 +399,7 @@ def load_language_model(ref: str, device: Any = "cpu", dtype: Any = None) -> tup
             source, kwargs = str(path.parent), {"gguf_file": path.name}
         else:
             source = str(path)
-    elif looks_like_path(ref, suffixes=(".gguf",)):
+    elif reference_looks_like_path(ref, (".gguf",)):
         raise InputError(f"the --llm path {ref!r} does not exist", "check the path, or pass a Hub id in the local cache")
     else:
         source = ref

@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from attncraft.errors import InputError
+from attncraft.errors import InputError, ModelLoadError
 from attncraft.shapes.captions import parse_caption
 from attncraft.video import synopsis as vsp
 from attncraft.video.synopsis import (
@@ -178,14 +178,16 @@ def test_the_instruction_goes_through_a_chat_template_when_there_is_one():
 
 
 def test_loading_errors_are_one_line(tmp_path):
-    with pytest.raises(InputError, match="--llm path 'missing/model' does not exist"):
-        load_language_model("missing/model")
+    with pytest.raises(InputError, match="--llm path 'models/missing/model' does not exist"):
+        load_language_model("models/missing/model")
     with pytest.raises(InputError, match="does not exist"):
         load_language_model(str(tmp_path / "model.gguf"))
     text = tmp_path / "notes.txt"
     text.write_text("x")
     with pytest.raises(InputError, match="not a .gguf file"):
         load_language_model(str(text))
+    with pytest.raises(ModelLoadError, match="'some-org/some-model': it is not in the local cache"):
+        load_language_model("some-org/some-model")  # a Hub id, offline in the tests
 
 
 def test_a_gguf_file_is_read_through_transformers_gguf_file(tmp_path, monkeypatch):
