@@ -225,13 +225,18 @@ def test_output_folder_is_checked_before_any_model_is_loaded(tmp_path, refused, 
     loads = []
     monkeypatch.setattr("attncraft.loading.load_text_to_image", lambda *a, **k: loads.append(a))
     monkeypatch.setattr("attncraft.mesh.stylize.stylize_mesh", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr("attncraft.mesh.stylize.make_guide", lambda *a, **k: loads.append(a))
     target = tmp_path / "a-file"
     target.write_text("keep")
+    bench = tmp_path / "bench"
+    (bench / "prompts").mkdir(parents=True)
+    (bench / "prompts" / "ball.txt").write_text("a red ball\n")
     for out, needle in ((target, "is a file, not a folder"), ("/dev/full", "is a file, not a folder"),
                         (target / "sub", "a part of the path is a file")):
         refused(tmp_path, "image", "x", "--out", out, needles=(needle,))
         refused(tmp_path, "world", "render", "--out", out, needles=(needle,))
         refused(tmp_path, "mesh", "stylize", "default", "x", "--out", out, needles=(needle,))
+        refused(tmp_path, "mesh", "bench", bench, "--out", out, needles=(needle,))
     # a folder that refuses writes (read-only for this user, whoever runs the tests: root too)
     ro = tmp_path / "ro"
     ro.mkdir()
