@@ -55,7 +55,7 @@ def test_bad_meshes_raise_one_line_input_errors(tmp_path, name, content, fragmen
 
 
 def test_missing_file_and_folder(tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="does not exist"):
         load_mesh(tmp_path / "nope.obj")
     with pytest.raises(InputError, match="folder"):
         load_mesh(tmp_path)
