@@ -1,7 +1,7 @@
 """VSTAR as options of a video command: ``--vstar [--vstar-preset ... --vstar-sigma ...]`` (temporal
-attention regularization) and ``--synopsis rule|llm [--llm PATH_OR_ID]`` / ``--state`` (video
-synopsis prompting). Declared once here; the ``*_from_options`` helpers check every value (errors
-name the option) before any model is loaded.
+attention regularization) and ``--synopsis rule|llm [--llm PATH_OR_ID]`` (video synopsis prompting;
+states the user gives with the video command's ``--state`` win). Declared once here; the
+``*_from_options`` helpers check every value (errors name the option) before any model is loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ VstarPresetOption = typer.Option("64D4", "--vstar-preset", help="64D4 (default),
 VstarSigmaOption = typer.Option(None, "--vstar-sigma", help="Band width per level: '4' (full resolution) or '1,8' (levels 0 and 1); replaces the preset.")
 SynopsisOption = typer.Option(None, "--synopsis", help="Split the prompt into per-frame states: rule (built-in rules) or llm (--llm).")
 LlmOption = typer.Option(None, "--llm", help="A local transformers causal LM for --synopsis llm: a folder, a .gguf file or a cached Hub id.")
-StateOption = typer.Option(None, "--state", help="A visual state, in order (repeat the option); wins over --synopsis.")
 
 
 def vstar_from_options(enabled: bool, preset: str = "64D4", sigma: str | None = None):

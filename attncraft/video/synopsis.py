@@ -13,7 +13,7 @@ the text-to-video pipeline does that part). Three sources, in order of precedenc
    Hub id in the local cache, or a single GGUF file (read through transformers' ``gguf_file``, which
    needs the ``gguf`` package). The instruction is ours (:data:`INSTRUCTION`, VSTAR's own is not
    public); decoding is greedy, so the same model and prompt give the same states; the answer is
-   parsed by :func:`parse_states`.
+   parsed by :func:`parse_answer`.
 3. **The rule-based splitter** (:func:`rule_states`), deterministic, for the usual forms.
 
 The rule-based splitter:
@@ -39,7 +39,7 @@ The rule-based splitter:
   the subject with each of X and Y ("a red traffic light", "a green traffic light").
 * Anything else is one state: the prompt itself.
 
-Parsing a language model's answer (:func:`parse_states`): numbered lines ("1.", "2)", "Step 3:"),
+Parsing a language model's answer (:func:`parse_answer`): numbered lines ("1.", "2)", "Step 3:"),
 bullets, inline numbering on one line, or one state per line; preambles ("Here are the states:"),
 code fences, quotes and control characters are dropped; consecutive duplicates merged; states cut to
 :data:`MAX_STATE_WORDS` words. With ``num_states`` asked, too many states are thinned evenly (first
@@ -68,7 +68,7 @@ __all__ = [
     "llm_states",
     "load_language_model",
     "make_synopsis",
-    "parse_states",
+    "parse_answer",
     "rule_states",
 ]
 
@@ -341,7 +341,7 @@ def _thin(states: list[str], count: int) -> list[str]:
     return [states[round(i * (n - 1) / (count - 1))] for i in range(count)]
 
 
-def parse_states(text: str, num_states: int | None = None, max_states: int = MAX_STATES) -> list[str]:
+def parse_answer(text: str, num_states: int | None = None, max_states: int = MAX_STATES) -> list[str]:
     """The states in a language model's answer (see the module docstring for what is repaired)."""
     text = _CONTROL.sub(" ", text or "").replace("\r", "\n")
     lines = [ln for ln in text.split("\n") if ln.strip() and not ln.strip().startswith("```")]
@@ -436,7 +436,7 @@ def llm_states(
     num_states: int | None = None,
     max_new_tokens: int | None = None,
 ) -> tuple[list[str], str]:
-    """(states, raw answer) from a causal LM, greedy decoding, parsed by :func:`parse_states`."""
+    """(states, raw answer) from a causal LM, greedy decoding, parsed by :func:`parse_answer`."""
     import torch
 
     prompt = " ".join(check_text("prompt", prompt).split())
@@ -449,7 +449,7 @@ def llm_states(
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=budget, do_sample=False, pad_token_id=pad)
     raw = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return parse_states(raw, num_states=num_states), raw
+    return parse_answer(raw, num_states=num_states), raw
 
 
 def make_synopsis(

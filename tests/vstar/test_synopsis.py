@@ -18,7 +18,7 @@ from attncraft.video.synopsis import (
     llm_states,
     load_language_model,
     make_synopsis,
-    parse_states,
+    parse_answer,
     rule_states,
 )
 
@@ -83,19 +83,19 @@ PARSE_TABLE = [
 
 @pytest.mark.parametrize("text, count, states", PARSE_TABLE)
 def test_parse_states(text, count, states):
-    assert parse_states(text, num_states=count) == states
+    assert parse_answer(text, num_states=count) == states
 
 
 @pytest.mark.parametrize("text", ["", "   \n  ", "1. a red circle", "12345 ... !!!", "States:\n1.\n2."])
 def test_malformed_answers_are_a_clear_error(text):
     with pytest.raises(SynopsisError, match="usable state.*--state.*--synopsis rule"):
-        parse_states(text)
+        parse_answer(text)
 
 
 def test_long_answers_are_capped():
-    states = parse_states("\n".join(f"{i}. state number {i}" for i in range(1, 31)))
+    states = parse_answer("\n".join(f"{i}. state number {i}" for i in range(1, 31)))
     assert len(states) == vsp.MAX_STATES and states[0] == "state number 1" and states[-1] == "state number 30"
-    (long,) = parse_states(f"1. {'word ' * 80}\n2. x", num_states=None)[:1]
+    (long,) = parse_answer(f"1. {'word ' * 80}\n2. x", num_states=None)[:1]
     assert len(long.split()) == vsp.MAX_STATE_WORDS
 
 
@@ -162,7 +162,7 @@ def test_a_random_lm_gives_parsed_states_or_the_clear_error_and_always_the_same(
     for _ in range(2):
         try:
             states, raw = llm_states("a red circle moves right", model, tok, num_states=2, max_new_tokens=24)
-            assert states == parse_states(raw, num_states=2) and len(states) == 2
+            assert states == parse_answer(raw, num_states=2) and len(states) == 2
             results.append(states)
         except SynopsisError as exc:
             results.append(str(exc))
