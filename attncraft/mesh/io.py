@@ -134,6 +134,7 @@ _OBJ_FACE = re.compile(rb"(?m)^[ \t]*f[ \t]")
 _OBJ_VERTEX = re.compile(rb"(?m)^[ \t]*v[ \t]")
 _OBJ_SHORT_FACE = re.compile(rb"(?m)^[ \t]*f(?:[ \t]+[^\s]+){0,2}[ \t]*\r?$")
 _OBJ_COMMENT = re.compile(rb"(?m)^[ \t]*#[^\n]*")
+_OBJ_OBJECT = re.compile(rb"(?m)^[ \t]*o[ \t][^\n]*")
 _DECLARED = (re.compile(rb"(?i)(\d[\d,]*)\s+(vertices|verts|faces|triangles|polygons)\b"),
              re.compile(rb"(?i)\b(vertices|verts|faces|triangles|polygons)\s*[:=]\s*(\d[\d,]*)"))
 _FACE_WORDS = (b"faces", b"triangles", b"polygons")
@@ -162,17 +163,23 @@ def _obj_last_record_cut(data: bytes) -> str | None:
 
 
 def _declared_obj_counts(data: bytes) -> tuple[int | None, int | None]:
-    """Vertex and face counts stated in an OBJ's comments (``# 8 vertices``, ``# Faces: 12``), summed
-    over the objects that declare them; None where nothing is stated."""
-    counts: dict[str, int] = {}
-    for comment in _OBJ_COMMENT.findall(data):
-        for pattern in _DECLARED:
-            for match in pattern.finditer(comment):
-                a, b = match.groups()
-                number, word = (a, b) if a[:1].isdigit() else (b, a)
-                kind = "faces" if word.lower() in _FACE_WORDS else "vertices"
-                counts[kind] = counts.get(kind, 0) + int(number.replace(b",", b""))
-    return counts.get("vertices"), counts.get("faces")
+    """Vertex and face counts stated in an OBJ's comments (``# 8 vertices``, ``# Faces: 12``); None
+    where nothing is stated. Within one object (the text between ``o`` records) a count stated twice
+    is one count (MeshLab states each in its header and again after the records), so the largest
+    statement counts; the objects' counts are summed."""
+    totals: dict[str, int] = {}
+    for section in _OBJ_OBJECT.split(data):
+        counts: dict[str, int] = {}
+        for comment in _OBJ_COMMENT.findall(section):
+            for pattern in _DECLARED:
+                for match in pattern.finditer(comment):
+                    a, b = match.groups()
+                    number, word = (a, b) if a[:1].isdigit() else (b, a)
+                    kind = "faces" if word.lower() in _FACE_WORDS else "vertices"
+                    counts[kind] = max(counts.get(kind, 0), int(number.replace(b",", b"")))
+        for kind, number in counts.items():
+            totals[kind] = totals.get(kind, 0) + number
+    return totals.get("vertices"), totals.get("faces")
 
 
 def _ply_header_counts(data: bytes) -> tuple[int | None, int | None]:
