@@ -77,8 +77,9 @@ def class_histograms(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.
     k = len(cams)
     n = vertices.shape[0]
     counts = torch.zeros(n, OTHER + 1, device=vertices.device)
-    for b0 in range(0, n, max(1, 96 // k)):
-        b1 = min(n, b0 + max(1, 96 // k))
+    per = max(1, (1024 if vertices.device.type == "cuda" else 96) // k)  # meshes per renderer call
+    for b0 in range(0, n, per):
+        b1 = min(n, b0 + per)
         m = b1 - b0
         wc = cams.world_to_cam.repeat(m, 1, 1)
         cam_b = type(cams)(wc, cams.fovy, cams.aspect)

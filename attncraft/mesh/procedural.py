@@ -215,9 +215,10 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RenderStyle:
-    """How a batch is rendered. ``"train"``: every randomisation below. ``"xmesh"``: what X-Mesh's
-    guidance sees without augmentation (SH lighting, camera at r = 2 with fovy 60 deg, views drawn
-    like X-Mesh's, 64 px, no crop or warp). ``"views"``: like ``xmesh`` at a random azimuth."""
+    """How a batch is rendered. ``"train"``: every randomisation below. ``"render"``: the same random
+    views, lighting and backgrounds without the augmentations (no crop or warp). ``"xmesh"``: what
+    X-Mesh's guidance sees without augmentation (SH lighting, camera at r = 2 with fovy 60 deg, views
+    drawn like X-Mesh's, 64 px). ``"views"``: like ``xmesh`` at a random azimuth."""
 
     mode: str = "train"
     size: int = 64
@@ -259,6 +260,8 @@ def _scene_params(scene: MeshScene, style: RenderStyle) -> dict[str, float | lis
     p["hires"] = 0.0 if xmesh_like else float(rng.random() < 0.5)
     p["crop"] = 0.0 if xmesh_like else float(rng.random() < 0.35)
     p["warp"] = 0.0 if xmesh_like else float(rng.random() < 0.5)
+    if style.mode == "render":
+        p["crop"] = p["warp"] = 0.0
     return p
 
 

@@ -336,5 +336,5 @@ def test_clip_mesh_fine_tune_from_a_trained_clip(trained, tmp_path):
     cfg = get_configs("smoke").eval
     cfg.mesh_scenes = 12
     res = eval_clip_mesh(tmp_path / "clip-mesh", cfg, torch.device("cpu"))
-    assert set(res["conditions"]) == {"train", "xmesh"}
+    assert set(res["conditions"]) == {"render", "train", "xmesh"}
     assert set(res["conditions"]["train"]["accuracy"]) == {"color", "shape", "pattern", "joint"}

@@ -117,7 +117,7 @@ class StageConfigs:
 
 
 MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
-                      pool_fill_limit_s=25.0)
+                      mesh_refresh_every=6, pool_fill_limit_s=25.0)
 """``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders."""
 
 

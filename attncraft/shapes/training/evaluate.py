@@ -97,11 +97,12 @@ def eval_clip_mesh(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) 
 
     Held-out meshes (seed 0; one colour, plain or patterned in the colour's shade, every shape and
     variant) against the 8 x 4 x 6 = 192 prompts ``"a {pattern} {colour} {shape}"``; per attribute the
-    argmax of the logits marginalised over the other two. Two conditions: the training distribution
-    (random views, lighting, backgrounds, crops and warps) and what X-Mesh's guidance sees (SH
-    lighting, its camera, white background, no augmentation). Two ranking checks on the plain meshes
-    of the second condition, which a guide needs: the mesh painted in the prompt's colour scores
-    above the same mesh unpainted (gray), and above it painted only on top (the rest gray).
+    argmax of the logits marginalised over the other two. Three conditions: held-out renders (random
+    views, distance, lighting and backgrounds: the targets apply here), the same with the training
+    augmentations (random crops and perspective warps), and what X-Mesh's guidance sees (SH lighting,
+    its camera, white background, no augmentation). Two ranking checks on the plain meshes of the last
+    condition, which a guide needs: the mesh painted in the prompt's colour scores above the same mesh
+    unpainted (gray), and above it painted only on top (the rest gray).
     """
     from dataclasses import replace
 
@@ -127,9 +128,10 @@ def eval_clip_mesh(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) 
         return torch.cat(out)
 
     kw = dict(two_colour=False, splits=False, unpainted=False)
+    held_out = sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED, **kw)
     conditions = {
-        "train": ("random views, lighting, backgrounds, crops and warps", sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED, **kw),
-                  RenderStyle("train")),
+        "render": ("random views, distance, lighting and backgrounds", held_out, RenderStyle("render")),
+        "train": ("the same with crops and perspective warps (training augmentations)", held_out, RenderStyle("train")),
         "xmesh": ("X-Mesh guidance views (SH lighting, camera r = 2, fovy 60 deg), white background",
                   sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED + 1, backgrounds=("white",), **kw), RenderStyle("xmesh")),
     }
