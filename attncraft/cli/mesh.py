@@ -186,7 +186,7 @@ def bench(
     iterations: int = typer.Option(1200, "--iterations", "-n", help="Optimisation steps per prompt."),
     mesh_names: list[str] = typer.Option(None, "--mesh", help="Only these meshes (repeatable)."),
     max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each mesh."),
-    threshold: float = typer.Option(0.22, "--threshold", help="ITS target similarity (raw cosine)."),
+    threshold: float = typer.Option(0.22, "--threshold", help="ITS target similarity (raw cosine; 0.22 belongs to open_clip ViT-B-32: for another CLIP calibrate it, as benchmarks/bench_xmesh_claim.py does)."),
     eval_every: int = typer.Option(10, "--eval-every", help="ITS evaluation interval in iterations."),
     its: bool = typer.Option(True, "--its/--no-its", help="Compute ITS (costs a 24-view scoring every --eval-every)."),
     reference_quirks: bool = typer.Option(False, "--reference-quirks", help="Reproduce the reference's unnormalised ITS images."),

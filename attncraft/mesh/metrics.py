@@ -65,15 +65,16 @@ def class_histograms(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.
                      renderer=None, views: int | None = None) -> torch.Tensor:
     """Covered-pixel counts per table entry over the 24 MES views (albedo), (B, len(TABLE_NAMES) + 1).
 
-    ``vertices`` / ``colors`` are (V, 3) or (B, V, 3) (B meshes of one topology); ``views`` uses the
-    first N MES views only.
+    ``vertices`` / ``colors`` are (V, 3) or (B, V, 3) (B meshes of one topology); ``views`` uses N of
+    the 24 MES views, evenly spread over their list (so over elevations and azimuths).
     """
     renderer = renderer or TorchRenderer()
     if vertices.dim() == 2:
         vertices, colors = vertices[None], colors[None]
     cams = _albedo_cameras(vertices.device)
-    if views is not None:
-        cams = type(cams)(cams.world_to_cam[:views], cams.fovy, cams.aspect)
+    if views is not None and views < len(cams):
+        pick = torch.linspace(0, len(cams) - 1, views).round().long().to(cams.world_to_cam.device)
+        cams = type(cams)(cams.world_to_cam[pick], cams.fovy, cams.aspect)
     k = len(cams)
     n = vertices.shape[0]
     counts = torch.zeros(n, OTHER + 1, device=vertices.device)
