@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--background", default="1,1,1", help="R,G,B in 0-1 (default white, as the reference)")
     p.add_argument("--geoloss", action="store_true", help="add the geometry-only loss (off: colour prompts)")
     p.add_argument("--budget-minutes", type=float, default=4.6, help="skip remaining MIT-30 meshes past this")
+    p.add_argument("--meshes", type=int, default=None, help="only the first N procedural meshes (a quick check)")
+    p.add_argument("--prompts", type=int, default=None, help="only the first N colour prompts (a quick check)")
     p.add_argument("--smoke", action="store_true", help="CPU check: 2 meshes, 2 prompts, 1 seed, tiny field")
     args = p.parse_args(argv)
     return args
@@ -86,7 +88,7 @@ def build_meshes(args):
     from attncraft.mesh.procedural import procedural_mesh
 
     grid = (24, 14) if args.smoke else None
-    items = PROCEDURAL[:2] if args.smoke else PROCEDURAL
+    items = PROCEDURAL[:2] if args.smoke else PROCEDURAL[: args.meshes]
     meshes = []
     for shape, variant, seed in items:
         kw = {"grid_size": grid} if grid else {}
@@ -365,7 +367,7 @@ def main(argv=None):
                                resolution=args.resolution, geoloss=args.geoloss, background=background, seed=23,
                                **({"width": 32} if args.smoke else {}))
     meshes, skipped = build_meshes(args)
-    colours = COLORS[:2] if args.smoke else COLORS
+    colours = COLORS[:2] if args.smoke else COLORS[: args.prompts]
     seeds = list(range(1 if args.smoke else args.seeds))
     prompts_per_mesh = [[(f"a {c} {noun}", c) for c in colours] for (_, _, noun, _) in meshes]
     renderer = TorchRenderer()
