@@ -95,7 +95,8 @@ def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
-def motion_unet(seed: int = 0) -> UNetMotionModel:
+def motion_parts(seed: int = 0, max_frames: int = 32) -> tuple[UNet2DConditionModel, MotionAdapter]:
+    """The tiny image UNet and the motion adapter that make :func:`motion_unet`."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
@@ -104,18 +105,26 @@ def motion_unet(seed: int = 0) -> UNetMotionModel:
     )
     adapter = MotionAdapter(
         block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=2,
-        motion_num_attention_heads=4,
+        motion_num_attention_heads=4, motion_max_seq_length=max_frames,
     )
-    return UNetMotionModel.from_unet2d(unet, adapter)
+    return unet, adapter
 
 
-def animatediff_pipeline(seed: int = 0) -> AnimateDiffPipeline:
+def motion_unet(seed: int = 0, max_frames: int = 32) -> UNetMotionModel:
+    return UNetMotionModel.from_unet2d(*motion_parts(seed, max_frames))
+
+
+def animatediff_pipeline(seed: int = 0, max_frames: int = 32, keep_adapter: bool = False) -> AnimateDiffPipeline:
+    """Tiny AnimateDiff; ``keep_adapter`` registers the motion adapter too (FreeNoise reads it)."""
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config())
-    unet = motion_unet(seed)
+    if keep_adapter:
+        unet, adapter = motion_parts(seed, max_frames)
+    else:
+        unet, adapter = motion_unet(seed, max_frames), None
     pipe = AnimateDiffPipeline(
         vae=vae(seed), text_encoder=text_encoder, tokenizer=load_clip_tokenizer(), unet=unet,
-        motion_adapter=None, scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False),
+        motion_adapter=adapter, scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
