@@ -86,7 +86,7 @@ def video(
     """Generate a video from a text prompt or per-frame states; writes the video, a contact sheet and a sidecar."""
     quiet_libraries()
     from attncraft.outputs import prepare_output_dir
-    from attncraft.validation import check_int_range, check_text, read_text_lines
+    from attncraft.validation import check_finite, check_int_range, check_seed, check_text, read_text_lines
     from attncraft.video.prompts import parse_states
 
     fmt = fmt.lower().lstrip(".")
@@ -119,10 +119,16 @@ def video(
             overrides["num_inference_steps"] = check_int_range("--steps", steps, 1, 1000, example=25)
         if size is not None:
             overrides["width"], overrides["height"] = parse_size(size)
-        for key, value in (("fps", fps), ("guidance_scale", guidance), ("scheduler", scheduler)):
-            if value is not None:
-                overrides[key] = value
-        overrides.update(seed=seed, negative_prompt=negative)
+        # what needs no model is checked before one is loaded
+        if fps is not None:
+            overrides["fps"] = check_finite("--fps", fps, 0.0, low_inclusive=False, example=8)
+        if guidance is not None:
+            overrides["guidance_scale"] = check_finite("--guidance", guidance, 0.0, example=7.5)
+        if scheduler is not None:
+            overrides["scheduler"] = scheduler
+        if negative is not None:
+            check_text("negative prompt", negative)
+        overrides.update(seed=check_seed(seed), negative_prompt=negative)
         if free_noise:
             overrides.update(free_noise=True, free_noise_context=free_noise_context, free_noise_stride=free_noise_stride)
     prepare_output_dir(out)

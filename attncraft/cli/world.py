@@ -5,7 +5,7 @@
   (scene, caption, per-object boxes and areas) and a mask PNG (pixel value k = object k, 0 =
   background); with ``--video`` a GIF per scene with a JSON sidecar holding the per-frame ground truth.
 * ``attncraft world score FILE [--prompt TEXT] [--json]`` reads an image (PNG/JPEG) or a video
-  (GIF/MP4) with the deterministic reader and prints per-attribute scores against the prompt; the
+  (GIF/MP4/animated WebP) with the deterministic reader and prints per-attribute scores against the prompt; the
   prompt defaults to the caption stored in the file's settings (PNG text chunk or JSON sidecar).
 
 torch and the world modules are imported inside the commands so that ``--help`` stays fast.
@@ -152,6 +152,20 @@ def _stored_caption(path: Path) -> str | None:
     return None
 
 
+def _is_video(path: Path) -> bool:
+    """GIF/MP4/... by extension; a WebP file is a video when it holds several frames."""
+    suffix = path.suffix.lower()
+    if suffix == ".webp":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                return getattr(im, "n_frames", 1) > 1
+        except (UnidentifiedImageError, OSError):
+            return False
+    return suffix in VIDEO_SUFFIXES
+
+
 def _load_frames(path: Path) -> list[Any]:
     from attncraft.video import read_video
 
@@ -188,9 +202,8 @@ def score(
             f"describe objects with the Shapes vocabulary, e.g. 'a red circle on the left' (shapes: {', '.join(SHAPES)})",
         ) from None
 
-    suffix = file.suffix.lower()
     try:
-        if suffix in VIDEO_SUFFIXES:
+        if _is_video(file):
             frames = _load_frames(file)
             if len(frames) < 2:
                 raise InputError(f"{file} holds {len(frames)} frame(s)", "score a video of at least 2 frames, or a PNG image")

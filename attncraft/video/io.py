@@ -15,6 +15,7 @@ for the video *and* its companions (sidecar, contact sheet) unless ``overwrite``
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ from attncraft.outputs import atomic_path, write_sidecar
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
 VIDEO_FORMATS = tuple(s[1:] for s in VIDEO_SUFFIXES)
+FRAME_TAG = b"attncraft-video"
+"""Metadata (GIF comment, WebP XMP: ``attncraft-video frames=N frame_ms=D``) with the number of frames
+and the duration of one: the GIF and WebP encoders merge identical consecutive frames into one longer
+frame (a still video into one plain image), and :func:`read_video` splits them again."""
+_TAG_RE = re.compile(rb"^attncraft-video frames=(\d+) frame_ms=(\d+)$")
 SHEET_SUFFIX = "_frames.png"
 """Name ending of a video's contact sheet (``clip.mp4`` -> ``clip_frames.png``)."""
 MACRO_BLOCK = 16
@@ -77,10 +83,40 @@ def _encode(tmp: Path, data: np.ndarray, fps: float, ext: str) -> None:
     images = [Image.fromarray(frame) for frame in data]
     duration = max(1, round(1000 / fps))
     if ext == ".gif":
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+        duration = gif_frame_ms(fps)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
+                       comment=_frame_tag(len(images), duration))
     else:
         images[0].save(tmp, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0,
-                       lossless=True, method=4)
+                       lossless=True, method=4, xmp=_frame_tag(len(images), duration))
+
+
+def gif_frame_ms(fps: float) -> int:
+    """A GIF frame's duration: GIF counts in hundredths of a second, so a multiple of 10 ms."""
+    return max(10, 10 * round(100 / fps))
+
+
+def _frame_tag(frames: int, frame_ms: int) -> bytes:
+    return FRAME_TAG + f" frames={frames} frame_ms={frame_ms}".encode()
+
+
+def _read_animated(path: Path, tag_key: str) -> np.ndarray:
+    """GIF/WebP frames; frames the encoder merged (identical to the one before) come back one per
+    frame duration named in the file's attncraft tag (``tag_key``: where the format keeps it)."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as im:
+        tag = im.info.get(tag_key)
+        match = _TAG_RE.match(tag) if isinstance(tag, bytes) else None
+        count, frame_ms = (int(match[1]), int(match[2])) if match else (0, 0)
+        out = []
+        for frame in ImageSequence.Iterator(im):
+            rgb = np.asarray(frame.convert("RGB"))  # loads the frame, and with it its duration
+            duration = frame.info.get("duration") or 0
+            out.extend([rgb] * (max(1, round(duration / frame_ms)) if frame_ms and duration else 1))
+    if count and len(out) == 1:  # everything merged into one still image
+        out *= count
+    return np.stack(out)
 
 
 def _frames_for(frames: Any) -> np.ndarray:
@@ -173,11 +209,8 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"video {str(path)!r} does not exist", "check the path")
-    if path.suffix.lower() == ".webp":
-        from PIL import Image, ImageSequence
-
-        with Image.open(path) as im:
-            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(im)])
+    if path.suffix.lower() in (".gif", ".webp"):
+        return _read_animated(path, "comment" if path.suffix.lower() == ".gif" else "xmp")
     import imageio.v3 as iio
 
     frames = iio.imread(path, index=None)

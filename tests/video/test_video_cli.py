@@ -66,6 +66,9 @@ def test_states_webp_and_no_overwrite(tiny, tmp_path, capsys):
     assert settings["states"] == ["a red circle", "a blue square"] and settings["state_frames"] == [0, 3]
     assert settings["prompt"] == "a red circle, then a blue square"
     assert read_video(first).shape == (4, 32, 32, 3)
+    code, out, err = run_cli(["world", "score", first, "--prompt", "a red circle turns blue", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["scores"].keys() >= {"recolor", "identity"}  # read as a video, not a still
     code, out, err = run_cli(args, capsys)
     assert code == 0 and out.split()[-1] != first and out.split()[-1].endswith("-2.webp")
     states = tmp_path / "states.txt"
