@@ -682,7 +682,9 @@ def load_text_to_video(
     except (ValueError, RuntimeError) as exc:  # widths agree but the modules still do not load
         raise ModelLoadError(f"motion adapter {motion.label} does not fit {base.label}: {_one_line(exc)}",
                              "pass an adapter made for this base") from exc
-    pipe = _finish(pipe, dev, dt)
+    # UNetMotionModel.from_unet2d builds the motion UNet on the CPU while the other components sit on
+    # the device, and a pipeline reports the device of its first accelerator component: move explicitly
+    pipe = _finish(pipe.to(dev), dev, dt)
     defaults = dict(base.defaults)
     if motion.source == "embedded":
         from attncraft.shapes.models import SHAPES_MOTION_DIR

@@ -121,3 +121,26 @@ def test_evaluation_runs_alone_and_records_the_default(motion_run, tmp_path):
     assert "shapes motion" in (tmp_path / "motion_eval.md").read_text()
     defaults = json.loads((root / "shapes-motion" / "attncraft_defaults.json").read_text())
     assert defaults["guidance_scale"] == result["default"]["guidance_scale"]
+
+
+def test_swapped_motions_turn_every_change_the_other_way():
+    from attncraft.shapes.captions import caption_scene, parse_caption
+    from attncraft.shapes.training.motion import swap_motions
+    from attncraft.shapes.world import sample_scenes
+
+    for scene in sample_scenes(40, seed=3, motion=True):
+        swapped = swap_motions(scene)
+        for a, b in zip(scene.objects, swapped.objects):
+            assert (a.shape, a.color, a.position) == (b.shape, b.color, b.position)
+            for m, n in zip(a.motions, b.motions):
+                if m.kind == "move":
+                    assert {m.direction, n.direction} in ({"left", "right"}, {"up", "down"})
+                elif m.kind == "rotate":
+                    assert n.amount == -m.amount
+                elif m.kind == "recolor":
+                    assert n.to_color not in (m.to_color, a.color)
+                elif m.kind in ("grow", "shrink"):
+                    assert {m.kind, n.kind} == {"grow", "shrink"}
+        if any(m.kind == "move" for o in scene.objects for m in o.motions):
+            assert caption_scene(swapped, seed=0) != caption_scene(scene, seed=0)
+            parse_caption(caption_scene(swapped, seed=0))

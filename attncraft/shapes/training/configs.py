@@ -85,11 +85,11 @@ class UnetTrain:
 class MotionTrain:
     """The shapes motion adapter (see :mod:`attncraft.shapes.training.motion` for the reasons)."""
 
-    batch: int = 32  # videos of `frames` frames per step; long steps take batch // 2 videos of `long_frames`
+    batch: int = 48  # clips of `frames` frames per step; long steps take batch * frames // long_frames clips
     frames: int = 16
     long_frames: int = 32
     long_fraction: float = 0.2  # share of steps on long clips (the adapter's positions 16..31)
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup: int = 200
     final_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -130,10 +130,10 @@ class EvalConfig:
     motion_one: int = 256  # held-out one-object, one-motion prompts (the targets)
     motion_seq: int = 256  # held-out one-object, two-motion prompts ("moves right, then turns blue")
     motion_sweep_prompts: int = 64  # per guidance scale, on a separate prompt set; the best becomes the default
-    motion_sweep_guidance: tuple[float, ...] = (3.0, 5.0)
+    motion_sweep_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
     motion_baseline: int = 64  # the same prompts without motion modules (the image model per frame)
     motion_frames: int = 16
-    motion_batch: int = 32
+    motion_batch: int = 64
 
 
 SMOKE_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32)
