@@ -11,7 +11,9 @@ A *model reference* (``--model``) is one of
   loading needs when the Hub is unreachable;
 * a Hugging Face Hub id (``org/name``), downloaded or read from the local cache.
 
-``HF_HUB_OFFLINE=1`` is honoured (the cache only). Every failure becomes a one-line
+Weights are read from safetensors only: a pickled checkpoint (``.ckpt``/``.bin``/``.pt``, or a
+folder whose components hold only pickles) is refused unless ``trust_pickle`` (``--trust-pickle``),
+see :mod:`attncraft.checkpoints`. ``HF_HUB_OFFLINE=1`` is honoured (the cache only). Every failure becomes a one-line
 :class:`~attncraft.errors.ModelLoadError` naming the model, the problem and what to pass instead.
 
 Video (:func:`load_text_to_video`): a base image model from any reference above plus a *motion
@@ -24,7 +26,8 @@ adapter* reference (``--adapter``), one of
   ``v3_sd15_mm.safetensors``...): original AnimateDiff or diffusers key layout, converted and sized
   from the weights themselves (widths, layers, mid block, frame limit); the attention heads (8 in
   every published adapter) and norm groups (32) cannot be read from weights, ``adapter_config``
-  overrides them. Pickled files (``.ckpt``/``.pt``/``.bin``) are refused unless ``trust_pickle``.
+  overrides them. Pickled files (``.ckpt``/``.pt``/``.bin``) are refused unless ``trust_pickle``,
+  like every pickle (:mod:`attncraft.checkpoints`).
 
 The adapter must fit the base UNet (same number of blocks, channel widths and layers per block); an
 SD 1.x/2.x base gives a :class:`~attncraft.pipelines.text_to_video.TextToVideoPipeline`, an SDXL base
@@ -43,8 +46,9 @@ from typing import Any
 
 import torch
 
+from attncraft.checkpoints import PICKLE_SUFFIXES, check_pickle_trust
 from attncraft.devices import resolve_device, resolve_dtype
-from attncraft.errors import ModelLoadError
+from attncraft.errors import ModelLoadError, short_reason
 
 EMBEDDED_ALIASES = {"", "shapes", "default"}
 SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".bin"}
@@ -179,7 +183,7 @@ def _tiny_random_sd_pipeline():
                                    requires_safety_checker=False)
 
 
-def _load_folder(folder: Path, device, dtype) -> LoadedPipeline:
+def _load_folder(folder: Path, device, dtype, trust_pickle: bool = False) -> LoadedPipeline:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     index_file = folder / "model_index.json"
@@ -199,10 +203,12 @@ def _load_folder(folder: Path, device, dtype) -> LoadedPipeline:
             "pass an SD 1.x/2.x or SDXL model",
         )
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+    check_pickle_trust(folder, "model folder", trust_pickle, components=True)
     try:
-        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **kwargs)
+        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, use_safetensors=None if trust_pickle else True,
+                                   **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load model folder {str(folder)!r}: {' '.join(str(exc).split())[:200]}",
+        raise ModelLoadError(f"cannot load model folder {str(folder)!r}: {short_reason(exc, 200)}",
                              "check that the folder is complete (all component subfolders and weights)") from exc
     return LoadedPipeline(_finish(pipe, device, dtype), str(folder), f"{folder.name} (folder)", _family_of(pipe), "folder", read_defaults(folder))
 
@@ -230,8 +236,10 @@ def checkpoint_family(path: Path) -> str | None:
     return None
 
 
-def _load_single_file(path: Path, device, dtype, config: str | None) -> LoadedPipeline:
+def _load_single_file(path: Path, device, dtype, config: str | None, trust_pickle: bool = False) -> LoadedPipeline:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    check_pickle_trust(path, "checkpoint", trust_pickle)
 
     family = checkpoint_family(path)
     if family is None and config is not None:
@@ -250,20 +258,21 @@ def _load_single_file(path: Path, device, dtype, config: str | None) -> LoadedPi
                 f"cannot load {str(path)!r}: single-file loading needs the model's configuration and the Hub is unreachable",
                 "pass --config with a local diffusers folder of the same architecture (e.g. an SD 1.5 or SDXL folder)",
             ) from exc
-        raise ModelLoadError(f"cannot load checkpoint {str(path)!r}: {' '.join(str(exc).split())[:200]}",
+        raise ModelLoadError(f"cannot load checkpoint {str(path)!r}: {short_reason(exc, 200)}",
                              "check the file and that --config matches its architecture") from exc
     return LoadedPipeline(_finish(pipe, device, dtype), str(path), f"{path.name} (single file)", _family_of(pipe), "file", {})
 
 
-def _load_hub(ref: str, device, dtype) -> LoadedPipeline:
+def _load_hub(ref: str, device, dtype, trust_pickle: bool = False) -> LoadedPipeline:
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline())
+        pipe = DiffusionPipeline.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline(),
+                                                 use_safetensors=None if trust_pickle else True)
     except Exception as exc:  # noqa: BLE001
         if _is_hub_error(exc):
             raise _unreachable(ref) from exc
-        raise ModelLoadError(f"cannot load model {ref!r}: {' '.join(str(exc).split())[:200]}",
+        raise ModelLoadError(f"cannot load model {ref!r}: {short_reason(exc, 200)}",
                              "check the model id or pass a local folder") from exc
     return LoadedPipeline(_finish(pipe, device, dtype), ref, f"{ref} (hub)", _family_of(pipe), "hub", {})
 
@@ -273,8 +282,12 @@ def load_text_to_image(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     config: str | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedPipeline:
-    """Load an SD 1.x/2.x or SDXL text-to-image pipeline from any model reference (see module doc)."""
+    """Load an SD 1.x/2.x or SDXL text-to-image pipeline from any model reference (see module doc).
+
+    ``trust_pickle`` allows pickled checkpoints (``--trust-pickle``); without it only safetensors load.
+    """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ref = (reference or "").strip()
@@ -282,17 +295,17 @@ def load_text_to_image(
         return _load_embedded(dev, dt)
     path = Path(ref).expanduser()
     if path.is_dir():
-        return _load_folder(path, dev, dt)
+        return _load_folder(path, dev, dt, trust_pickle)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(f"{ref!r} is a {path.suffix or 'suffix-less'} file, not a model checkpoint",
                                  "pass a .safetensors/.ckpt checkpoint, a diffusers folder, or a Hub id")
-        return _load_single_file(path, dev, dt, config)
+        return _load_single_file(path, dev, dt, config, trust_pickle)
     looks_like_path = ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1) or path.suffix.lower() in SINGLE_FILE_SUFFIXES
     if looks_like_path:
         raise ModelLoadError(f"model path {ref!r} does not exist", "check the path, or pass a Hub id or --model shapes")
     if HUB_ID_RE.match(ref):
-        return _load_hub(ref, dev, dt)
+        return _load_hub(ref, dev, dt, trust_pickle)
     raise ModelLoadError(
         f"unknown model {ref!r}: not a local folder or file, and not a Hub id of the form org/name",
         "pass --model shapes, a diffusers folder, a .safetensors file, or a Hub id such as runwayml/stable-diffusion-v1-5",
@@ -303,8 +316,7 @@ def load_text_to_image(
 # Video: motion adapters on image models
 # --------------------------------------------------------------------------------------------------
 
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
-ADAPTER_FILE_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
+ADAPTER_FILE_SUFFIXES = {".safetensors", *PICKLE_SUFFIXES}
 VIDEO_PIPELINES = {"AnimateDiffPipeline": "animatediff", "TextToVideoPipeline": "animatediff",
                    "AnimateDiffSDXLPipeline": "animatediff-sdxl"}
 ADAPTER_HEADS_DEFAULT = 8
@@ -318,19 +330,6 @@ class LoadedAdapter:
     reference: str
     label: str
     source: str
-
-
-def refuse_untrusted_pickle(path: Path, trust_pickle: bool, what: str = "checkpoint") -> None:
-    """Pickled checkpoints can run code when loaded: refuse them without an explicit trust flag."""
-    if path.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
-        raise ModelLoadError(
-            f"the {what} {str(path)!r} is a pickle ({path.suffix}), which can run arbitrary code when it is loaded",
-            "pass --trust-pickle if you trust its source, or use a .safetensors file",
-        )
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    return " ".join(str(exc).split())[:limit] or type(exc).__name__
 
 
 def _embedded_adapter(dtype: torch.dtype) -> LoadedAdapter:
@@ -361,7 +360,7 @@ def _not_an_adapter(ref: str, what: str) -> ModelLoadError:
     )
 
 
-def _adapter_folder(folder: Path, dtype: torch.dtype) -> LoadedAdapter:
+def _adapter_folder(folder: Path, dtype: torch.dtype, trust_pickle: bool) -> LoadedAdapter:
     from diffusers import MotionAdapter
 
     ref = str(folder)
@@ -378,17 +377,19 @@ def _adapter_folder(folder: Path, dtype: torch.dtype) -> LoadedAdapter:
                              "pass a folder saved with MotionAdapter.save_pretrained, a motion-module file, or a Hub id")
     if cls != "MotionAdapter":
         raise _not_an_adapter(ref, f"a {cls} folder")
+    check_pickle_trust(folder, "motion adapter folder", trust_pickle)
     try:
-        adapter = MotionAdapter.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+        adapter = MotionAdapter.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
+                                                use_safetensors=None if trust_pickle else True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load motion adapter folder {ref!r}: {_one_line(exc)}",
+        raise ModelLoadError(f"cannot load motion adapter folder {ref!r}: {short_reason(exc, 200)}",
                              "check that the folder is complete (config.json and its weights)") from exc
     return LoadedAdapter(adapter, ref, f"{Path(ref).name} (adapter folder)", "folder")
 
 
 def read_state_dict(path: Path, trust_pickle: bool, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file, or of a pickled checkpoint when ``trust_pickle``."""
-    refuse_untrusted_pickle(path, trust_pickle, what)
+    check_pickle_trust(path, what, trust_pickle)
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -399,7 +400,7 @@ def read_state_dict(path: Path, trust_pickle: bool, what: str = "checkpoint") ->
         except Exception:  # noqa: BLE001 - trusted: objects beyond plain tensors are allowed
             data = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt or foreign file
-        raise ModelLoadError(f"the {what} {str(path)!r} is not a readable {path.suffix} checkpoint: {_one_line(exc, 120)}",
+        raise ModelLoadError(f"the {what} {str(path)!r} is not a readable {path.suffix} checkpoint: {short_reason(exc, 120)}",
                              "re-download it, or pass a .safetensors file") from exc
     while isinstance(data, dict) and len(data) < 8 and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -524,7 +525,7 @@ def _adapter_file(path: Path, dtype: torch.dtype, config: str | None, trust_pick
         cfg = infer_motion_adapter_config(state, original) | _config_override(config)
         adapter = MotionAdapter(**cfg)
     except (ValueError, TypeError) as exc:
-        raise ModelLoadError(f"cannot read the layout of the motion modules in {ref!r}: {_one_line(exc)}",
+        raise ModelLoadError(f"cannot read the layout of the motion modules in {ref!r}: {short_reason(exc, 200)}",
                              "pass --adapter-config with the adapter's config.json") from exc
     missing, unexpected = adapter.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("pos_embed.pe")]  # rebuilt from the frame limit
@@ -538,11 +539,12 @@ def _adapter_file(path: Path, dtype: torch.dtype, config: str | None, trust_pick
     return LoadedAdapter(adapter.to(dtype).eval(), ref, f"{path.name} (motion-module file)", "file")
 
 
-def _adapter_hub(ref: str, dtype: torch.dtype) -> LoadedAdapter:
+def _adapter_hub(ref: str, dtype: torch.dtype, trust_pickle: bool) -> LoadedAdapter:
     from diffusers import MotionAdapter
 
     try:
-        adapter = MotionAdapter.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline())
+        adapter = MotionAdapter.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline(),
+                                                use_safetensors=None if trust_pickle else True)
     except Exception as exc:  # noqa: BLE001
         if _is_hub_error(exc) or (hub_offline() and isinstance(exc, OSError)):  # offline: "no such file" = not cached
             why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub is unreachable"
@@ -550,7 +552,7 @@ def _adapter_hub(ref: str, dtype: torch.dtype) -> LoadedAdapter:
                 f"cannot load motion adapter {ref!r}: it is not in the local cache and {why}",
                 "download it on a connected machine and pass its folder or motion-module file as --adapter",
             ) from exc
-        raise ModelLoadError(f"cannot load motion adapter {ref!r}: {_one_line(exc)}",
+        raise ModelLoadError(f"cannot load motion adapter {ref!r}: {short_reason(exc, 200)}",
                              "check the adapter id, or pass a local folder or motion-module file") from exc
     return LoadedAdapter(adapter, ref, f"{ref} (hub)", "hub")
 
@@ -571,13 +573,13 @@ def load_motion_adapter(
     else:
         path = Path(ref).expanduser()
         if path.is_dir():
-            loaded = _adapter_folder(path, dt)
+            loaded = _adapter_folder(path, dt, trust_pickle)
         elif path.is_file():
             loaded = _adapter_file(path, dt, config, trust_pickle)
         elif ref.startswith((".", "/", "~")) or path.suffix.lower() in ADAPTER_FILE_SUFFIXES or ref.count("/") > 1:
             raise ModelLoadError(f"motion adapter path {ref!r} does not exist", "check the path, or pass a Hub id or --adapter shapes")
         elif HUB_ID_RE.match(ref):
-            loaded = _adapter_hub(ref, dt)
+            loaded = _adapter_hub(ref, dt, trust_pickle)
         else:
             raise ModelLoadError(
                 f"unknown motion adapter {ref!r}: not a local folder or file, and not a Hub id of the form org/name",
@@ -619,13 +621,14 @@ def _video_pipeline_class(family: str):
     return TextToVideoPipeline
 
 
-def _load_video_folder(folder: Path, class_name: str, device, dtype) -> LoadedPipeline:
+def _load_video_folder(folder: Path, class_name: str, device, dtype, trust_pickle: bool) -> LoadedPipeline:
     family = "sdxl" if VIDEO_PIPELINES[class_name] == "animatediff-sdxl" else "sd"
     cls = _video_pipeline_class(family)
+    check_pickle_trust(folder, "video model folder", trust_pickle, components=True)
     try:
-        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, use_safetensors=None if trust_pickle else True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"cannot load video model folder {str(folder)!r}: {_one_line(exc)}",
+        raise ModelLoadError(f"cannot load video model folder {str(folder)!r}: {short_reason(exc, 200)}",
                              "check that the folder is complete (all component subfolders and weights)") from exc
     pipe = _finish(pipe, device, dtype)
     return LoadedPipeline(pipe, str(folder), f"{folder.name} (video folder)", VIDEO_PIPELINES[class_name], "folder",
@@ -658,9 +661,7 @@ def load_text_to_video(
             if aref is not None:
                 raise ModelLoadError(f"model folder {ref!r} is already a video model ({class_name}) with its own motion modules",
                                      "drop --adapter, or pass the base image model as --model")
-            return _load_video_folder(path, class_name, dev, dt)
-    if path is not None and path.is_file():
-        refuse_untrusted_pickle(path, trust_pickle, "model checkpoint")
+            return _load_video_folder(path, class_name, dev, dt, trust_pickle)
     embedded_base = ref.lower() in EMBEDDED_ALIASES
     if aref is None and not embedded_base:
         raise ModelLoadError(
@@ -670,7 +671,7 @@ def load_text_to_video(
         )
     # the adapter first: a wrong adapter fails before the (larger) base model is read
     motion = load_motion_adapter(aref or "shapes", dev, dt, config=adapter_config, trust_pickle=trust_pickle)
-    base = load_text_to_image(ref, device=dev, dtype=dt, config=config)
+    base = load_text_to_image(ref, device=dev, dtype=dt, config=config, trust_pickle=trust_pickle)
     image = base.pipeline
     check_adapter_fits(motion.adapter, image.unet, motion.label, base.label)
     cls = _video_pipeline_class(base.family)
@@ -680,7 +681,7 @@ def load_text_to_video(
     try:
         pipe = cls(**components)
     except (ValueError, RuntimeError) as exc:  # widths agree but the modules still do not load
-        raise ModelLoadError(f"motion adapter {motion.label} does not fit {base.label}: {_one_line(exc)}",
+        raise ModelLoadError(f"motion adapter {motion.label} does not fit {base.label}: {short_reason(exc, 200)}",
                              "pass an adapter made for this base") from exc
     # UNetMotionModel.from_unet2d builds the motion UNet on the CPU while the other components sit on
     # the device, and a pipeline reports the device of its first accelerator component: move explicitly

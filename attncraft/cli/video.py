@@ -14,7 +14,16 @@ from typing import Any
 
 import typer
 
-from attncraft.cli.common import DeviceOption, DtypeOption, ModelOption, OutOption, console, quiet_libraries
+from attncraft.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    TrustPickleOption,
+    console,
+    quiet_libraries,
+)
 from attncraft.errors import InputError
 
 FORMATS = ("mp4", "gif", "webp")
@@ -72,21 +81,22 @@ def video(
     adapter: str = typer.Option(None, "--adapter", "-a", help="Motion adapter: 'shapes' (default with --model shapes), a MotionAdapter folder or Hub id, or a motion-module .safetensors/.ckpt file."),
     adapter_config: str = typer.Option(None, "--adapter-config", help="For motion-module files: a MotionAdapter folder or config.json (heads, groups)."),
     config: str = typer.Option(None, "--config", help="For single-file base checkpoints: a diffusers folder or Hub id of the same architecture."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled .ckpt/.pt/.bin checkpoints (they can run code when loaded)."),
+    trust_pickle: bool = TrustPickleOption,
     free_noise: bool = typer.Option(False, "--free-noise", help="FreeNoise sliding windows, for more frames than the adapter takes in one pass."),
     free_noise_context: int = typer.Option(16, "--free-noise-context", help="FreeNoise window length in frames."),
     free_noise_stride: int = typer.Option(4, "--free-noise-stride", help="FreeNoise window stride in frames."),
     from_sidecar: Path = typer.Option(None, "--from-sidecar", help="Re-run the settings stored with a video (its sidecar, the video, or its contact sheet)."),
     fmt: str = typer.Option("mp4", "--format", help="mp4, gif or webp (lossless)."),
     out: Path = OutOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing result of the same name instead of taking the next free name."),
+    overwrite: bool = OverwriteOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
 ) -> None:
     """Generate a video from a text prompt or per-frame states; writes the video, a contact sheet and a sidecar."""
     quiet_libraries()
     from attncraft.outputs import prepare_output_dir
-    from attncraft.validation import check_finite, check_int_range, check_seed, check_text, read_text_lines
+    from attncraft.pipelines.text_to_image import check_values
+    from attncraft.validation import check_finite, check_int_range, read_text_lines
     from attncraft.video.prompts import parse_states
 
     fmt = fmt.lower().lstrip(".")
@@ -110,28 +120,26 @@ def video(
             if schedule is None:
                 raise InputError("no prompt given", 'pass a prompt, e.g. attncraft video "a red circle moves right"')
             prompt = ", then ".join(schedule.texts)
-        check_text("prompt", prompt)
+        # what needs no model is checked before one is loaded
+        check_values(prompt, negative, steps, guidance, seed)
         if schedule is not None:
             overrides.update(states=list(schedule.texts), state_frames=list(schedule.frames) if schedule.frames else None)
         if frames is not None:
             overrides["num_frames"] = check_int_range("--frames", frames, 1, example=16)
         if steps is not None:
-            overrides["num_inference_steps"] = check_int_range("--steps", steps, 1, 1000, example=25)
+            overrides["num_inference_steps"] = steps
         if size is not None:
             overrides["width"], overrides["height"] = parse_size(size)
-        # what needs no model is checked before one is loaded
         if fps is not None:
             overrides["fps"] = check_finite("--fps", fps, 0.0, low_inclusive=False, example=8)
         if guidance is not None:
-            overrides["guidance_scale"] = check_finite("--guidance", guidance, 0.0, example=7.5)
+            overrides["guidance_scale"] = guidance
         if scheduler is not None:
             overrides["scheduler"] = scheduler
-        if negative is not None:
-            check_text("negative prompt", negative)
-        overrides.update(seed=check_seed(seed), negative_prompt=negative)
+        overrides.update(seed=seed, negative_prompt=negative)
         if free_noise:
             overrides.update(free_noise=True, free_noise_context=free_noise_context, free_noise_stride=free_noise_stride)
-    prepare_output_dir(out)
+    out = prepare_output_dir(out)
 
     from attncraft.loading import load_text_to_video
     from attncraft.pipelines.text_to_video import (

@@ -390,16 +390,15 @@ def default_video_settings(loaded: LoadedPipeline, prompt: str) -> TextToVideoSe
 
 def validate_video(settings: TextToVideoSettings, loaded: LoadedPipeline) -> None:
     """Raise :class:`InputError` (one line, with the fix) for any setting the model cannot take."""
+    from attncraft.pipelines.text_to_image import check_values
     from attncraft.schedulers import SCHEDULERS
-    from attncraft.validation import check_finite, check_int_range, check_seed, check_text, check_token_count
+    from attncraft.validation import check_finite, check_int_range, check_text, check_token_count
 
     pipe = loaded.pipeline
-    check_text("prompt", settings.prompt)
+    check_values(settings.prompt, settings.negative_prompt, settings.num_inference_steps, settings.guidance_scale,
+                 settings.seed)
     check_int_range("--frames", settings.num_frames, 1, example=16)
-    check_int_range("--steps", settings.num_inference_steps, 1, 1000, example=25)
-    check_finite("--guidance", settings.guidance_scale, 0.0, 100.0, example=7.5)
     check_finite("--fps", settings.fps, 0.0, MAX_FPS, low_inclusive=False, example=8)
-    check_seed(settings.seed)
     if settings.free_noise:
         check_int_range("--free-noise-context", settings.free_noise_context, 1, example=16)
         check_int_range("--free-noise-stride", settings.free_noise_stride, 1, settings.free_noise_context, example=4)
@@ -517,10 +516,11 @@ def save_video(
     The name is ``<prompt>_s<seed>.<fmt>``; nothing existing is replaced (the next free name is
     taken, atomically) unless ``overwrite``. Returns the paths by kind.
     """
+    from attncraft.outputs import sidecar_path
     from attncraft.pipelines.text_to_image import output_name
-    from attncraft.video.io import write_video_unique
+    from attncraft.video.io import sheet_path, write_video
 
-    meta = settings.to_dict()
-    stem = output_name(settings.prompt, settings.seed)
-    return write_video_unique(out_dir, stem, frames, fmt=fmt, fps=settings.fps, settings=meta,
-                              overwrite=overwrite, sheet=True, caption=settings.prompt)
+    path = Path(out_dir) / f"{output_name(settings.prompt, settings.seed)}.{fmt}"
+    video = write_video(path, frames, fps=settings.fps, settings=settings.to_dict(), overwrite=overwrite, sheet=True,
+                        caption=settings.prompt)
+    return {"video": video, "sidecar": sidecar_path(video), "sheet": sheet_path(video)}

@@ -99,7 +99,7 @@ def test_frame_limit_is_checked_before_any_work(video_pipe):
 
 
 def test_free_noise_goes_past_the_limit_with_a_schedule_and_refuses_temporal_techniques():
-    pipe = TextToVideoPipeline.from_pipe(tm.animatediff_pipeline(seed=0, max_frames=8, keep_adapter=True))
+    pipe = TextToVideoPipeline.from_pipe(tm.animatediff_pipeline(seed=0, max_frames=8))
     pipe.set_progress_bar_config(disable=True)
     kw = dict(num_frames=12, height=32, width=32, num_inference_steps=2)
     with pytest.raises(InputError, match="limit of 8 frames"):

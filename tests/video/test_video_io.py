@@ -1,5 +1,5 @@
-"""Video writing: every format round-trips, sizes are kept, the sidecar carries the settings, results
-take free names with their companions, and contact sheets lay frames out in order."""
+"""Video writing: every format round-trips (repeated frames too), sizes are kept, the sidecar carries
+the settings, results take free names with their companions, contact sheets lay frames out in order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from attncraft.errors import InputError
 from attncraft.outputs import read_sidecar
 from attncraft.outputs import read_png_settings
-from attncraft.video import contact_sheet, frames_to_uint8, read_video, write_video, write_video_unique
+from attncraft.video import contact_sheet, frames_to_uint8, read_video, sheet_path, write_video
 
 
 def _frames(f=4, h=20, w=28):
@@ -52,6 +52,25 @@ def test_bad_inputs(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_existing_video_is_never_replaced_unless_asked(tmp_path):
+    first = write_video(tmp_path / "clip.gif", _frames(), settings={"seed": 1})
+    second = write_video(tmp_path / "clip.gif", _frames(f=2), settings={"seed": 2})
+    assert (first.name, second.name) == ("clip.gif", "clip-2.gif")
+    assert read_sidecar(first) == {"seed": 1} and read_sidecar(second) == {"seed": 2}
+    again = write_video(tmp_path / "clip.gif", _frames(f=3), settings={"seed": 3}, overwrite=True)
+    assert again == first and len(read_video(first)) == 3 and read_sidecar(first) == {"seed": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-2.gif", "clip-2.gif.json", "clip.gif", "clip.gif.json"]
+
+
+def test_reading_downscales_while_decoding(tmp_path):
+    frames = np.zeros((2, 40, 80, 3), np.uint8)
+    frames[1] = 255  # Pillow merges identical frames
+    path = write_video(tmp_path / "big.gif", frames)
+    assert read_video(path, max_side=20).shape == (2, 10, 20, 3)
+    with pytest.raises(InputError, match="has more than 1 frames"):
+        read_video(path, max_frames=1)
+
+
 @pytest.mark.parametrize("ext", [".gif", ".webp"])
 def test_repeated_frames_survive(tmp_path, ext):
     """The GIF and WebP encoders merge identical consecutive frames; the reader splits them again."""
@@ -70,19 +89,15 @@ def test_webp_round_trip_is_exact(tmp_path):
     assert np.array_equal(read_video(path), frames)
 
 
-def test_unique_results_keep_their_companions_and_never_replace(tmp_path):
+def test_contact_sheet_is_a_companion_with_the_settings(tmp_path):
     frames = _frames()
-    first = write_video_unique(tmp_path, "clip", frames, fmt="gif", settings={"seed": 1}, caption="a red bar")
-    assert first["video"].name == "clip.gif" and first["sidecar"].name == "clip.gif.json"
-    assert first["sheet"].name == "clip_frames.png" and read_png_settings(first["sheet"]) == {"seed": 1}
-    second = write_video_unique(tmp_path, "clip", frames, fmt="gif", settings={"seed": 2})
-    assert second["video"].name == "clip-2.gif" and read_sidecar(first["video"]) == {"seed": 1}
+    first = write_video(tmp_path / "clip.gif", frames, settings={"seed": 1}, sheet=True, caption="a red bar")
+    assert read_png_settings(sheet_path(first)) == {"seed": 1}
+    assert read_sidecar(first) == {"seed": 1}
     (tmp_path / "other_frames.png").write_bytes(b"x")  # a companion alone takes the name too
-    assert write_video_unique(tmp_path, "other", frames, fmt="gif")["video"].name == "other-2.gif"
-    again = write_video_unique(tmp_path, "clip", frames[:2], fmt="gif", settings={"seed": 3}, overwrite=True)
-    assert again["video"] == first["video"] and read_video(first["video"]).shape[0] == 2
+    assert write_video(tmp_path / "other.gif", frames, sheet=True).name == "other-2.gif"
     with pytest.raises(InputError, match="not a finite number"):
-        write_video_unique(tmp_path, "bad", frames, fmt="gif", settings={"fps": float("nan")})
+        write_video(tmp_path / "bad.gif", frames, settings={"fps": float("nan")}, sheet=True)
     assert not list(tmp_path.glob("bad*"))
 
 

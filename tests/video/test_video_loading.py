@@ -63,12 +63,19 @@ def test_diffusers_layout_file_loads_exactly(files, video_folders):
     assert same_weights(loaded.adapter, files["adapter"])
 
 
-def test_pickle_needs_trust(files, video_folders):
+def test_pickle_needs_trust_or_a_conversion(files, video_folders, tmp_path):
+    import shutil
+
+    from attncraft.checkpoints import convert_to_safetensors
+
     path = files["root"] / "mm_original.ckpt"
-    with pytest.raises(ModelLoadError, match="is a pickle .*--trust-pickle"):
+    with pytest.raises(ModelLoadError, match="is a pickle.*--trust-pickle"):
         load_motion_adapter(str(path))
     loaded = load_motion_adapter(str(path), config=str(video_folders["adapter"]), trust_pickle=True)
     assert same_weights(loaded.adapter, files["adapter"])
+    copy = shutil.copy(path, tmp_path / "mm.ckpt")
+    (converted,) = convert_to_safetensors(copy)  # the project's one-time conversion, then no trust needed
+    assert same_weights(load_motion_adapter(str(converted), config=str(video_folders["adapter"])).adapter, files["adapter"])
 
 
 def test_frame_limit_read_from_an_original_table():

@@ -143,7 +143,7 @@ def save_samples(out: Path, videos: np.ndarray, fps: float = 8.0) -> list[str]:
     while len(videos) % cols:
         videos.append(np.zeros_like(videos[0]))
     rows = [np.concatenate(videos[r * cols:(r + 1) * cols], axis=2) for r in range(len(videos) // cols)]
-    write_video(out / "motion_samples.gif", np.concatenate(rows, axis=1), fps=fps)
+    write_video(out / "motion_samples.gif", np.concatenate(rows, axis=1), fps=fps, overwrite=True)
     return ["motion_samples.png", "motion_samples.gif"]
 
 
