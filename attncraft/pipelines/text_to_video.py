@@ -9,7 +9,8 @@ right"}``, a :class:`~attncraft.video.prompts.PromptSchedule`, or, for a batch, 
 encoded once (one text-encoder batch), the states are interpolated linearly per frame, and the
 per-frame embeddings reach the UNet as ``(batch * frames, tokens, dim)``, b-major, with the
 negative embeddings first under classifier-free guidance: exactly the layout in which the stock
-pipeline passes its repeated prompt embedding. A single prompt (or a one-state schedule) is passed to
+pipeline passes its repeated prompt embedding. Negative prompts are as in diffusers: one per video,
+the same on every frame. A single prompt (or a one-state schedule) is passed to
 the stock pipeline unchanged, so it gives the stock output bit for bit.
 
 How the per-frame embeddings get in: the stock ``__call__`` always repeats one embedding per frame,
