@@ -112,10 +112,10 @@ def test_evaluation_runs_alone_and_records_the_default(motion_run, tmp_path):
 
     root, _ = motion_run
     code = main(["evaluate", "--what", "motion", "--config", "smoke", "--device", "cpu", "--sd", str(root / "sd"),
-                 "--adapter", str(root / "shapes-motion"), "--out", str(tmp_path)])
+                 "--adapter", str(root / "shapes-motion"), "--out", str(tmp_path), "--prompts", "1"])
     assert code == 0
     result = json.loads((tmp_path / "motion_eval.json").read_text())["motion"]
-    assert result["one_motion"]["n"] == 2 and result["sequential"]["n"] == 2
+    assert result["one_motion"]["n"] == 1 and result["sequential"]["n"] == 1  # --prompts caps the sets
     assert result["one_motion"]["ceiling_renders"]["motion"] == 1.0
     assert set(result["targets"]) == {"motion>=0.80", "frame_color_shape>=0.90", "identity>=0.90"}
     assert "shapes motion" in (tmp_path / "motion_eval.md").read_text()

@@ -29,6 +29,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="shapes SD folder (default assets/models/shapes-sd); motion: the frozen base")
     p.add_argument("--adapter", dest="adapter_dir", default=None,
                    help="evaluate --what motion: the motion adapter folder (default assets/models/shapes-motion)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="evaluate --what motion: at most N prompts per set (e.g. a CPU check of the full settings)")
     p.add_argument("--what", choices=["clip", "sd", "all", "motion"], default="all",
                    help="evaluate: which model(s); all = clip + sd")
     p.add_argument("--compile", action="store_true", help="unet/motion: torch.compile the (motion) UNet (off by default)")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
         workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, adapter_dir=ns.adapter_dir,
-        what=ns.what,
+        prompts=ns.prompts, what=ns.what,
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":

@@ -34,6 +34,7 @@ class RunArgs:
     vae_dir: str | None = None  # unet: the trained VAE folder
     sd_dir: str | None = None  # evaluate / motion: the shapes SD folder
     adapter_dir: str | None = None  # evaluate --what motion: the motion adapter folder
+    prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
     what: str = "all"  # evaluate: clip | sd | all
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +341,11 @@ def evaluate(args: common.RunArgs, cfg: EvalConfig | None = None, quiet: bool = 
 
             sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
             adapter_dir = Path(args.adapter_dir) if args.adapter_dir else SHAPES_MOTION_DIR
+            if args.prompts:
+                n = args.prompts
+                cfg = replace(cfg, motion_one=min(cfg.motion_one, n), motion_seq=min(cfg.motion_seq, n),
+                              motion_sweep_prompts=min(cfg.motion_sweep_prompts, n),
+                              motion_baseline=min(cfg.motion_baseline, n))
             results["motion"] = eval_motion(sd_dir, adapter_dir, cfg, device, scorer, out, budget, say)
             results["motion"].update(sd_folder=str(sd_dir), adapter_folder=str(adapter_dir))
     finally:
