@@ -81,6 +81,14 @@ class LoadedPipeline:
         return "stand-in" in self.label
 
 
+def reference_looks_like_path(ref: str, suffixes: tuple[str, ...] = ()) -> bool:
+    """True if a model reference that is neither a folder nor a file here reads as a local path
+    (so "does not exist" is the error) rather than a Hub id ``org/name``: it starts with ``.``, ``/``
+    or ``~``, has more than one ``/``, or ends with one of ``suffixes``."""
+    return (ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1)
+            or Path(ref).suffix.lower() in suffixes)  # fmt: skip
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
@@ -301,8 +309,7 @@ def load_text_to_image(
             raise ModelLoadError(f"{ref!r} is a {path.suffix or 'suffix-less'} file, not a model checkpoint",
                                  "pass a .safetensors/.ckpt checkpoint, a diffusers folder, or a Hub id")
         return _load_single_file(path, dev, dt, config, trust_pickle)
-    looks_like_path = ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1) or path.suffix.lower() in SINGLE_FILE_SUFFIXES
-    if looks_like_path:
+    if reference_looks_like_path(ref, SINGLE_FILE_SUFFIXES):
         raise ModelLoadError(f"model path {ref!r} does not exist", "check the path, or pass a Hub id or --model shapes")
     if HUB_ID_RE.match(ref):
         return _load_hub(ref, dev, dt, trust_pickle)
