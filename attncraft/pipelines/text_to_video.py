@@ -27,9 +27,10 @@ Frames: the motion modules' sinusoidal frame positions stop at the adapter's
 ``motion_max_seq_length`` (32 for the published adapters). More frames in one pass are refused before
 any work, naming the limit and the route to longer videos: FreeNoise's sliding windows
 (``pipe.enable_free_noise()``; ``attncraft video --free-noise``). Under FreeNoise the per-frame
-prompts work as without it; attncraft techniques compose with it on spatial (self/cross) layers, and
-techniques on *temporal* layers are refused there: FreeNoise rebuilds the motion blocks and runs their
-attention on windows of frames, which the core does not follow yet.
+prompts work as without it, and attncraft techniques compose with it as far as they can: the core
+follows the motion blocks FreeNoise rebuilds, techniques on spatial layers are unaffected, and a
+temporal technique that needs attention over the whole clip (``supports_frame_windows = False``,
+e.g. BroadWay) is refused with one line by the attention manager (VSTAR's TAR acts per window).
 
 :func:`generate_video` / :func:`save_video` are the Python API of ``attncraft video``:
 :class:`TextToVideoSettings` holds everything that reproduces a video and travels in its JSON
@@ -49,7 +50,7 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 from attncraft import __version__
-from attncraft.errors import InputError, TechniqueError
+from attncraft.errors import InputError
 from attncraft.loading import LoadedPipeline
 from attncraft.video.prompts import PromptSchedule, as_schedule, interpolate_embeddings
 
@@ -108,22 +109,6 @@ def check_frame_count(pipe, num_frames: Any) -> int:
             "(attncraft video --free-noise; Python: pipe.enable_free_noise())",
         )
     return num_frames
-
-
-def check_free_noise_techniques(pipe, techniques: Sequence[Any]) -> None:
-    """Refuse attncraft techniques on temporal layers while FreeNoise windows are enabled."""
-    if not techniques or not free_noise_enabled(pipe):
-        return
-    from attncraft.attention_processors import get_manager
-
-    manager = get_manager(pipe)
-    for technique in techniques:
-        if any(layer.kind == "temporal" for layer in manager.layers_for(technique)):
-            raise TechniqueError(
-                f"technique {technique.name!r} acts on temporal attention, which does not compose with FreeNoise "
-                "windows (FreeNoise rebuilds the motion blocks and attends over windows of frames)",
-                "disable FreeNoise (at most the adapter's frame limit per video), or use techniques on spatial layers only",
-            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +200,6 @@ class TextToVideoPipeline(AnimateDiffPipeline):
         frames = check_frame_count(self, call["num_frames"] if call.get("num_frames") is not None else 16)
         call["num_frames"] = frames
         techniques = tuple(techniques or ())
-        check_free_noise_techniques(self, techniques)
         with contextlib.ExitStack() as stack:
             if techniques:
                 from attncraft.attention_processors import apply_techniques
@@ -487,7 +471,6 @@ def generate_video(
         from attncraft.attention_processors import apply_techniques
 
         check_frame_count(pipe, settings.num_frames)
-        check_free_noise_techniques(pipe, techniques)
         with apply_techniques(pipe, *techniques):
             return pipe(**call)
 

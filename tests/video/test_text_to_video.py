@@ -98,7 +98,13 @@ def test_frame_limit_is_checked_before_any_work(video_pipe):
     assert calls == []
 
 
-def test_free_noise_goes_past_the_limit_with_a_schedule_and_refuses_temporal_techniques():
+class WholeClipStore(AttentionStore):
+    """A temporal technique that needs each call to see the whole clip."""
+
+    supports_frame_windows = False
+
+
+def test_free_noise_goes_past_the_limit_with_a_schedule_and_composes_with_techniques():
     pipe = TextToVideoPipeline.from_pipe(tm.animatediff_pipeline(seed=0, max_frames=8))
     pipe.set_progress_bar_config(disable=True)
     kw = dict(num_frames=12, height=32, width=32, num_inference_steps=2)
@@ -113,11 +119,12 @@ def test_free_noise_goes_past_the_limit_with_a_schedule_and_refuses_temporal_tec
     assert out.shape == (1, 12, 32, 32, 3) and np.isfinite(out).all()
     e = seen[0]
     assert e.shape == (24, 77, 32) and not torch.equal(e[12], e[23])  # per-frame states under FreeNoise too
-    with pytest.raises(TechniqueError, match="does not compose with FreeNoise"):
-        pipe("a red circle", techniques=[AttentionStore(select_layers(kinds="temporal"))], **kw)
-    store = AttentionStore(select_layers(kinds="cross"))
-    pipe("a red circle", techniques=[store], **kw)
-    assert store.layer_maps()
+    with pytest.raises(TechniqueError, match="needs temporal attention over the whole clip, but FreeNoise"):
+        pipe("a red circle", techniques=[WholeClipStore(select_layers(kinds="temporal"))], **kw)
+    for kinds in ("cross", "temporal"):  # on spatial layers, and on the temporal layers FreeNoise rebuilt
+        store = AttentionStore(select_layers(kinds=kinds))
+        pipe({0: "a red circle", 11: "a blue square"}, techniques=[store], **kw)
+        assert store.layer_maps()
     with pytest.raises(InputError, match="fewer than one FreeNoise window"):
         pipe("a red circle", num_frames=6, height=32, width=32, num_inference_steps=2)
 
