@@ -200,7 +200,7 @@ def test_a_gguf_file_is_read_through_transformers_gguf_file(tmp_path, monkeypatc
     gguf.write_bytes(b"GGUF")
     monkeypatch.delitem(sys.modules, "gguf", raising=False)
     if not _has_gguf():
-        with pytest.raises(InputError, match="needs the 'gguf' package"):
+        with pytest.raises(InputError, match=r"needs the 'gguf' package; install it with pip install 'attncraft\[llm\]'"):
             load_language_model(str(gguf))
         monkeypatch.setitem(sys.modules, "gguf", types.ModuleType("gguf"))
     seen = []
