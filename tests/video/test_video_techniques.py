@@ -18,6 +18,7 @@ from attncraft.outputs import read_sidecar
 from attncraft.pipelines.text_to_video import temporal_techniques
 from attncraft.video import read_video
 from test_video_cli import run_cli
+from tiny_lm import scripted_lm, tiny_tokenizer
 from video_models import KW, seeded
 
 TINY = ["--frames", "4", "--steps", "5", "--size", "32", "--format", "gif"]
@@ -106,6 +107,23 @@ def test_explicit_states_win_over_the_synopsis(tiny, tmp_path, capsys):
     settings = read_sidecar(out.split()[-1])
     assert settings["states"] == ["a red circle", "a green square"] and settings["synopsis"] is None
     assert "--synopsis rule: not used" in err
+
+
+def test_llm_synopsis_states_become_the_schedule(tiny, tmp_path, capsys):
+    from attncraft.video.synopsis import build_instruction
+
+    prompt = "a red circle moves right then turns blue"
+    tokenizer = tiny_tokenizer()
+    length = len(tokenizer(build_instruction(prompt, tokenizer)).input_ids)
+    scripted_lm(tokenizer, length, "1 . a red circle 2 . a blue circle").save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    code, out, err = run_cli(["video", prompt, *tiny, "--steps", "1", "--synopsis", "llm", "--llm", str(tmp_path / "lm"),
+                              "--out", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert code == 0, err
+    settings = read_sidecar(out.split()[-1])
+    assert settings["states"] == ["a red circle", "a blue circle"] and settings["broadway"] is None
+    assert settings["synopsis"] == {"method": "llm", "source": "llm", "model": str(tmp_path / "lm"),
+                                    "raw": "1 . a red circle 2 . a blue circle", "states": settings["states"]}  # fmt: skip
 
 
 @pytest.mark.parametrize(
