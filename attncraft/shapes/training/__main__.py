@@ -1,4 +1,4 @@
-"""``python -m attncraft.shapes.training {clip,vae,unet,evaluate} ...`` (see ``--help``)."""
+"""``python -m attncraft.shapes.training {clip,vae,unet,evaluate,realcustom,realcustom-eval} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys  # noqa: E402
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
                                 description="Train / evaluate the Shapes models.")
-    p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate"])
+    p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate", "realcustom", "realcustom-eval"])
     p.add_argument("--config", choices=["smoke", "full"], default="smoke")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
@@ -32,6 +32,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", dest="init_dir", default=None,
                    help="vae/unet: start from these weights instead of a fresh initialisation (a VAE or UNet "
                         "folder, or a shapes SD folder, whose vae/ or unet/ is used)")
+    p.add_argument("--adapter", dest="adapter_dir", default=None,
+                   help="realcustom-eval: the RealCustom checkpoint (default assets/models/shapes-realcustom)")
+    p.add_argument("--subjects", type=int, default=200, help="realcustom-eval: held-out subjects per row")
     return p.parse_args(argv)
 
 
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
         workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
-        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, adapter_dir=ns.adapter_dir, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":
         from attncraft.shapes.training.clip import train_clip
@@ -65,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         from attncraft.shapes.training.unet import train_unet
 
         train_unet(args)
+    elif ns.stage == "realcustom":
+        from attncraft.shapes.training.realcustom import train_realcustom
+
+        train_realcustom(args)
+    elif ns.stage == "realcustom-eval":
+        from attncraft.shapes.training.realcustom import evaluate_realcustom
+
+        evaluate_realcustom(args, n=ns.subjects)
     else:
         from attncraft.shapes.training.evaluate import evaluate
 

@@ -37,6 +37,7 @@ class RunArgs:
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
     lr: float | None = None  # peak learning rate (None: the config's)
+    adapter_dir: str | None = None  # realcustom-eval: the RealCustom checkpoint
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 

@@ -100,9 +100,15 @@ def _score_one(item: tuple[np.ndarray, str]) -> dict[str, float]:
 
 
 class Scorer:
-    """Scores images with the reader in ``workers`` forked processes (made before CUDA starts)."""
+    """Scores images with the reader in ``workers`` forked processes (made before CUDA starts).
 
-    def __init__(self, workers: int):
+    ``fn`` maps one ``(image, prompt)`` item to its scores (a top-level function, so the worker
+    processes can run it); the default scores the image against its prompt with
+    :func:`~attncraft.shapes.scoring.score_image`.
+    """
+
+    def __init__(self, workers: int, fn=None):
+        self.fn = fn or _score_one
         self.pool = None
         if workers > 0:
             try:
@@ -113,8 +119,8 @@ class Scorer:
     def __call__(self, images: np.ndarray, prompts: list[str]) -> list[dict[str, float]]:
         items = list(zip(list(images), prompts))
         if self.pool is None:
-            return [_score_one(it) for it in items]
-        return self.pool.map(_score_one, items, chunksize=max(1, len(items) // (4 * self.pool._processes)))
+            return [self.fn(it) for it in items]
+        return self.pool.map(self.fn, items, chunksize=max(1, len(items) // (4 * self.pool._processes)))
 
     def close(self) -> None:
         if self.pool is not None:
