@@ -17,6 +17,7 @@ import sys
 import typer
 
 from attncraft.cli import image as image_cmd
+from attncraft.cli import realcustom as realcustom_cmd
 from attncraft.errors import AttncraftError
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ def _root() -> None:
 
 
 app.command("image")(image_cmd.image)
+app.command("customize")(realcustom_cmd.customize)
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.

@@ -361,6 +361,16 @@ class RealCustomMixin:
         return index, weights
 
 
+def realcustom_pipeline_for(pipe):
+    """The RealCustom pipeline of ``pipe``'s type, sharing its components (no copy, no dtype change)."""
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        out = RealCustomXLPipeline(**pipe.components)
+    else:
+        out = RealCustomPipeline(**pipe.components, requires_safety_checker=False)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
 def _prompt_list(prompt: Any) -> list[str]:
     if prompt is None:
         raise InputError("RealCustom needs the prompt as text (its word's tokens are looked up there)",

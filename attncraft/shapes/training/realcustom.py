@@ -247,15 +247,6 @@ def load_base(args: common.RunArgs, device: torch.device):
     return pipe, encoder, sd_dir, clip_dir
 
 
-def as_realcustom_pipeline(pipe):
-    """A :class:`RealCustomPipeline` sharing ``pipe``'s components (no copy, no dtype change)."""
-    from attncraft.pipelines.realcustom import RealCustomPipeline
-
-    out = RealCustomPipeline(**pipe.components, requires_safety_checker=False)
-    out.set_progress_bar_config(disable=True)
-    return out
-
-
 # --------------------------------------------------------------------------------------- training
 def _probe(trainer, pool_encode, n: int, chunk: int, device, use_mask: bool, visual_on: bool = True) -> float:
     """Held-out loss on fixed examples, noise and timesteps (``visual_on=False``: the plain UNet)."""
@@ -518,7 +509,9 @@ def measure(pipe, adapter, encoder, rows: list[Row], examples: list[SubjectExamp
     """Generate and score every row on the same examples and the same initial noise."""
     from attncraft.shapes.world import render_scenes
 
-    rc = as_realcustom_pipeline(pipe)
+    from attncraft.pipelines.realcustom import realcustom_pipeline_for
+
+    rc = realcustom_pipeline_for(pipe)
     rc.load_realcustom(adapter, image_encoder=encoder)
     truth = render_scenes([e.target for e in examples], size=64, device="cpu").masks[:, 0].numpy()
     results = []
