@@ -196,6 +196,7 @@ class RealCustomVisualAttention(AttentionTechnique):
         heads = call.attn.heads
         query = call.query
         head_dim = query.shape[-1]
+        in_place = not torch.is_grad_enabled()  # in training, autograd may hold the output: new tensor
         pieces, pos = [], 0
         for cond in sorted(self.conditions, key=lambda c: c.rows.start):
             rows = cond.rows
@@ -214,8 +215,13 @@ class RealCustomVisualAttention(AttentionTechnique):
             mask = cond.mask_at(hw, vis.dtype)
             if mask is not None:
                 vis = vis * mask
-            pieces += [output[pos:rows.start], output[rows] + vis.to(output.dtype)]
-            pos = rows.stop
+            if in_place:
+                output[rows] += vis.to(output.dtype)
+            else:
+                pieces += [output[pos:rows.start], output[rows] + vis.to(output.dtype)]
+                pos = rows.stop
+        if in_place:
+            return output
         pieces.append(output[pos:])
         return torch.cat(pieces)
 

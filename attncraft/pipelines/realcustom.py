@@ -329,7 +329,7 @@ class RealCustomMixin:
                             scored = self._scores(adapter, tokens.features, text.embeds, x, mask, alpha_bars[i], options.gamma_num)
                         read_now = batched and i < min(reuse, n_steps) - 1
                         roles = (["text"] if ((paper and "text" not in predictions) or read_now) else []) + ["uncond", "image"]
-                        masks.append(mask.detach().float().cpu()[:, 0])
+                        masks.append(mask[:, 0])  # kept on the device: no host sync per step
                         predictions.update(call_unet(x, t, roles, read=read_now))
                         if read_now:
                             mask = read_mask()
@@ -348,7 +348,7 @@ class RealCustomMixin:
         finally:
             manager.remove(reader)
             manager.context.cfg_batched = previous_cfg
-        return latents, torch.stack(masks) if masks else torch.zeros(0)
+        return latents, torch.stack(masks).float().cpu() if masks else torch.zeros(0)
 
     @staticmethod
     def _scores(adapter, features, text_embeds, x, mask, alpha_bar, gamma_num):

@@ -147,7 +147,7 @@ def train(trainer: Trainer, batches: Iterator[Batch], steps: int, lr: float = 1e
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             say(f"[realcustom] step {step + 1}/{steps} loss {sum(history[-log_every:]) / log_every:.5f}")
     return history

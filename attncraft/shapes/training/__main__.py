@@ -15,7 +15,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
                                 description="Train / evaluate the Shapes models.")
     p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate", "realcustom", "realcustom-eval"])
-    p.add_argument("--config", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--config", choices=["smoke", "cpu", "full"], default="smoke",
+                   help="smoke (seconds), full (one GPU); realcustom also has cpu (an hour on a CPU)")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")

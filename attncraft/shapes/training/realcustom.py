@@ -29,9 +29,10 @@ Metrics, all by the reader (no learned model), per image:
   every object (the subject's size and position, all attributes of the other objects), and the
   background;
 * *mask IoU*: the influence mask of the last step against the subject's ground-truth mask (the
-  target scene rendered), threshold-free (:func:`~attncraft.shapes.scoring.mask_iou` with the
-  mask's area), and the fraction of the ground truth inside the mask's support. For plain Shapes
-  SD the word's aggregated cross-attention at the last step takes the mask's place.
+  target scene rendered), as a soft IoU (``sum min(M, G) / sum max(M, G)``, the mask upsampled
+  bilinearly to 64x64), and the fraction of the ground truth inside the mask's support. For plain
+  Shapes SD the mask the same settings would make from the word's aggregated cross-attention at
+  the last step takes its place.
 
 The trained parts depend on the base UNet (the visual keys/values live in its attention spaces)
 and on the image encoder: retrain them whenever Shapes SD's UNet or Shapes CLIP changes.
@@ -183,14 +184,20 @@ class RealCustomTrain:
 
 
 def realcustom_config(name: str) -> RealCustomTrain:
+    """``full`` (one H200, minutes), ``cpu`` (a CPU, an hour: small batches, short evaluation) or
+    ``smoke`` (seconds, tests)."""
     if name == "full":
         return RealCustomTrain()
+    if name == "cpu":
+        return RealCustomTrain(batch=32, lr=1e-3, warmup=50, pool=4096, chunk=256, refresh_every=16, workers=0,
+                               pool_fill_limit_s=120.0, reserve_s=600.0, probe_examples=128, sweep_subjects=32,
+                               sweep_image_guidance=(3.0, 6.0), eval_subjects=48, gen_batch=16, score_workers=0)
     if name == "smoke":
         return RealCustomTrain(batch=4, lr=3e-3, warmup=2, pool=64, chunk=16, refresh_every=4, workers=0,
                                pool_fill_limit_s=30.0, reserve_s=0.0, probe_examples=8, max_steps=25,
                                log_every_s=1e9, sweep_subjects=2, sweep_image_guidance=(3.0,), eval_subjects=3,
                                eval_steps=2, gen_batch=4, score_workers=0, scoring_hidden=16)
-    raise ValueError(f"unknown config {name!r} (smoke or full)")
+    raise ValueError(f"unknown config {name!r} (smoke, cpu or full)")
 
 
 # --------------------------------------------------------------------------------------- encoding
@@ -280,13 +287,23 @@ def train_realcustom(args: common.RunArgs, cfg: RealCustomTrain | None = None, q
                      base: tuple | None = None) -> dict[str, Any]:
     """Train the RealCustom parts on Shapes; save them, the log and a short evaluation in ``--out``.
 
-    ``base`` = (pipeline, image encoder) to use instead of loading ``--sd``/``--clip`` (tests).
+    ``base`` = (pipeline, image encoder) to use instead of loading ``--sd``/``--clip``.
     """
-    from attncraft.realcustom.modules import RealCustomAdapter, save_adapter
-    from attncraft.realcustom.training import Batch, Trainer, alphas_cumprod_of
+    from attncraft.shapes.training.evaluate import Scorer
 
     cfg = common.apply_overrides(cfg or realcustom_config(args.config), args)
     out, device, budget, max_steps, workers, say = common.start_stage("realcustom", args, cfg, quiet).unpack()
+    scorer = Scorer(cfg.score_workers, fn=score_example)  # forked before CUDA starts
+    try:
+        return _train(args, cfg, quiet, base, out, device, budget, max_steps, workers, say, scorer)
+    finally:
+        scorer.close()
+
+
+def _train(args, cfg, quiet, base, out, device, budget, max_steps, workers, say, scorer) -> dict[str, Any]:
+    from attncraft.realcustom.modules import RealCustomAdapter, save_adapter
+    from attncraft.realcustom.training import Batch, Trainer, alphas_cumprod_of
+
     stream = ChunkStream(SubjectChunks(cfg.chunk), workers=workers)
     if base is None:
         pipe, encoder, sd_dir, clip_dir = load_base(args, device)
@@ -363,7 +380,7 @@ def train_realcustom(args: common.RunArgs, cfg: RealCustomTrain | None = None, q
         **common.summarize_losses(log.history),
     }
     # the short evaluation: pick omega_i on the sweep set, then score held-out subjects
-    evaluation = quick_evaluation(pipe, adapter, encoder, cfg, device, default_guidance(sd_dir), say)
+    evaluation = quick_evaluation(pipe, adapter, encoder, cfg, device, default_guidance(sd_dir), scorer, say)
     adapter.config.defaults["image_guidance_scale"] = evaluation["chosen_image_guidance_scale"]
     path = save_adapter(adapter, out)
     info["checkpoint_bytes"] = path.stat().st_size
@@ -403,7 +420,7 @@ def score_example(item: tuple[np.ndarray, dict[str, Any]]) -> dict[str, float]:
     """Reader scores of one generated image (see the module docstring); runs in worker processes."""
     from attncraft.shapes.captions import ParsedObject, ParsedScene
     from attncraft.shapes.reader import read_image
-    from attncraft.shapes.scoring import _match, mask_iou
+    from attncraft.shapes.scoring import _match
 
     image, info = item
     target = Scene.from_dict(info["target"])
@@ -433,11 +450,11 @@ def score_example(item: tuple[np.ndarray, dict[str, Any]]) -> dict[str, float]:
     out["identity"] = float(out["color"] and out["pattern"] and out["shape"])
     out["both"] = float(out["identity"] and out["text"])
     if info.get("map") is not None:
-        truth = np.asarray(info["truth"], dtype=bool)
-        m = np.asarray(info["map"], dtype=np.float32)
-        out["mask_iou"] = mask_iou(m, truth, threshold=None)
-        support = F.interpolate(torch.from_numpy(m)[None, None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0] > 0
-        out["mask_recall"] = float((support.numpy() & truth).sum() / max(1, truth.sum()))
+        truth = torch.from_numpy(np.asarray(info["truth"], dtype=np.float32))
+        m = F.interpolate(torch.from_numpy(np.asarray(info["map"], dtype=np.float32))[None, None], size=tuple(truth.shape),
+                          mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+        out["mask_iou"] = float(torch.minimum(m, truth).sum() / torch.maximum(m, truth).sum().clamp_min(1e-9))
+        out["mask_recall"] = float(((m > 0) & (truth > 0)).sum() / truth.sum().clamp_min(1.0))
     return out
 
 
@@ -475,7 +492,7 @@ def generate_row(rc_pipe, row: Row, examples: list[SubjectExample], steps: int, 
                  seed: int, device: torch.device) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Images (N, 64, 64, 3) and the last-step masks (or word maps) of one row."""
     from attncraft.attention_processors import get_manager
-    from attncraft.attention_processors.realcustom import token_weights, word_token_indices
+    from attncraft.attention_processors.realcustom import adaptive_mask, token_weights, word_token_indices
     from attncraft.shapes.world import render_scenes
 
     images, maps = [], []
@@ -494,7 +511,11 @@ def generate_row(rc_pipe, row: Row, examples: list[SubjectExample], steps: int, 
                 word_map = hook.reader.word_map() if hook.reader.layers_read else None
             finally:
                 get_manager(rc_pipe).remove(hook.reader)
-            maps += [None if word_map is None else m.float().cpu().numpy() for m in (word_map if word_map is not None else [None] * len(chunk))]
+            if word_map is None:
+                maps += [None] * len(chunk)
+            else:
+                masks = adaptive_mask(word_map, row.options.get("gamma_scope", 0.25), row.options.get("mask_mode", "max"))
+                maps += [m.float().cpu().numpy() for m in masks[:, 0]]
         else:
             subjects = render_scenes([e.subject for e in chunk], size=64, device=device).images
             res = rc_pipe(prompt=prompts, subject_image=subjects, subject_word=[e.word for e in chunk], **common_kw,
@@ -529,23 +550,18 @@ def measure(pipe, adapter, encoder, rows: list[Row], examples: list[SubjectExamp
     return results
 
 
-def quick_evaluation(pipe, adapter, encoder, cfg: RealCustomTrain, device, guidance: float, say=print) -> dict[str, Any]:
+def quick_evaluation(pipe, adapter, encoder, cfg: RealCustomTrain, device, guidance: float, scorer,
+                     say=print) -> dict[str, Any]:
     """The training job's evaluation: omega_i sweep (sweep set), then baseline vs RealCustom."""
-    from attncraft.shapes.training.evaluate import Scorer
-
-    scorer = Scorer(cfg.score_workers, fn=score_example)
-    try:
-        sweep_examples = sample_examples(cfg.sweep_subjects, SWEEP_SEED, held_out=True)
-        sweep = measure(pipe, adapter, encoder, [Row(f"omega_i {w}", options={"image_guidance_scale": w}) for w in cfg.sweep_image_guidance],
-                        sweep_examples, cfg.eval_steps, guidance, cfg.gen_batch, SWEEP_SEED, device, scorer, say)
-        best = max(range(len(sweep)), key=lambda i: (sweep[i].get("both", 0.0), sweep[i].get("identity", 0.0)))
-        chosen = cfg.sweep_image_guidance[best]
-        examples = sample_examples(cfg.eval_subjects, EVAL_SEED, held_out=True)
-        rows = [Row("Shapes SD, word alone (baseline)", "sd"),
-                Row(f"RealCustom (omega_i {chosen}, gamma_scope 0.25)", options={"image_guidance_scale": chosen})]
-        final = measure(pipe, adapter, encoder, rows, examples, cfg.eval_steps, guidance, cfg.gen_batch, EVAL_SEED, device, scorer, say)
-    finally:
-        scorer.close()
+    sweep_examples = sample_examples(cfg.sweep_subjects, SWEEP_SEED, held_out=True)
+    sweep = measure(pipe, adapter, encoder, [Row(f"omega_i {w}", options={"image_guidance_scale": w}) for w in cfg.sweep_image_guidance],
+                    sweep_examples, cfg.eval_steps, guidance, cfg.gen_batch, SWEEP_SEED, device, scorer, say)
+    best = max(range(len(sweep)), key=lambda i: (sweep[i].get("both", 0.0), sweep[i].get("identity", 0.0)))
+    chosen = cfg.sweep_image_guidance[best]
+    examples = sample_examples(cfg.eval_subjects, EVAL_SEED, held_out=True)
+    rows = [Row("Shapes SD, word alone (baseline)", "sd"),
+            Row(f"RealCustom (omega_i {chosen}, gamma_scope 0.25)", options={"image_guidance_scale": chosen})]
+    final = measure(pipe, adapter, encoder, rows, examples, cfg.eval_steps, guidance, cfg.gen_batch, EVAL_SEED, device, scorer, say)
     return {"guidance_scale": guidance, "steps": cfg.eval_steps, "sweep": _strip(sweep), "chosen_image_guidance_scale": chosen,
             "subjects": len(examples), "seed": EVAL_SEED, "rows": final, "results": _strip(final)}
 
@@ -567,7 +583,7 @@ def to_markdown(evaluation: dict[str, Any], command: str) -> str:
              f"{evaluation.get('seed')}), {evaluation.get('steps')} steps, guidance (omega_t) {evaluation.get('guidance_scale')}, "
              f"omega_i {evaluation.get('chosen_image_guidance_scale')}; the same initial noise in every row.", "",
              f"Command: `{command}`", "",
-             "| row | n | identity | colour | pattern | shape | text all right | others right | both | mask IoU | GT in mask |",
+             "| row | n | identity | colour | pattern | shape | text all right | others right | both | mask soft IoU | GT in mask |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(r, k):
