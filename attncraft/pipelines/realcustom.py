@@ -15,7 +15,8 @@ One sampling step (paper mode, the default)::
 
 The text-only rows give the real word's cross-attention (read by :class:`WordMapReader` through
 the core's deferred, layer-batched maps) and the adaptive mask of the *next* step; the visual
-branch of the TI rows is multiplied by the current mask. The scoring module picks and re-weights
+branch of the TI rows is multiplied by the current mask. Step 0 takes its mask and ``eps_T`` from
+one text-only call on ``z_0`` (so its guidance call has 2 rows, and step 1 reuses that mask). The scoring module picks and re-weights
 the image features from the text, the masked latent and the timestep before each call. Release
 mode (``guidance_mode="release"``): ``eps = eps_u + w (eps_c - eps_u)`` with ``eps_u`` from the
 negative prompt and the encoding of an all-zero image (masked too) and ``eps_c`` from the TI rows;
@@ -327,7 +328,9 @@ class RealCustomMixin:
                             mask = read_mask()
                         if options.use_scoring:
                             scored = self._scores(adapter, tokens.features, text.embeds, x, mask, alpha_bars[i], options.gamma_num)
-                        read_now = batched and i < min(reuse, n_steps) - 1
+                        # the call of step i reads the mask of step i + 1; step 0's (of z_0) is the
+                        # text-only call's, so the first read is at step 1
+                        read_now = batched and 1 <= i < min(reuse, n_steps) - 1
                         roles = (["text"] if ((paper and "text" not in predictions) or read_now) else []) + ["uncond", "image"]
                         masks.append(mask[:, 0])  # kept on the device: no host sync per step
                         predictions.update(call_unet(x, t, roles, read=read_now))
