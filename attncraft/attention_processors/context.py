@@ -100,11 +100,15 @@ class AttentionCall:
     hidden_states: torch.Tensor
     """The (normalised) input the query was computed from, (batch, tokens, channels)."""
     encoder_hidden_states: torch.Tensor | None
-    """The text (or other) states keys/values come from in cross-attention, else None."""
+    """The text (or other) states keys/values come from in cross-attention, else None (without the
+    IP-Adapter image tokens, which are in :attr:`ip_hidden_states`)."""
     query: torch.Tensor | None = None
     """(batch, heads, tokens, head_dim), set before the score hooks run."""
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
+    ip_hidden_states: list[torch.Tensor] | None = None
+    """IP-Adapter image tokens of this call, one tensor per adapter, on layers that carry the image
+    branch (:class:`~.processor.AttncraftIPAdapterAttnProcessor`); None elsewhere."""
 
     @property
     def step_index(self) -> int:

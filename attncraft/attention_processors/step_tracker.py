@@ -124,6 +124,6 @@ class StepTracker:
         ctx.unet_calls += 1
 
     def _start_step_zero(self) -> None:
+        self._begin_run()  # may raise (a technique that no longer fits the model): the next call retries
         self._force_new_run = False
-        self._begin_run()
         self.context.step_index = 0
