@@ -90,7 +90,7 @@ def customize(
     from attncraft.loading import EMBEDDED_ALIASES, load_text_to_image
     from attncraft.outputs import prepare_output_dir, save_png_with_settings
     from attncraft.pipelines.realcustom import GUIDANCE_MODES, MASK_PASSES, realcustom_pipeline_for
-    from attncraft.pipelines.text_to_image import default_settings, output_name, validate
+    from attncraft.pipelines.text_to_image import output_name, settings_from_options, validate
     from attncraft.progress import progress_task
     from attncraft.realcustom.modules import SHAPES_ADAPTER_DIR, checkpoint_file
     from attncraft.schedulers import set_scheduler
@@ -127,12 +127,9 @@ def customize(
 
     # -- the model ------------------------------------------------------------------------------
     loaded = load_text_to_image(model, device=device, dtype=dtype, config=config)
-    settings = default_settings(loaded, prompt)
-    for name, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("width", width),
-                        ("height", height), ("scheduler", scheduler)):
-        if value is not None:
-            setattr(settings, name, value)
-    settings.seed, settings.count, settings.negative_prompt = seed, count, negative
+    settings = settings_from_options(loaded, prompt, seed=seed, count=count, negative_prompt=negative,
+                                     num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                                     scheduler=scheduler)
     validate(settings, loaded)
     pipe = realcustom_pipeline_for(loaded.pipeline)
     if settings.scheduler:

@@ -152,6 +152,15 @@ class RealCustomMixin:
     realcustom_adapter = None
     realcustom_encoder = None
 
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' ``from_pipe``; a RealCustom pipeline's loaded parts come along (shared)."""
+        new = super().from_pipe(pipeline, **kwargs)
+        for name in ("realcustom_adapter", "realcustom_encoder"):
+            if getattr(pipeline, name, None) is not None:
+                setattr(new, name, getattr(pipeline, name))
+        return new
+
     # -- loading ------------------------------------------------------------------------------
     def load_realcustom(self, adapter: Any = None, image_encoder: Any = None, dtype: torch.dtype | None = None):
         """Load the trained parts: ``adapter`` a checkpoint path (file or folder; None = the Shapes

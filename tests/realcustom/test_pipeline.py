@@ -110,18 +110,10 @@ def test_unet_calls_per_step_and_mask_reuse(pipe, subject, mode, mask_pass, reus
     assert ((out.masks > 0).flatten(2).sum(-1) == 16).all()  # 25 % of 8x8
 
 
-def test_diffusers_behaviours(pipe, subject, tmp_path):
-    seen = []
-
-    def callback(p, i, t, kwargs):
-        seen.append((i, sorted(kwargs)))
-        return {"latents": kwargs["latents"] * 0} if i == 2 else kwargs
-
-    out = pipe(PROMPT, subject_image=subject, subject_word="circle", num_inference_steps=3, num_images_per_prompt=2,
-               callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+def test_plain_without_subject_tuple_output_and_a_clean_unet(pipe, subject, tmp_path):
+    out = pipe(PROMPT, subject_image=subject, subject_word="circle", num_inference_steps=2, num_images_per_prompt=2,
                generator=_gen(), **SIZE)
     assert isinstance(out, RealCustomPipelineOutput) and len(out.images) == 2 and out.images[0].size == (32, 32)
-    assert seen == [(i, ["latents", "prompt_embeds"]) for i in range(3)]
     latent = pipe(PROMPT, subject_image=subject, subject_word="circle", num_inference_steps=1, output_type="latent",
                   return_dict=False, **SIZE)
     assert latent[0].shape == (1, 4, 16, 16) and latent[2].shape == (1, 1, 8, 8)
@@ -138,6 +130,39 @@ def test_diffusers_behaviours(pipe, subject, tmp_path):
     assert again.realcustom_adapter is None
     with pytest.raises(TechniqueError, match="load_realcustom"):
         again(PROMPT, subject_image=subject, subject_word="circle", num_inference_steps=1, **SIZE)
+
+
+def test_standard_diffusers_behaviours_with_a_subject(tmp_path):
+    from pipeline_checks import (
+        check_attention_slicing,
+        check_batch_matches_single,
+        check_callback_on_step_end,
+        check_freeu,
+        check_from_pipe,
+        check_fused_qkv,
+        check_output_types,
+        check_save_load,
+    )
+
+    encoder = _encoder()
+    base = tm.sd_pipeline()
+    adapter = RealCustomAdapter.from_unet(base.unet, encoder.hidden_size, init="text", seed=1)
+
+    def make():
+        pipe = RealCustomPipeline.from_pipe(tm.sd_pipeline())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.load_realcustom(adapter, encoder)
+
+    call = dict(prompt=PROMPT, subject_image=torch.rand(3, 32, 32, generator=_gen(3)), subject_word="circle",
+                num_inference_steps=2, image_guidance_scale=4.0, **SIZE)
+    check_output_types(make, call)
+    check_batch_matches_single(make, call, prompts=(PROMPT, "a blue circle at the top"))
+    check_callback_on_step_end(make, call)
+    check_save_load(make, call, tmp_path, prepare=lambda p: p.load_realcustom(adapter, encoder))
+    check_from_pipe(make, call)  # the loaded RealCustom parts come along
+    check_attention_slicing(make, call)
+    check_fused_qkv(make, call)
+    check_freeu(make, call)
 
 
 def test_bad_settings_are_one_line_errors(pipe, subject):
