@@ -88,3 +88,19 @@ def test_customize_errors_are_one_line(files, tmp_path, capsys):
 def test_help_lists_customize(capsys):
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0 and "customize" in out
+
+
+def test_customize_uses_the_shipped_shapes_checkpoint_by_default(files, tmp_path, capsys):
+    from attncraft.realcustom.modules import SHAPES_ADAPTER_DIR, checkpoint_file
+
+    code, out, err = run_cli(["customize", PROMPT, "--subject", str(files["subject"]), "--word", "star", "--steps", "1",
+                              "--out", str(tmp_path)], capsys)
+    if not checkpoint_file(SHAPES_ADAPTER_DIR).is_file():
+        assert code == 2 and "no RealCustom checkpoint is shipped" in err
+        return
+    assert code == 0, err
+    meta = read_png_settings(out.split()[0])
+    assert meta["adapter"].endswith("shapes-realcustom/realcustom.safetensors")
+    from attncraft.realcustom.modules import read_config
+
+    assert meta["image_guidance_scale"] == read_config(SHAPES_ADAPTER_DIR).defaults["image_guidance_scale"]

@@ -163,3 +163,16 @@ def test_image_encoder_accepts_any_vision_model_and_images(tmp_path):
         b = enc.encode(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))
         assert a.shape == (1, tokens, 16) and torch.allclose(a, b, atol=1e-5)
         assert enc.zero_image_states(2).shape == (2, tokens, 16)
+
+
+def test_the_shipped_shapes_checkpoint_fits_shapes_sd_and_is_small():
+    from attncraft.realcustom.modules import SHAPES_ADAPTER_DIR, checkpoint_file
+    from attncraft.shapes.models import load_shapes_sd_pipeline
+
+    path = checkpoint_file(SHAPES_ADAPTER_DIR)
+    if not path.is_file():
+        pytest.skip("no RealCustom checkpoint shipped")
+    assert path.stat().st_size < 3e6
+    adapter = load_adapter(path, unet=load_shapes_sd_pipeline().unet)
+    assert adapter.config.encoder == "shapes" and adapter.scoring is not None
+    assert {"image_guidance_scale", "gamma_scope", "gamma_num"} <= set(adapter.config.defaults)

@@ -187,7 +187,8 @@ def test_sdxl_pipeline_runs_and_is_plain_sdxl_without_a_subject(subject):
     out = pipe(PROMPT, subject_image=subject, subject_word="circle", num_inference_steps=2, guidance_mode="release",
                mask_reused_step=1, generator=_gen(), output_type="np", **SIZE)
     assert out.images.shape == (1, 32, 32, 3) and np.isfinite(out.images).all()
-    assert out.masks.shape[0] == 2 and torch.equal(out.masks[0], out.masks[1])
+    # the mask lives at the highest cross-attention resolution: latent / 2 on SDXL's layout
+    assert out.masks.shape == (2, 1, 8, 8) and torch.equal(out.masks[0], out.masks[1])
     zero = pipe(PROMPT, subject_image=subject, subject_word="circle", num_inference_steps=2, image_guidance_scale=0.0,
                 guidance_scale=5.0, generator=_gen(), output_type="np", **SIZE).images
     ref = plain(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=_gen(), output_type="np", **SIZE).images

@@ -385,6 +385,7 @@ def _train(args, cfg, quiet, base, out, device, budget, max_steps, workers, say,
     path = save_adapter(adapter, out)
     info["checkpoint_bytes"] = path.stat().st_size
     info["evaluation"] = {k: v for k, v in evaluation.items() if k != "rows"}
+    info["wall_seconds_with_evaluation"] = round(budget.elapsed(), 1)
     common.write_training_log(out, "realcustom", args, info)
     write_report(out / "realcustom_eval", evaluation, " ".join(["python", "-m", "attncraft.shapes.training", *args.argv[1:]]))
     say(f"saved {path} ({info['checkpoint_bytes'] / 1e6:.2f} MB) after {steps.done} steps, {info['train_seconds']}s; "
