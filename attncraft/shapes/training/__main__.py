@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     from attncraft.shapes.training import common
 
-    common.PROCESS_T0 = _T0 if argv is None else time.time()
+    common.PROCESS_T0 = _T0 if argv is None else None  # in-process calls: each budget from its own start
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
         workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
