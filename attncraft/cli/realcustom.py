@@ -16,7 +16,16 @@ from pathlib import Path
 
 import typer
 
-from attncraft.cli.common import DeviceOption, DtypeOption, ModelOption, OutOption, console, quiet_libraries
+from attncraft.cli.common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    TrustPickleOption,
+    console,
+    quiet_libraries,
+)
 
 
 def _read_subject(path: Path):
@@ -78,7 +87,8 @@ def customize(
     scheduler: str = typer.Option(None, "--scheduler", help="ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm, dpm-karras, unipc."),
     config: str = typer.Option(None, "--config", help="For single-file checkpoints: a diffusers folder or Hub id of the same architecture."),
     out: Path = OutOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files of the same name."),
+    overwrite: bool = OverwriteOption,
+    trust_pickle: bool = TrustPickleOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
 ) -> None:
@@ -90,24 +100,20 @@ def customize(
     from attncraft.loading import EMBEDDED_ALIASES, load_text_to_image
     from attncraft.outputs import prepare_output_dir, save_png_with_settings
     from attncraft.pipelines.realcustom import GUIDANCE_MODES, MASK_PASSES, realcustom_pipeline_for
-    from attncraft.pipelines.text_to_image import output_name, settings_from_options, validate
+    from attncraft.pipelines.text_to_image import check_values, output_name, settings_from_options, validate
     from attncraft.progress import progress_task
     from attncraft.realcustom.modules import SHAPES_ADAPTER_DIR, checkpoint_file
     from attncraft.schedulers import set_scheduler
-    from attncraft.validation import check_finite, check_int_range, check_seed, check_text
+    from attncraft.validation import check_finite, check_int_range, check_text
 
     # -- everything that can be checked before a model is loaded --------------------------------
-    check_text("prompt", prompt)
+    check_values(prompt, negative, steps, guidance, seed, count, width, height)
     check_text("--word", word)
     if not re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", prompt, flags=re.IGNORECASE):
         raise InputError(f"the word {word!r} is not in the prompt {prompt!r}", "pass a --word that appears in the prompt as a whole word")
     image = _read_subject(subject)
-    count = check_int_range("--count", count, 1, 64, example=1)
-    seed = check_seed(seed, count)
-    if steps is not None:
-        check_int_range("--steps", steps, 1, 1000, example=25)
-    for name, value, low, high in (("--guidance", guidance, 0, None), ("--image-guidance", image_guidance, None, None),
-                                   ("--gamma-scope", gamma_scope, 0, 1), ("--gamma-num", gamma_num, 0, 1)):
+    for name, value, low, high in (("--image-guidance", image_guidance, None, None), ("--gamma-scope", gamma_scope, 0, 1),
+                                   ("--gamma-num", gamma_num, 0, 1)):
         if value is not None:
             check_finite(name, value, low, high)
     if gamma_num is not None and gamma_num <= 0:
@@ -126,7 +132,7 @@ def customize(
     out = prepare_output_dir(out)
 
     # -- the model ------------------------------------------------------------------------------
-    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config)
+    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle)
     settings = settings_from_options(loaded, prompt, seed=seed, count=count, negative_prompt=negative,
                                      num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
                                      scheduler=scheduler)

@@ -293,7 +293,7 @@ def train_realcustom(args: common.RunArgs, cfg: RealCustomTrain | None = None, q
 
     cfg = common.apply_overrides(cfg or realcustom_config(args.config), args)
     out, device, budget, max_steps, workers, say = common.start_stage("realcustom", args, cfg, quiet).unpack()
-    scorer = Scorer(cfg.score_workers, fn=score_example)  # forked before CUDA starts
+    scorer = Scorer(cfg.score_workers)  # forked before CUDA starts
     try:
         return _train(args, cfg, quiet, base, out, device, budget, max_steps, workers, say, scorer)
     finally:
@@ -541,7 +541,7 @@ def measure(pipe, adapter, encoder, rows: list[Row], examples: list[SubjectExamp
         t0 = time.time()
         images, maps = generate_row(rc, row, examples, steps, guidance, batch, seed, device)
         payload = [{"target": e.target.to_dict(), "map": m, "truth": truth[i]} for i, (e, m) in enumerate(zip(examples, maps))]
-        scores = scorer(images, payload)
+        scores = scorer.map(score_example, list(zip(list(images), payload)))
         summary = summarize(scores)
         results.append({"row": row.name, "method": row.method, "prompt": row.prompt, "options": row.options, **summary,
                         "seconds": round(time.time() - t0, 1), "samples": images[:16]})
@@ -624,7 +624,7 @@ def evaluate_realcustom(args: common.RunArgs, n: int = 200, rows: list[Row] | No
     say = (lambda m: None) if quiet else (lambda m: print(f"[realcustom-eval] {m}", flush=True))
     t0 = time.time()
     device = common.setup_device(args.device)
-    scorer = Scorer(workers if workers is not None else (12 if device.type == "cuda" else 0), fn=score_example)
+    scorer = Scorer(workers if workers is not None else (12 if device.type == "cuda" else 0))
     try:
         pipe, encoder, sd_dir, _ = load_base(args, device)
         if device.type == "cuda":
