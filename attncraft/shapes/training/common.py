@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-#: Wall-clock time at which the process started (set by ``__main__`` before the heavy imports).
-PROCESS_T0: float = time.time()
+#: Wall-clock time at which the command started (set by ``__main__`` before the heavy imports, so a
+#: command's budget includes them). None when the trainers are called in-process (tests, scripts):
+#: each budget then counts from its own start, not from whenever this module was first imported.
+PROCESS_T0: float | None = None
 
 
 @dataclass
@@ -33,7 +35,7 @@ class RunArgs:
     clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
     vae_dir: str | None = None  # unet: the trained VAE folder
     sd_dir: str | None = None  # evaluate / motion: the shapes SD folder
-    adapter_dir: str | None = None  # evaluate --what motion: the motion adapter folder
+    adapter_dir: str | None = None  # evaluate --what motion: the motion adapter; realcustom-eval: the checkpoint
     prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
     what: str = "all"  # evaluate: clip | sd | all
     compile: bool = False
@@ -46,7 +48,7 @@ class Budget:
     """The command's wall-clock budget: training stops ``reserve_s`` before the end, to save."""
 
     def __init__(self, minutes: float, reserve_s: float, t0: float | None = None):
-        self.t0 = PROCESS_T0 if t0 is None else t0
+        self.t0 = t0 if t0 is not None else PROCESS_T0 if PROCESS_T0 is not None else time.time()
         self.end = self.t0 + 60.0 * minutes
         self.reserve_s = reserve_s
         self.train_t0 = time.time()
