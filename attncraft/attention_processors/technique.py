@@ -21,6 +21,9 @@ observers such as :class:`~.store.AttentionStore`, so observers see the final ma
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
@@ -105,6 +108,24 @@ class AttentionTechnique:
         """
         for call, layer_probs in zip(calls, probs.unbind(0)):
             self.edit_probs(call, layer_probs)
+
+    # -- settings ----------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Any) -> AttentionTechnique:
+        """The technique a ``settings()`` dict describes (e.g. a sidecar's entry): its keys are
+        constructor arguments, checked again by the constructor. An unknown key, or something that
+        is not a mapping, is an :class:`~attncraft.errors.InputError` naming it."""
+        from attncraft.errors import InputError
+
+        if not isinstance(settings, dict):
+            raise InputError(f"{cls.name} settings must be a mapping, got {type(settings).__name__}",
+                             "pass the dict that the technique's settings() returns")
+        accepted = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+                    if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            raise InputError(f"unknown {cls.name} setting {unknown[0]!r}", f"use only: {', '.join(accepted)}")
+        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"
