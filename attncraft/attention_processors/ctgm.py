@@ -211,7 +211,8 @@ class TemporalModule(AnimateDiffTransformer3D):
         """The residual branch on ``x`` ``(N*F, C, H, W)``, in the module's dtype."""
         nf, c, h, w = x.shape
         n = nf // num_frames
-        y = self.norm(x.to(self.proj_in.weight.dtype))
+        # contiguous: GroupNorm's CPU backward crashes on strided (e.g. channels-last) input in torch 2.13
+        y = self.norm(x.to(self.proj_in.weight.dtype).contiguous())
         y = y.view(n, num_frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(n * h * w, num_frames, c)
         y = self.proj_in(y)
         for block in self.transformer_blocks:
@@ -248,7 +249,7 @@ class FrameTextInjector(nn.Module):
     def branch(self, latent: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``proj_out(e)`` for frames ``latent`` ``(N, C, H, W)`` and their text ``(N, T, D)``."""
         dtype = self.proj_in.weight.dtype
-        tokens = self.norm(latent.to(dtype)).flatten(2).transpose(1, 2)
+        tokens = self.norm(latent.to(dtype).contiguous()).flatten(2).transpose(1, 2)
         tokens = self.norm_latent(self.proj_in(tokens))
         e = text.to(dtype)
         e = e + self.attn(e, encoder_hidden_states=tokens)

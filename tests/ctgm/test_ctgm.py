@@ -285,3 +285,15 @@ def test_files_are_fp16_strict_and_checked_against_the_unet(unet, tmp_path):
         other = UNetMotionModel(cross_attention_dim=768)
     with pytest.raises(TechniqueError, match="another UNet layout: this UNet has sites down_blocks.1.attentions.0"):
         load_ctgm(path, other)
+
+
+def test_a_ctgm_for_another_layout_is_refused_at_install_and_nothing_stays_installed(unet, sd15):
+    before = dict(unet.attn_processors)
+    with torch.device("meta"):
+        foreign = CTGM.for_unet(sd15, text_tokens=77, mode="tfb", sites="part")
+    technique = CrossFrameTextGuidance(foreign)
+    technique.selector = CrossFrameTextGuidance(CTGM.for_unet(unet, text_tokens=77, mode="tfb")).selector
+    with pytest.raises(TechniqueError, match="another UNet layout"):
+        with apply_techniques(unet, technique):
+            pass
+    assert get_manager(unet).techniques == [] and dict(unet.attn_processors) == before
