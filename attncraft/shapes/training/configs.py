@@ -155,7 +155,7 @@ def get_configs(name: str) -> StageConfigs:
                            probe_examples=32,
                            overrides=dict(SMOKE_UNET), max_steps=30, log_every_s=1e9),
             ctgm=CtgmTrain(batch=2, frames=3, lr=3e-3, warmup=3, image_size=32, pool=8, chunk=8, refresh_every=6,
-                           workers=0, reserve_s=0.0, pool_fill_limit_s=None, probe_examples=2, max_steps=12,
+                           workers=0, reserve_s=0.0, pool_fill_limit_s=None, probe_examples=2, max_steps=8,
                            log_every_s=1e9),
             eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2,
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
