@@ -366,4 +366,3 @@ def captioned_batch(pool: DevicePool, batch: int, text_encoder, empty: torch.Ten
         cond = text_encoder(ids).last_hidden_state.float()
     drop = torch.rand(batch, device=device) < dropout
     return z0, torch.where(drop[:, None, None], empty.expand(batch, -1, -1), cond)
-
