@@ -26,7 +26,6 @@ Usage (GPU, about 2 minutes on one H200 including the build):
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import statistics
@@ -40,7 +39,7 @@ from attncraft.attention_processors import apply_techniques
 from attncraft.attention_processors.ctgm import CTGM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_broadway_vstar import CallTimer, build_pipeline  # noqa: E402  (the same pipeline and per-call timer)
+from bench_broadway_vstar import build_pipeline, fmt, interleaved, run_arguments  # noqa: E402  (shared pieces)
 
 VARIANTS = ("stock", "tar", "all")
 
@@ -55,35 +54,6 @@ def random_ctgm(pipe, mode: str, device: torch.device, dtype: torch.dtype, seed:
             if ".proj_out." in name:
                 param.copy_(torch.randn(param.shape, generator=g, device=device) * 0.02)
     return ctgm.to(dtype=dtype).eval().requires_grad_(False)
-
-
-def one_run(pipe, techniques, args, device) -> dict:
-    timer = CallTimer(pipe.unet, device)
-    cuda = device.type == "cuda"
-    loop_peak = [None]
-
-    def after_step(pipeline, step, timestep, kwargs):
-        if cuda and step == args.steps - 1:  # an allocator statistic: no device sync
-            loop_peak[0] = torch.cuda.max_memory_allocated() / 2**30
-        return kwargs
-
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    with apply_techniques(pipe, *techniques):
-        generator = torch.Generator(device=device).manual_seed(0)
-        out = pipe("a red circle moves right, then turns blue", num_frames=args.frames, height=args.size,
-                   width=args.size, num_inference_steps=args.steps, guidance_scale=7.5, generator=generator,
-                   output_type="pt", decode_chunk_size=args.decode_chunk, callback_on_step_end=after_step).frames  # fmt: skip
-        if cuda:
-            torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    calls = timer.ms_per_call()
-    timer.close()
-    assert out.shape[1] == args.frames and len(calls) == args.steps
-    return {"seconds": seconds, "calls_ms": calls, "loop_peak_gib": loop_peak[0],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}  # fmt: skip
 
 
 def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
@@ -105,23 +75,8 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def fmt(value, pattern="{:.2f}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of every variant, interleaved")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of every variant first")
-    parser.add_argument("--decode-chunk", type=int, default=4, help="frames the VAE decodes at once")
-    parser.add_argument("--tiny", action="store_true", help="tiny pipeline for a CPU smoke run")
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = parser.parse_args(argv)
+    args = run_arguments(__doc__.split("\n")[0]).parse_args(argv)
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
 
@@ -130,18 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ctgms = {mode: random_ctgm(pipe, mode, device, dtype) for mode in ("tar", "all")}
     built = time.perf_counter() - built
     params = {mode: c.parameter_counts()["total"] for mode, c in ctgms.items()}
-
-    def techniques(variant):
-        return [] if variant == "stock" else [ctgms[variant].technique()]
-
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    with torch.inference_mode():
-        for _ in range(args.warmup):
-            for variant in VARIANTS:
-                one_run(pipe, techniques(variant), args, device)
-        for r in range(args.rounds):
-            for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
-                results[variant].append(one_run(pipe, techniques(variant), args, device))
+    results = interleaved(pipe, VARIANTS, lambda v: [] if v == "stock" else [ctgms[v].technique()], args, device)
     summary = summarise(results)
 
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -161,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[variant]
         count = f"{params[variant] / 1e6:.2f} M" if variant in params else "-"
         print(f"| {variant} | {count} | {s['seconds']:.3f} | {s['ratio']:.4f} | {s['ms_per_call']:.2f} | "
-              f"{s['call_ratio']:.4f} | {fmt(s['loop_peak_gib'])} | {fmt(s['peak_gib'])} |")
+              f"{s['call_ratio']:.4f} | {fmt(s['loop_peak_gib'], '{:.2f}')} | {fmt(s['peak_gib'], '{:.2f}')} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "summary": summary, "runs": results, "device": hw, "parameters": params}, f, indent=1)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -83,20 +82,8 @@ def describe(path: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", required=True, help="MotionAdapter folder (e.g. assets/models/shapes-motion)")
+    shared.add_run_arguments(parser)
     parser.add_argument("--ctgm", action="append", required=True, help="CTGM weights (.safetensors); repeat per mode")
-    parser.add_argument("--model", default=str(ROOT / "assets" / "models" / "shapes-sd"), help="SD folder")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--count", type=int, default=200, help="videos per row")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=None, help="default: the model folder's width")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=25, help="videos per pipeline call")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--workers", type=int, default=0, help="reader processes (0: score in this process)")
     parser.add_argument("--llm", default=None, help="synopsis states from this language model instead of the rules")
     args = parser.parse_args(argv)
 
@@ -106,20 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out = prepare_output_dir(args.out)
     ctgm_info = [describe(path) for path in args.ctgm]  # every file is checked before any work
-    defaults = shared.folder_defaults(args.model, args.adapter)
-    args.size = args.size or int(defaults.get("width", 64))
-    args.steps = args.steps or int(defaults.get("num_inference_steps", 25))
-    args.guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 7.5))
-    pool = mp.get_context("fork").Pool(args.workers, initializer=shared._init_worker) if args.workers > 0 else None
-    device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     started = time.perf_counter()
-    pipe = shared.load_pipeline(args.model, args.adapter, device, dtype)
-    ctgms = [load_ctgm(path, pipe.unet, device=device, dtype=dtype) for path in args.ctgm]
-
-    def score(videos, prompts):
-        items = list(zip(videos, prompts))
-        return pool.map(shared.score_one, items, chunksize=4) if pool is not None else [shared.score_one(it) for it in items]
+    pipe, pool, score = shared.open_run(args)
+    device = pipe.unet.device
+    ctgms = [load_ctgm(path, pipe.unet, device=device, dtype=pipe.unet.dtype) for path in args.ctgm]
 
     prompts = shared.sequential_prompts(args.count)
     language_model = None

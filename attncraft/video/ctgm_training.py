@@ -2,8 +2,8 @@
 video-caption dataset.
 
 CTGM (:mod:`attncraft.attention_processors.ctgm`) has no released weights, so it is trained here: on
-an AnimateDiff pipeline (an SD folder or Hub id plus a ``MotionAdapter`` folder) whose text encoder,
-VAE, UNet and motion modules all stay frozen, only the CTGM parameters learn. The objective is the
+an AnimateDiff pipeline (an SD model plus a motion adapter, any references ``attncraft video`` takes)
+whose text encoder, VAE, UNet and motion modules all stay frozen, only the CTGM parameters learn. The objective is the
 base model's own denoising loss (:class:`DiffusionObjective`: the scheduler's noise schedule and
 prediction type, epsilon or v, with min-SNR-style loss weights), one timestep per clip, independent
 noise per frame, and the caption on every frame (CTGM makes the per-frame conditions itself). CTGM
@@ -122,18 +122,11 @@ def freeze(*modules: torch.nn.Module) -> None:
 
 def frozen_motion_pipeline(model: str | os.PathLike, adapter: str | os.PathLike, device: Any = "cpu",
                            dtype: torch.dtype = torch.float32):
-    """Diffusers' stock ``AnimateDiffPipeline`` from an SD folder (or Hub id) and a ``MotionAdapter``
-    folder, every part frozen, on ``device``."""
-    from diffusers import AnimateDiffPipeline, MotionAdapter
+    """The text-to-video pipeline of ``model`` (an SD folder, file or Hub id, or ``shapes``) with the
+    motion adapter ``adapter`` (:func:`attncraft.loading.load_text_to_video`), every part frozen."""
+    from attncraft.loading import load_text_to_video
 
-    from attncraft.validation import check_input_file
-
-    check_input_file(Path(adapter) / "config.json", "--adapter folder's config")
-    if Path(model).exists():
-        check_input_file(Path(model) / "model_index.json", "--model folder's model_index")
-    motion = MotionAdapter.from_pretrained(str(adapter), dtype=dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(str(model), motion_adapter=motion, dtype=dtype)
-    pipe.to(device)
+    pipe = load_text_to_video(str(model), str(adapter), device=device, dtype=dtype).pipeline
     freeze(pipe.unet, pipe.vae, pipe.text_encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe

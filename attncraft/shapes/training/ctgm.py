@@ -35,7 +35,6 @@ measurement (``benchmarks/measure_ctgm.py``) from seeds below 1,000.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from attncraft.shapes.training.data import (
     maybe_refresh,
     tokenize,
 )
+from attncraft.shapes.training.motion import ClipEncoder, weights_fingerprint
 
 PROBE_SEED_BASE = 7_000_000
 """Held-out clips of the probe (disjoint from training, the other probes and evaluation seeds)."""
@@ -60,20 +60,9 @@ WEIGHTS_FILE = "ctgm.safetensors"
 
 
 def default_adapter_dir() -> Path:
-    from attncraft.assets import models_dir
+    from attncraft.shapes.models import SHAPES_MOTION_DIR
 
-    return models_dir() / "shapes-motion"
-
-
-def weights_fingerprint(folder: Path) -> str | None:
-    """First 16 hex digits of the sha256 of a model folder's safetensors weights (which base)."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return SHAPES_MOTION_DIR
 
 
 def reverse_order(scene):
@@ -92,30 +81,8 @@ def is_sequential(scene) -> bool:
     return any(len(o.motions) == 2 for o in scene.objects)
 
 
-class SceneClipEncoder:
-    """Renders chunks of moving scenes on the device and encodes their frames with the frozen VAE."""
-
-    def __init__(self, vae, device: torch.device, frames: int, size: int, batch: int = 256):
-        self.vae, self.device, self.frames, self.size, self.batch = vae, device, frames, size, batch
-
-    @torch.no_grad()
-    def latents(self, scenes) -> torch.Tensor:
-        from attncraft.shapes.world import render_video
-        from attncraft.video.ctgm_training import encode_clips
-
-        out = []
-        for i in range(0, len(scenes), self.batch):
-            video = render_video(scenes[i:i + self.batch], num_frames=self.frames, size=self.size, device=self.device).images
-            with common.autocast(self.device):
-                out.append(encode_clips(self.vae, video * 2.0 - 1.0))
-        return torch.cat(out)  # (N, C, F, h, w)
-
-    def __call__(self, chunk) -> dict[str, torch.Tensor]:
-        return {"latents": self.latents(chunk.scenes), "tokens": torch.from_numpy(chunk.tokens)}
-
-
 @torch.no_grad()
-def order_probe(unet, manager, technique, text_encoder, encoder: SceneClipEncoder, objective, device,
+def order_probe(unet, manager, technique, text_encoder, encoder: ClipEncoder, objective, device,
                 n: int, batch: int = 16) -> dict[str, float]:
     """Held-out v-MSE (t in [200, 800)) of fixed sequential clips, noise and timesteps, with the true
     captions and with the motions told in the other order, each with CTGM installed and without it."""
@@ -189,7 +156,7 @@ def train_ctgm(args: common.RunArgs, cfg: CtgmTrain | None = None, quiet: bool =
         f"on {device} (frozen {sd_dir} + {adapter_dir}); clips of {cfg.frames} frames at {cfg.image_size} px "
         f"({latent}x{latent} latents); budget {args.minutes} min")  # fmt: skip
 
-    encoder = SceneClipEncoder(vae, device, cfg.frames, cfg.image_size)
+    encoder = ClipEncoder(vae, device, cfg.frames, cfg.image_size)
     pool = DevicePool(cfg.pool, {"latents": ((vae.config.latent_channels, cfg.frames, latent, latent), torch.float16),
                                  "tokens": ((n_caps, 77), torch.int32)}, device)  # fmt: skip
     fill_pool(pool, stream, encoder, limit_s=cfg.pool_fill_limit_s, log=say)
