@@ -119,9 +119,11 @@ __all__ = [
     "SiteSpec",
     "TemporalModule",
     "ctgm_layout",
+    "ctgm_technique",
     "formula_parameter_counts",
     "group_count",
     "load_ctgm",
+    "resolve_ctgm_file",
     "resolve_mode",
     "save_ctgm",
 ]
@@ -684,6 +686,47 @@ def load_ctgm(path: str | os.PathLike, unet: nn.Module | None = None, *, device:
     if device is not None or dtype is not None:
         ctgm.to(device=device, dtype=dtype)
     return ctgm.eval().requires_grad_(False)
+
+
+SHAPES_ALIASES = {"shapes": "ctgm-tii-tar.safetensors", "shapes-tii-tar": "ctgm-tii-tar.safetensors",
+                  "shapes-all": "ctgm-all.safetensors"}
+"""``--ctgm shapes`` (TII + TAR) and ``shapes-all``: the trained Shapes CTGMs in ``assets/models/shapes-ctgm``."""
+
+
+def resolve_ctgm_file(reference: str | os.PathLike) -> Path:
+    """The CTGM file a reference names (a path, or a :data:`SHAPES_ALIASES` name), checked to be a
+    CTGM file (its configuration is read, no tensors)."""
+    ref = str(reference).strip()
+    if ref.lower() in SHAPES_ALIASES:
+        from attncraft.shapes.models import SHAPES_CTGM_DIR
+
+        path = SHAPES_CTGM_DIR / SHAPES_ALIASES[ref.lower()]
+        if not path.is_file():
+            raise InputError(f"the Shapes CTGM {ref!r} is not in {SHAPES_CTGM_DIR} (not trained yet)",
+                             "pass a CTGM file, or train one with tools/gpu/train_shapes_ctgm.sh")  # fmt: skip
+    else:
+        path = Path(ref).expanduser()
+    read_ctgm_metadata(path)
+    return path
+
+
+def ctgm_technique(pipe, ctgm: Any, components: Iterable[str] | None = None) -> CrossFrameTextGuidance:
+    """The :class:`CrossFrameTextGuidance` for ``ctgm`` on ``pipe`` (anything with a ``unet``): a file
+    path or Shapes alias (loaded strictly against the UNet, and kept on the pipeline so later calls with
+    the same unchanged file reuse it), a :class:`CTGM`, or a technique (returned as it is)."""
+    if isinstance(ctgm, CrossFrameTextGuidance):
+        return ctgm
+    if isinstance(ctgm, CTGM):
+        ctgm.check_fits(pipe.unet)
+        return CrossFrameTextGuidance(ctgm, components=components)
+    path = resolve_ctgm_file(ctgm)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, id(pipe.unet))
+    cached = getattr(pipe, "_attncraft_ctgm", None)
+    if cached is None or cached[0] != key:
+        cached = (key, load_ctgm(path, pipe.unet))
+        pipe._attncraft_ctgm = cached
+    return CrossFrameTextGuidance(cached[1], components=components)
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
