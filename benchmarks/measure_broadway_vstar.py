@@ -177,6 +177,42 @@ def load_pipeline(model: str, adapter: str, device: torch.device, dtype: torch.d
     return pipe
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, sampling, batching and output options every Shapes motion measurement takes."""
+    parser.add_argument("--adapter", required=True, help="MotionAdapter folder (e.g. assets/models/shapes-motion)")
+    parser.add_argument("--model", default=str(ROOT / "assets" / "models" / "shapes-sd"), help="SD folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--count", type=int, default=200, help="videos per row")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=None, help="default: the model folder's width")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=25, help="videos per pipeline call")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--workers", type=int, default=0, help="reader processes (0: score in this process)")
+
+
+def open_run(args):
+    """Fill ``args``' size, steps and guidance from the folders' defaults, start the reader processes
+    (forked before CUDA starts) and load the pipeline; returns ``(pipe, pool or None, score)`` with
+    ``score(videos, prompts)`` the reader's scores of a row. Close the pool when done."""
+    defaults = folder_defaults(args.model, args.adapter)
+    args.size = args.size or int(defaults.get("width", 64))
+    args.steps = args.steps or int(defaults.get("num_inference_steps", 25))
+    args.guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 7.5))
+    pool = mp.get_context("fork").Pool(args.workers, initializer=_init_worker) if args.workers > 0 else None
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    pipe = load_pipeline(args.model, args.adapter, torch.device(args.device), dtype)
+
+    def score(videos, prompts):
+        items = list(zip(videos, prompts))
+        return pool.map(score_one, items, chunksize=4) if pool is not None else [score_one(it) for it in items]
+
+    return pipe, pool, score
+
+
 def folder_defaults(*folders: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for folder in folders:
@@ -261,19 +297,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", required=True, help="MotionAdapter folder (e.g. assets/models/shapes-motion)")
-    parser.add_argument("--model", default=str(ROOT / "assets" / "models" / "shapes-sd"), help="SD folder")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--count", type=int, default=200, help="videos per row")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=None, help="default: the model folder's width")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=25, help="videos per pipeline call")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--workers", type=int, default=0, help="reader processes (0: score in this process)")
+    add_run_arguments(parser)
     parser.add_argument("--tables", default="broadway,vstar", help="which tables: broadway, vstar or both")
     parser.add_argument("--broadway-reference", type=int, default=None, help="up block whose maps guide (default: the model's, 0 on Shapes)")
     parser.add_argument("--broadway-steps", type=int, default=None, help="active steps (default: the preset's 20 %%)")
@@ -287,24 +311,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = prepare_output_dir(args.out)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    defaults = folder_defaults(args.model, args.adapter)
-    args.size = args.size or int(defaults.get("width", 64))
-    args.steps = args.steps or int(defaults.get("num_inference_steps", 25))
-    args.guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 7.5))
     tau = min(7, args.frames // 2 - 1)
     BroadWay(tau=tau).check_frames(args.frames)
-    # reader processes are forked before CUDA starts
-    pool = mp.get_context("fork").Pool(args.workers, initializer=_init_worker) if args.workers > 0 else None
-    device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, args.adapter, device, dtype)
+    pipe, pool, score = open_run(args)
+    device = pipe.unet.device
     if args.broadway_reference is None:
         args.broadway_reference = default_reference_block(pipe.unet)
-
-    def score(videos, prompts):
-        items = list(zip(videos, prompts))
-        return pool.map(score_one, items, chunksize=4) if pool is not None else [score_one(it) for it in items]
 
     results: dict[str, Any] = {}
     examples: dict[str, list[np.ndarray]] = {}

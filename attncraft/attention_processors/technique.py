@@ -75,6 +75,16 @@ class AttentionTechnique:
         return cls.edit_scores is not AttentionTechnique.edit_scores or cls.edit_probs is not AttentionTechnique.edit_probs
 
     # -- lifecycle -------------------------------------------------------------------------
+    def on_install(self, manager) -> None:
+        """Called once the technique's processors are in place on a model (``manager`` is its
+        :class:`~.manager.AttentionManager`, ``manager.unet`` the model). A technique that needs
+        more than attention processors (forward hooks on other modules, trainable parts that must
+        fit the model) attaches or checks them here; an exception undoes the installation (through
+        :meth:`on_remove`, which must therefore also clean up after a partial ``on_install``)."""
+
+    def on_remove(self, manager) -> None:
+        """Called when the technique is removed from ``manager``'s model: undo :meth:`on_install`."""
+
     def on_run_start(self, context: AttentionContext) -> None:
         """Called at the start of every sampling run (new generation, each FreeInit iteration)."""
 

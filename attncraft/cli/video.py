@@ -1,4 +1,5 @@
-"""``attncraft video PROMPT``: text-to-video on AnimateDiff, with per-frame states.
+"""``attncraft video PROMPT``: text-to-video on AnimateDiff, with per-frame states and a trained CTGM
+(``--ctgm FILE``).
 
 Writes the video (``--format mp4|gif|webp``), a contact sheet of all frames (``<name>_frames.png``)
 and a JSON sidecar (``<video>.json``) with every setting that reproduces it;
@@ -150,6 +151,8 @@ def video(
     vstar_sigma: str = VstarSigmaOption,
     synopsis: str = SynopsisOption,
     llm: str = LlmOption,
+    ctgm: str = typer.Option(None, "--ctgm", help="A trained CTGM (FancyVideo's cross-frame textual guidance): its .safetensors file, or 'shapes' / 'shapes-all' for the Shapes ones."),
+    ctgm_parts: str = typer.Option(None, "--ctgm-parts", help="Only these parts of the CTGM, comma-separated: tii_self, tii_cross, tii_text, tar, tfb (default: all its mode has)."),
     from_sidecar: Path = typer.Option(None, "--from-sidecar", help="Re-run the settings stored with a video (its sidecar, the video, or its contact sheet)."),
     fmt: str = typer.Option("mp4", "--format", help="mp4, gif or webp (lossless)."),
     out: Path = OutOption,
@@ -221,6 +224,14 @@ def video(
         overrides.update(seed=seed, negative_prompt=negative)
         if free_noise:
             overrides.update(free_noise=True, free_noise_context=free_noise_context, free_noise_stride=free_noise_stride)
+        if ctgm is not None or ctgm_parts is not None:
+            from attncraft.pipelines.text_to_video import check_ctgm_settings
+
+            parts = [p.strip() for p in ctgm_parts.split(",") if p.strip()] if ctgm_parts else None
+            if ctgm is None:
+                raise InputError("--ctgm-parts without --ctgm", "pass --ctgm too, or drop --ctgm-parts")
+            check_ctgm_settings(ctgm, parts)  # the file is read (no tensors) before any model is loaded
+            overrides.update(ctgm=ctgm, ctgm_components=parts)
     out = prepare_output_dir(out)
 
     made = None

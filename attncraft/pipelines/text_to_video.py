@@ -32,6 +32,17 @@ Fourier motion enhancement (TAR -> softmax -> TSG -> FME; BroadWay's guidance ma
 block's map after TAR). Video synopsis prompting (the prompt's states) is a prompt schedule:
 ``pipe(PromptSchedule.from_states(make_synopsis(prompt).states))``.
 
+CTGM (FancyVideo's cross-frame textual guidance, :mod:`attncraft.attention_processors.ctgm`):
+``pipe(..., ctgm="ctgm.safetensors")`` (or a ``CTGM`` module, or ``"shapes"`` for the trained Shapes
+one; ``ctgm_components=[...]`` switches parts off) runs the trained CTGM in this call. The file is
+loaded once, strictly and checked against this UNet, and kept while it does not change. It composes
+with the other techniques of the call and with per-frame schedules: in every spatial transformer
+CTGM's TII turns the (per-frame) text into its own per-frame condition, keeping frame 0's; in
+cross-attention its TAR refines the scores and its TFB the output; the temporal techniques act in
+the motion modules after that, VSTAR's TAR on the logits, then BroadWay on the probabilities. So
+one run with all three has the order TII -> cross-attention (TAR, softmax, TFB) -> motion module
+(VSTAR TAR, softmax, BroadWay TSG, FME), whatever order they are passed in.
+
 Frames: the motion modules' sinusoidal frame positions stop at the adapter's
 ``motion_max_seq_length`` (32 for the published adapters). More frames in one pass are refused before
 any work, naming the limit and the route to longer videos: FreeNoise's sliding windows
@@ -267,6 +278,8 @@ class TextToVideoPipeline(AnimateDiffPipeline):
     * ``broadway`` / ``vstar``: BroadWay and VSTAR's temporal attention regularization for this call
       (True, a preset name, a dict of arguments, or the technique; see :func:`temporal_techniques`).
       With both, the order on a layer is TAR -> softmax -> TSG -> FME, whatever the argument order.
+    * ``ctgm``: a trained CTGM for this call (a file path, ``"shapes"``, a ``CTGM`` or its technique),
+      ``ctgm_components``: the parts of it to run (default: all its mode has); see the module doc.
 
     The frame count is checked against the adapter's limit before any work (see module doc).
     ``save_pretrained`` writes a stock ``AnimateDiffPipeline`` folder (the per-frame prompts are code,
@@ -275,13 +288,20 @@ class TextToVideoPipeline(AnimateDiffPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: Any = None, num_frames: int | None = 16, *args: Any,
-                 techniques: Sequence[Any] | None = None, broadway: Any = None, vstar: Any = None, **kwargs: Any):
+                 techniques: Sequence[Any] | None = None, broadway: Any = None, vstar: Any = None,
+                 ctgm: Any = None, ctgm_components: Sequence[str] | None = None, **kwargs: Any):
         bound = _STOCK_SIGNATURE.bind(self, prompt, num_frames, *args, **kwargs)
         call = {k: v for k, v in bound.arguments.items() if k not in ("self", "kwargs")}
         call.update(bound.arguments.get("kwargs", {}))
         frames = check_frame_count(self, call["num_frames"] if call.get("num_frames") is not None else 16)
         call["num_frames"] = frames
         techniques = (*(techniques or ()), *temporal_techniques(self.unet, broadway, vstar))
+        if ctgm is not None:
+            from attncraft.attention_processors.ctgm import ctgm_technique
+
+            techniques += (ctgm_technique(self, ctgm, ctgm_components),)
+        elif ctgm_components is not None:
+            raise InputError("ctgm_components without ctgm", "pass ctgm=... too, or drop ctgm_components")
         check_techniques_fit(techniques, frames, free_noise_enabled(self))
         with contextlib.ExitStack() as stack:
             if techniques:
@@ -409,6 +429,9 @@ class TextToVideoSettings:
     free_noise: bool = False
     free_noise_context: int = 16
     free_noise_stride: int = 4
+    ctgm: str | None = None
+    """A trained CTGM (file or ``shapes``); its fingerprint and mode are recorded in ``extra["ctgm"]``."""
+    ctgm_components: list[str] | None = None
     model: str = "shapes"
     adapter: str | None = "shapes"
     model_label: str = ""
@@ -512,6 +535,27 @@ def validate_video(settings: TextToVideoSettings, loaded: LoadedPipeline) -> Non
     check_techniques_fit(settings.techniques(pipe.unet), settings.num_frames, settings.free_noise)
     if settings.scheduler is not None and settings.scheduler not in SCHEDULERS:
         raise InputError(f"unknown scheduler {settings.scheduler!r}", f"pass one of {', '.join(SCHEDULERS)}")
+    if settings.ctgm is not None:
+        check_ctgm_settings(settings.ctgm, settings.ctgm_components, settings.extra.get("ctgm"))
+    elif settings.ctgm_components:
+        raise InputError("--ctgm-parts without --ctgm", "pass --ctgm too, or drop --ctgm-parts")
+
+
+def check_ctgm_settings(reference: str, components: Sequence[str] | None, recorded: Mapping[str, Any] | None = None) -> None:
+    """One line unless ``reference`` is a readable CTGM file whose mode has ``components``, and, when a
+    sidecar ``recorded`` it, the same file (fingerprint) that made the video; reads no tensors."""
+    from attncraft.attention_processors.ctgm import file_fingerprint, read_ctgm_metadata, resolve_ctgm_file
+
+    path = resolve_ctgm_file(reference)
+    config, _ = read_ctgm_metadata(path)
+    unknown = sorted(set(components or ()) - set(config.components))
+    if unknown:
+        raise InputError(f"the CTGM {reference} ({config.mode}) has no {', '.join(unknown)}",
+                         f"pass --ctgm-parts among {','.join(config.components)}")  # fmt: skip
+    was = (recorded or {}).get("sha256_16")
+    if was and was != file_fingerprint(path):
+        raise InputError(f"the CTGM file {path} is not the one that made this video (sha256 {was}...)",
+                         "pass the original CTGM file with --ctgm")  # fmt: skip
 
 
 def generate_video(
@@ -546,6 +590,12 @@ def generate_video(
             on_step(done[0], total)
         return kwargs
 
+    if settings.ctgm is not None:
+        from attncraft.attention_processors.ctgm import ctgm_technique
+
+        ctgm = ctgm_technique(pipe, settings.ctgm, settings.ctgm_components)
+        techniques = (*techniques, ctgm)
+        settings.extra["ctgm"] = ctgm.settings()
     prompt: Any = settings.schedule() if settings.states else settings.prompt
     call = dict(
         prompt=prompt, negative_prompt=settings.negative_prompt, num_frames=settings.num_frames,
