@@ -277,3 +277,21 @@ def load_text_to_image(
         f"unknown model {ref!r}: not a local folder or file, and not a Hub id of the form org/name",
         "pass --model shapes, a diffusers folder, a .safetensors file, or a Hub id such as runwayml/stable-diffusion-v1-5",
     )
+
+
+def pipeline_as(cls, pipe):
+    """``pipe``'s components as a pipeline of class ``cls`` (diffusers' ``from_pipe``): nothing is
+    copied or re-cast (``from_pipe`` alone would cast every module to float32, in place, and warn)."""
+    import logging
+
+    if isinstance(pipe, cls):
+        return pipe
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        out = cls.from_pipe(pipe, dtype=pipe.unet.dtype)
+    finally:
+        logger.setLevel(level)
+    out.set_progress_bar_config(disable=True)
+    return out

@@ -16,6 +16,7 @@ import sys
 
 import typer
 
+from attncraft.cli import edit as edit_cmd
 from attncraft.cli import image as image_cmd
 from attncraft.errors import AttncraftError
 
@@ -34,6 +35,7 @@ def _root() -> None:
 
 
 app.command("image")(image_cmd.image)
+app.command("edit")(edit_cmd.edit)
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.
