@@ -150,6 +150,8 @@ def map_metrics(maps: torch.Tensor, resolution, positions, masks: torch.Tensor, 
                 "mass_own": float(mass[own].sum()),
                 "mass_other": float(mass[other].sum()),
                 "mass_background": float(mass[~any_obj].sum()),
+                "area_own": float(own.float().mean()),
+                "area_background": float((~any_obj).float().mean()),
                 "peak": max(shares, key=shares.get),
             })
     return rows
@@ -159,7 +161,7 @@ def summarise(rows: list[dict]) -> dict:
     if not rows:
         return {"n_maps": 0}
     out = {"n_maps": len(rows)}
-    for key in ("iou", "iou_topk", "iou_ceiling", "mass_own", "mass_other", "mass_background"):
+    for key in ("iou", "iou_topk", "iou_ceiling", "mass_own", "mass_other", "mass_background", "area_own", "area_background"):
         out[key] = float(np.mean([r[key] for r in rows]))
     for where in ("own", "other", "background"):
         out[f"peak_{where}"] = float(np.mean([r["peak"] == where for r in rows]))
@@ -255,7 +257,7 @@ class Bench:
         self.pipe = real_image_edit_pipeline(loaded.pipeline)
         self.plan = attention_plan(self.pipe)
         self.tokenizer = self.pipe.tokenizer
-        self.nti = NullTextSettings(inner_steps=args.null_steps)
+        self.nti = NullTextSettings(inner_steps=args.null_steps, lr=args.null_lr)
         self.dpl = DPLConfig(token_steps=args.token_steps)
         self.common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance)
         self.results: dict = {}
@@ -328,9 +330,14 @@ class Bench:
     # -- rows --------------------------------------------------------------------------------------
     def row_psnr(self):
         scenes, captions, images, masks, orders = self.world_set("world")
+        out = {}
         ddim = self.timed("psnr ddim inversion", lambda: self.invert(images, captions, "ddim"))
-        rec = self.pipe(ddim, None, output_type="pt").images
-        self.results["psnr"] = {"ddim": float(psnr(rec.cpu(), images).mean())}
+        out["DDIM inversion"] = float(psnr(self.pipe(ddim, None, output_type="pt").images.cpu(), images).mean())
+        reference = NullTextSettings()  # the reference NTI: 10 iterations, lr 1e-2, early stop
+        nti = self.timed("psnr NTI (reference settings)", lambda: self.pipe.invert(
+            list(images), captions, null_text=reference, record_maps=False, **self.common))
+        out["NTI, reference settings (lr 1e-2)"] = float(psnr(self.pipe(nti, None, output_type="pt").images.cpu(), images).mean())
+        self.results["psnr"] = out
 
     def row_maps(self, name: str):
         if name == "generated":
@@ -342,8 +349,8 @@ class Bench:
         inv_dpl, res["dpl"] = self.maps_row(f"{name} DPL", images, captions, masks, orders, self.dpl)
         self.results.setdefault("maps", {})[name] = res
         if name == "world" and "psnr" in self.results:
-            self.results["psnr"]["nti"] = res["nti"].get("psnr")
-            self.results["psnr"]["dpl"] = res["dpl"].get("psnr")
+            self.results["psnr"][f"NTI (lr {self.args.null_lr:g})"] = res["nti"].get("psnr")
+            self.results["psnr"][f"NTI + DPL (lr {self.args.null_lr:g})"] = res["dpl"].get("psnr")
         self.cache[f"inv {name}"] = (inv_nti, inv_dpl)
 
     def row_bf16(self):
@@ -468,20 +475,21 @@ def markdown(bench: Bench, args, wall: float) -> str:
              "", f"Hardware: {platform.node()}, {torch.cuda.get_device_name(0) if args.device.startswith('cuda') else 'CPU'}; "
              f"torch {torch.__version__}. Command: `python benchmarks/bench_dpl_effect.py {' '.join(sys.argv[1:])}`. "
              f"Settings: {args.steps} DDIM steps, guidance {args.guidance}, NTI {args.null_steps} iterations/step "
-             f"(early stop), DPL {args.token_steps} token iterations/step (reference losses and thresholds); "
+             f"at lr {args.null_lr:g} (early stop), DPL {args.token_steps} token iterations/step (reference losses and thresholds); "
              f"n = {args.n} scenes per set; wall {wall:.0f} s.", ""]
     if "psnr" in r:
         lines += ["| reconstruction PSNR (world renders, two objects) | dB |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in r["psnr"].items() if v is not None] + [""]
     if "maps" in r:
-        lines += ["| set | method | layers | maps | IoU (thr.) | IoU ceiling | IoU top-k | mass own | mass other | mass bg | peak own | peak other | peak bg |",
+        lines += ["| set | method | layers | maps | IoU (thr.) | IoU ceiling | IoU top-k | mass own (area) | mass other | mass bg (area) | peak own | peak other | peak bg |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, by_method in r["maps"].items():
             for method, out in by_method.items():
                 for key, s in out.items():
                     if isinstance(s, dict) and "iou" in s:
                         lines.append(f"| {name} | {method} | {key} | {s['n_maps']} | {s['iou']:.3f} | {s['iou_ceiling']:.3f} | "
-                                     f"{s['iou_topk']:.3f} | {s['mass_own']:.3f} | {s['mass_other']:.3f} | {s['mass_background']:.3f} | "
+                                     f"{s['iou_topk']:.3f} | {s['mass_own']:.3f} ({s['area_own']:.3f}) | {s['mass_other']:.3f} | "
+                                     f"{s['mass_background']:.3f} ({s['area_background']:.3f}) | "
                                      f"{s['peak_own']:.3f} | {s['peak_other']:.3f} | {s['peak_background']:.3f} |")
         lines.append("")
     if "edits" in r:
@@ -501,6 +509,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--null-steps", type=int, default=10)
+    parser.add_argument("--null-lr", type=float, default=5e-2,
+                        help="null-text learning rate (the reference's 1e-2 under-fits Shapes SD; the psnr row shows both)")
     parser.add_argument("--token-steps", type=int, default=21)
     parser.add_argument("--rows", default="psnr,world,generated,same,three,edits,bf16")
     parser.add_argument("--threads", type=int, default=0)

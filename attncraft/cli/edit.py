@@ -21,6 +21,11 @@ import typer
 from attncraft.cli.common import DeviceOption, ModelOption, OutOption, console, quiet_libraries
 
 
+SHAPES_NULL_LR = 5e-2
+"""Null-text learning rate on Shapes SD: the reference's 1e-2 leaves its reconstructions far from the
+image at 10 iterations per step (benchmarks/RESULTS.md, DPL section)."""
+
+
 def _parse_reweight(values: list[str] | None) -> dict[str, float]:
     from attncraft.errors import InputError
     from attncraft.validation import check_finite
@@ -77,6 +82,7 @@ def edit(
     method: str = typer.Option("nti", "--method", help="nti (null-text inversion) or ddim (plain DDIM inversion)."),
     null_steps: int = typer.Option(None, "--null-steps", help="Null-text iterations per step (default 10 with early stop; 51 with --faithful)."),
     faithful: bool = typer.Option(False, "--faithful", help="DPL's null-text setting: 51 iterations per step, no early stop."),
+    null_lr: float = typer.Option(None, "--null-lr", help="Null-text learning rate (default 1e-2, the reference's; 5e-2 on Shapes SD, where 1e-2 under-fits)."),
     dpl_steps: int = typer.Option(21, "--dpl-steps", help="DPL token-update iterations per step."),
     model: str = ModelOption,
     config: str = typer.Option(None, "--config", help="For single-file checkpoints: a diffusers folder or Hub id of the same architecture."),
@@ -120,6 +126,8 @@ def edit(
     check_int_range("--dpl-steps", dpl_steps, 0, 1000, example=21)
     if null_steps is not None:
         check_int_range("--null-steps", null_steps, 0, 10000, example=10)
+    if null_lr is not None:
+        check_finite("--null-lr", null_lr, 0.0, 1.0, low_inclusive=False, example=0.01)
     if image is not None:
         check_input_file(image, "image")
     saved = None
@@ -198,6 +206,7 @@ def edit(
             null_text = NullTextSettings.faithful() if faithful else NullTextSettings()
             if null_steps is not None:
                 null_text.inner_steps = null_steps
+            null_text.lr = null_lr or (SHAPES_NULL_LR if shapes else null_text.lr)
             inv = pipe.invert(
                 source_image, source, nouns=noun_list or None, dpl=DPLConfig(token_steps=dpl_steps) if dpl else None,
                 method=method, num_inference_steps=steps, guidance_scale=guidance, null_text=null_text,

@@ -79,19 +79,24 @@ def test_early_stop_and_faithful_settings(edit_pipe):
     assert (faithful.inner_steps, faithful.early_stop) == (51, False)
 
 
+@pytest.mark.slow
 def test_nti_reconstructs_better_than_ddim_on_shapes_sd():
+    """A scene whose DDIM inversion reconstructs well at guidance 1 (44 dB) but not at the model's
+    guidance 3 (24 dB): null-text inversion recovers it. 20 steps: at 10 or fewer, DDIM inversion of
+    this model is itself too coarse for any null embedding to help."""
     from attncraft.loading import load_text_to_image
     from attncraft.shapes.captions import caption_scene
     from attncraft.shapes.world import render_scenes, sample_scenes
 
     pipe = real_image_edit_pipeline(load_text_to_image("shapes", device="cpu").pipeline)
     assert isinstance(pipe, RealImageEditPipeline)
-    scenes = sample_scenes(2, seed=3, num_objects=2, patterns=False)
-    images = render_scenes(scenes).images
-    prompts = [caption_scene(s, seed=i) for i, s in enumerate(scenes)]
-    settings = dict(num_inference_steps=4, guidance_scale=3.0)
-    ddim = pipe.invert(list(images), prompts, method="ddim", **settings)
-    nti = pipe.invert(list(images), prompts, null_text=NullTextSettings(inner_steps=5, early_stop=False), **settings)
+    scene = sample_scenes(2, seed=3, num_objects=2, patterns=False)[1]
+    images = render_scenes([scene]).images
+    prompt = caption_scene(scene, seed=1)
+    settings = dict(num_inference_steps=20, guidance_scale=3.0)
+    ddim = pipe.invert(list(images), prompt, method="ddim", **settings)
+    nti = pipe.invert(list(images), prompt, null_text=NullTextSettings(inner_steps=8, lr=5e-2, early_stop=False),
+                      record_maps=False, **settings)
     p_ddim = psnr(pipe(ddim, output_type="pt").images, images)
     p_nti = psnr(pipe(nti, output_type="pt").images, images)
-    assert (p_nti > p_ddim + 1.0).all(), (p_nti, p_ddim)
+    assert (p_nti > p_ddim + 5.0).all(), (p_nti, p_ddim)
