@@ -11,7 +11,9 @@ A *model reference* (``--model``) is one of
   loading needs when the Hub is unreachable;
 * a Hugging Face Hub id (``org/name``), downloaded or read from the local cache.
 
-``HF_HUB_OFFLINE=1`` is honoured (the cache only). Every failure becomes a one-line
+Weights are read from safetensors only: a pickled checkpoint (``.ckpt``/``.bin``/``.pt``, or a
+folder whose components hold only pickles) is refused unless ``trust_pickle`` (``--trust-pickle``),
+see :mod:`attncraft.checkpoints`. ``HF_HUB_OFFLINE=1`` is honoured (the cache only). Every failure becomes a one-line
 :class:`~attncraft.errors.ModelLoadError` naming the model, the problem and what to pass instead.
 """
 
@@ -26,8 +28,9 @@ from typing import Any
 
 import torch
 
+from attncraft.checkpoints import check_pickle_trust
 from attncraft.devices import resolve_device, resolve_dtype
-from attncraft.errors import ModelLoadError
+from attncraft.errors import ModelLoadError, short_reason
 
 EMBEDDED_ALIASES = {"", "shapes", "default"}
 SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".bin"}
@@ -55,6 +58,14 @@ class LoadedPipeline:
     @property
     def is_stand_in(self) -> bool:
         return "stand-in" in self.label
+
+
+def reference_looks_like_path(ref: str, suffixes: tuple[str, ...] = ()) -> bool:
+    """True if a model reference that is neither a folder nor a file here reads as a local path
+    (so "does not exist" is the error) rather than a Hub id ``org/name``: it starts with ``.``, ``/``
+    or ``~``, has more than one ``/``, or ends with one of ``suffixes``."""
+    return (ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1)
+            or Path(ref).suffix.lower() in suffixes)  # fmt: skip
 
 
 def hub_offline() -> bool:
@@ -159,7 +170,7 @@ def _tiny_random_sd_pipeline():
                                    requires_safety_checker=False)
 
 
-def _load_folder(folder: Path, device, dtype) -> LoadedPipeline:
+def _load_folder(folder: Path, device, dtype, trust_pickle: bool = False) -> LoadedPipeline:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     index_file = folder / "model_index.json"
@@ -179,10 +190,12 @@ def _load_folder(folder: Path, device, dtype) -> LoadedPipeline:
             "pass an SD 1.x/2.x or SDXL model",
         )
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+    check_pickle_trust(folder, "model folder", trust_pickle, components=True)
     try:
-        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **kwargs)
+        pipe = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, use_safetensors=None if trust_pickle else True,
+                                   **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load model folder {str(folder)!r}: {' '.join(str(exc).split())[:200]}",
+        raise ModelLoadError(f"cannot load model folder {str(folder)!r}: {short_reason(exc, 200)}",
                              "check that the folder is complete (all component subfolders and weights)") from exc
     return LoadedPipeline(_finish(pipe, device, dtype), str(folder), f"{folder.name} (folder)", _family_of(pipe), "folder", read_defaults(folder))
 
@@ -210,8 +223,10 @@ def checkpoint_family(path: Path) -> str | None:
     return None
 
 
-def _load_single_file(path: Path, device, dtype, config: str | None) -> LoadedPipeline:
+def _load_single_file(path: Path, device, dtype, config: str | None, trust_pickle: bool = False) -> LoadedPipeline:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    check_pickle_trust(path, "checkpoint", trust_pickle)
 
     family = checkpoint_family(path)
     if family is None and config is not None:
@@ -230,20 +245,21 @@ def _load_single_file(path: Path, device, dtype, config: str | None) -> LoadedPi
                 f"cannot load {str(path)!r}: single-file loading needs the model's configuration and the Hub is unreachable",
                 "pass --config with a local diffusers folder of the same architecture (e.g. an SD 1.5 or SDXL folder)",
             ) from exc
-        raise ModelLoadError(f"cannot load checkpoint {str(path)!r}: {' '.join(str(exc).split())[:200]}",
+        raise ModelLoadError(f"cannot load checkpoint {str(path)!r}: {short_reason(exc, 200)}",
                              "check the file and that --config matches its architecture") from exc
     return LoadedPipeline(_finish(pipe, device, dtype), str(path), f"{path.name} (single file)", _family_of(pipe), "file", {})
 
 
-def _load_hub(ref: str, device, dtype) -> LoadedPipeline:
+def _load_hub(ref: str, device, dtype, trust_pickle: bool = False) -> LoadedPipeline:
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline())
+        pipe = DiffusionPipeline.from_pretrained(ref, dtype=dtype, local_files_only=hub_offline(),
+                                                 use_safetensors=None if trust_pickle else True)
     except Exception as exc:  # noqa: BLE001
         if _is_hub_error(exc):
             raise _unreachable(ref) from exc
-        raise ModelLoadError(f"cannot load model {ref!r}: {' '.join(str(exc).split())[:200]}",
+        raise ModelLoadError(f"cannot load model {ref!r}: {short_reason(exc, 200)}",
                              "check the model id or pass a local folder") from exc
     return LoadedPipeline(_finish(pipe, device, dtype), ref, f"{ref} (hub)", _family_of(pipe), "hub", {})
 
@@ -253,8 +269,12 @@ def load_text_to_image(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     config: str | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedPipeline:
-    """Load an SD 1.x/2.x or SDXL text-to-image pipeline from any model reference (see module doc)."""
+    """Load an SD 1.x/2.x or SDXL text-to-image pipeline from any model reference (see module doc).
+
+    ``trust_pickle`` allows pickled checkpoints (``--trust-pickle``); without it only safetensors load.
+    """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ref = (reference or "").strip()
@@ -262,17 +282,16 @@ def load_text_to_image(
         return _load_embedded(dev, dt)
     path = Path(ref).expanduser()
     if path.is_dir():
-        return _load_folder(path, dev, dt)
+        return _load_folder(path, dev, dt, trust_pickle)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(f"{ref!r} is a {path.suffix or 'suffix-less'} file, not a model checkpoint",
                                  "pass a .safetensors/.ckpt checkpoint, a diffusers folder, or a Hub id")
-        return _load_single_file(path, dev, dt, config)
-    looks_like_path = ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1) or path.suffix.lower() in SINGLE_FILE_SUFFIXES
-    if looks_like_path:
+        return _load_single_file(path, dev, dt, config, trust_pickle)
+    if reference_looks_like_path(ref, SINGLE_FILE_SUFFIXES):
         raise ModelLoadError(f"model path {ref!r} does not exist", "check the path, or pass a Hub id or --model shapes")
     if HUB_ID_RE.match(ref):
-        return _load_hub(ref, dev, dt)
+        return _load_hub(ref, dev, dt, trust_pickle)
     raise ModelLoadError(
         f"unknown model {ref!r}: not a local folder or file, and not a Hub id of the form org/name",
         "pass --model shapes, a diffusers folder, a .safetensors file, or a Hub id such as runwayml/stable-diffusion-v1-5",

@@ -191,14 +191,19 @@ def reserve_dir(parent: str | os.PathLike, name: str, overwrite: bool = False) -
     """Create and return the result folder ``parent/name`` (``name-2``, ``name-3``... if taken).
 
     ``mkdir`` is atomic, so concurrent runs never share a folder. With ``overwrite`` an existing
-    folder is reused (its files are then replaced one by one, each atomically).
+    folder is reused (its files are then replaced one by one, each atomically; temporaries that
+    killed runs left in it are removed).
     """
     parent = prepare_output_dir(parent)
     if overwrite:
         path = parent / name
         if path.exists() and not path.is_dir():
             raise InputError(f"{path} exists and is not a folder", "remove it or pass another --out")
-        path.mkdir(exist_ok=True)
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise (_write_error(exc, path) or exc) from exc
+        clean_stale_temporaries(path)
         return path
     n = 1
     while True:

@@ -225,17 +225,26 @@ def check_input_file(path: str | os.PathLike, what: str = "input file", suffixes
     return path
 
 
-def content_token_limit(tokenizer) -> int:
-    """Tokens of text a CLIP-style tokenizer fits, not counting its start and end tokens."""
+def content_token_limit(tokenizer, max_length: int | None = None) -> int:
+    """Tokens of text a CLIP-style tokenizer fits, not counting its start and end tokens.
+
+    ``max_length`` is the encoder's whole sequence length when it is shorter than the tokenizer's
+    ``model_max_length`` (e.g. a CLIP with fewer position embeddings).
+    """
     special = len(tokenizer("", truncation=False).input_ids)  # bos/eos the tokenizer adds
-    return int(tokenizer.model_max_length) - special
+    total = int(tokenizer.model_max_length) if max_length is None else int(max_length)
+    return total - special
 
 
-def check_token_count(tokenizer, text: str, what: str = "prompt") -> int:
-    """Content tokens of ``text`` (without start/end tokens); refuses text the encoder would truncate."""
+def check_token_count(tokenizer, text: str, what: str = "prompt", max_length: int | None = None) -> int:
+    """Content tokens of ``text`` (without start/end tokens); refuses text the encoder would truncate.
+
+    Every command counts the same way, so the same prompt gets the same limit everywhere (75 for
+    CLIP's 77 positions); ``max_length`` as in :func:`content_token_limit`.
+    """
     special = len(tokenizer("", truncation=False).input_ids)
     count = len(tokenizer(text, truncation=False).input_ids) - special
-    limit = int(tokenizer.model_max_length) - special
+    limit = content_token_limit(tokenizer, max_length)
     if count > limit:
         raise InputError(f"the {what} is {count} tokens long; this text encoder reads at most {limit}", f"shorten the {what}")
     return count

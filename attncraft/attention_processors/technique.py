@@ -46,6 +46,15 @@ class AttentionTechnique:
     computed when the UNet returns, batched with the other such layers of the same shape
     (:mod:`.deferred_maps`), and delivered through :meth:`observe_maps`. Leave it False for a
     technique that reads a map in one layer to act in a later layer of the same call."""
+    supports_frame_windows: bool = True
+    """False for a technique that needs each temporal call to span the whole clip. FreeNoise
+    (``pipe.enable_free_noise()``) runs temporal layers on sliding windows of frames (then
+    ``call.num_frames`` is the window's length, ``call.context.num_frames`` the clip's); the manager
+    refuses such a technique on such layers with a :class:`~attncraft.errors.TechniqueError`."""
+    supports_split_batches: bool = False
+    """True for a technique that treats every row of a call alike. FreeNoise split inference
+    (``pipe.enable_free_noise_split_inference()``) runs layers on slices of their batch, so the CFG
+    halves of a call are not its halves; the manager refuses other techniques on such layers."""
 
     def __init__(self, selector: LayerSelector | None = None):
         self.selector = selector if selector is not None else self.default_selector()
@@ -65,6 +74,17 @@ class AttentionTechnique:
     # -- lifecycle -------------------------------------------------------------------------
     def on_run_start(self, context: AttentionContext) -> None:
         """Called at the start of every sampling run (new generation, each FreeInit iteration)."""
+
+    def is_active(self, context: AttentionContext) -> bool:
+        """Whether the technique acts in the current UNet call (default: always).
+
+        Techniques that act on a window of denoising steps, or whose settings make them neutral,
+        override it. The processor asks once per call on each layer: a technique that answers False
+        runs none of its hooks there, and a layer left with no active technique takes the stock
+        fused path, so outside the window the output is exactly the output without the technique
+        and costs what the core costs.
+        """
+        return True
 
     # -- hooks -----------------------------------------------------------------------------
     def edit_scores(self, call: AttentionCall, scores: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attncraft.errors import InputError, ModelLoadError
+from attncraft.checkpoints import check_pickle_trust
+from attncraft.errors import InputError, ModelLoadError, short_reason
 from attncraft.loading import hub_offline
+from attncraft.validation import check_text, check_token_count
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -127,12 +129,15 @@ def default_clip_folder() -> Path | None:
     return SHAPES_CLIP_DIR if (SHAPES_CLIP_DIR / "config.json").is_file() else None
 
 
-def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+              trust_pickle: bool = False):
     """Load a CLIP; returns ``(CLIPModel, tokenizer, label)``. The model is frozen and in eval mode.
 
     ``ref``: ``None``/``"default"`` (the shapes CLIP in ``assets/models/shapes-clip``, else a tiny
     random stand-in), ``"random[:SIZE]"`` (``tiny``/``test``/``vit-b-32``), a local folder, or a Hub id.
-    ``dtype`` is the weight dtype (default fp32; use autocast for mixed precision).
+    ``dtype`` is the weight dtype (default fp32; use autocast for mixed precision). Weights are read
+    from safetensors; a folder that holds only a pickled checkpoint (``pytorch_model.bin``) is refused
+    unless ``trust_pickle`` (:mod:`attncraft.checkpoints`).
     """
     from attncraft.tokenizer import load_clip_tokenizer
 
@@ -144,7 +149,7 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
             label = ("random stand-in (tiny CLIP with random weights; the shapes CLIP is not in "
                      "assets/models/shapes-clip yet, so scores are not meaningful)")
             return _finish(model, device, dtype), load_clip_tokenizer(), label
-        model, tok, _ = load_clip(str(folder), device, dtype)
+        model, tok, _ = load_clip(str(folder), device, dtype, trust_pickle)
         return model, tok, f"shapes CLIP ({folder})"
     if ref_s.lower().startswith("random"):
         size = ref_s.split(":", 1)[1] if ":" in ref_s else "tiny"
@@ -157,10 +162,11 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a transformers model folder (no config.json)",
                                  "pass a folder written by CLIPModel.save_pretrained")
+        check_pickle_trust(path, "CLIP folder", trust_pickle)
         try:
-            model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+            model = CLIPModel.from_pretrained(str(path), local_files_only=True, use_safetensors=None if trust_pickle else True)
         except Exception as exc:  # noqa: BLE001
-            msg = " ".join(str(exc).split())[:200]
+            msg = short_reason(exc)
             raise ModelLoadError(f"could not load a CLIPModel from {path} ({type(exc).__name__}: {msg})",
                                  "check that the folder holds a complete CLIP checkpoint (config + weights)") from exc
         _check_clip(model, ref_s)
@@ -168,8 +174,9 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
     if not _looks_like_hub_id(ref_s):
         raise ModelLoadError(f"CLIP folder not found: {ref_s}", "pass an existing folder, a Hub id like org/name, or 'default'")
     # A Hub id: the local cache first, then the network unless HF_HUB_OFFLINE is set.
+    safe_only = None if trust_pickle else True
     try:
-        model = CLIPModel.from_pretrained(ref_s, local_files_only=True)
+        model = CLIPModel.from_pretrained(ref_s, local_files_only=True, use_safetensors=safe_only)
     except Exception:  # noqa: BLE001 - not cached
         model = None
     if model is None:
@@ -177,9 +184,9 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
             raise ModelLoadError(f"CLIP {ref_s!r} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set",
                                  "pass an existing CLIPModel folder with --clip (download it where the Hub is reachable)")
         try:
-            model = CLIPModel.from_pretrained(ref_s)
+            model = CLIPModel.from_pretrained(ref_s, use_safetensors=safe_only)
         except Exception as exc:  # noqa: BLE001
-            msg = " ".join(str(exc).split())[:160]
+            msg = short_reason(exc)
             raise ModelLoadError(f"could not load CLIP {ref_s!r} from the Hugging Face Hub ({type(exc).__name__}: {msg})",
                                  "check the id and the network, or pass a local folder with --clip") from exc
     _check_clip(model, ref_s)
@@ -422,15 +429,12 @@ class ClipGuide:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def tokenize(self, prompt: str) -> dict[str, torch.Tensor]:
-        text = " ".join(str(prompt).split())
+        text = " ".join(check_text("prompt", prompt, allow_empty=True).split())
         if not text:
             raise InputError("the prompt is empty", 'pass a text prompt, e.g. "a wooden chair"')
-        n_tokens = len(self.tokenizer(text, truncation=False)["input_ids"])
         max_len = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77), 77,
                       int(self.model.config.text_config.max_position_embeddings))
-        if n_tokens > max_len:
-            raise InputError(f"the prompt is {n_tokens} tokens long, CLIP reads at most {max_len}",
-                             "shorten the prompt")
+        check_token_count(self.tokenizer, text, "prompt", max_length=max_len)  # counted as everywhere else
         enc = self.tokenizer([text], padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 

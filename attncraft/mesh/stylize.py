@@ -36,6 +36,7 @@ import torch
 from attncraft.mesh.camera import TRAIN_FOVY, TRAIN_RADIUS, make_cameras, sample_front_views
 from attncraft.mesh.clip_guidance import AugmentPlan, ClipGuide, guidance_loss, load_clip
 from attncraft.mesh.io import MeshData
+from attncraft.mesh.memory import check_memory, describe
 from attncraft.mesh.renderer import MeshRenderer, get_renderer
 from attncraft.mesh.style_field import StyledMesh, StyledMeshModel, build_style_field
 
@@ -180,6 +181,11 @@ class StylizeResult:
     def final_score(self) -> float:
         return self.score_history[-1][1] if self.score_history else float("nan")
 
+    @property
+    def final_score_or_none(self) -> float | None:
+        """The final score, or None after 0 iterations (sidecars are strict JSON: no NaN)."""
+        return self.score_history[-1][1] if self.score_history else None
+
     def to_trimesh(self):
         from attncraft.mesh.io import colors_to_uint8
 
@@ -193,7 +199,7 @@ class StylizeResult:
         return {
             "prompt": self.prompt, "clip": self.clip_label, "renderer": self.renderer_label,
             "mesh": self.mesh_source, "mesh_notes": self.mesh_notes, "vertices": int(len(self.vertices)),
-            "faces": int(len(self.faces)), "final_clip_score": self.final_score, "seconds": round(self.seconds, 3),
+            "faces": int(len(self.faces)), "final_clip_score": self.final_score_or_none, "seconds": round(self.seconds, 3),
             "score_history": [[i, round(v, 6)] for i, v in self.score_history],
             **({"eval_history": [[i, round(v, 6)] for i, v in self.eval_history]} if self.eval_history else {}),
         }
@@ -204,10 +210,32 @@ class StylizeResult:
         return save_outputs(self, out_dir, name, **kwargs)
 
 
-def make_guide(clip: str | ClipGuide | None, device: torch.device, autocast_dtype: torch.dtype | None = None) -> ClipGuide:
+def validate_settings(settings: StylizeSettings) -> StylizeSettings:
+    """Refuse settings no run can use (one line each, before anything is loaded): non-finite
+    numbers, counts out of range, a seed torch cannot take."""
+    from attncraft.validation import check_finite, check_int_range, check_seed
+
+    s = settings
+    check_int_range("iterations", s.iterations, 0, 1_000_000)
+    check_int_range("views", s.views, 1, 64)
+    check_int_range("resolution", s.resolution, 8, 4096)
+    check_finite("learning_rate", s.learning_rate, 0, low_inclusive=False, example=5e-4)
+    check_finite("lr_decay", s.lr_decay, 0, 1, low_inclusive=False)
+    check_int_range("decay_step", s.decay_step, 1)
+    check_finite("weight_decay", s.weight_decay, 0)
+    for name in ("frontview_std", "sigma", "norm_ratio", "full_crop", "norm_crop", "geo_crop", "perspective_p"):
+        check_finite(name, getattr(s, name), 0)
+    for value in (*s.frontview_center, *s.background):
+        check_finite("frontview_center/background", value)
+    check_seed(s.seed, name="seed")
+    return s
+
+
+def make_guide(clip: str | ClipGuide | None, device: torch.device, autocast_dtype: torch.dtype | None = None,
+               trust_pickle: bool = False) -> ClipGuide:
     if isinstance(clip, ClipGuide):
         return clip
-    model, tokenizer, label = load_clip(clip, device)
+    model, tokenizer, label = load_clip(clip, device, trust_pickle=trust_pickle)
     return ClipGuide(model, tokenizer, label, autocast_dtype=autocast_dtype)
 
 
@@ -228,6 +256,9 @@ def stylize_mesh(
     evaluator: Callable[["XMeshOptimization", int], float] | None = None,
     callback: Callable[[XMeshOptimization], None] | None = None,
     log: Callable[[str], None] | None = None,
+    allow_partial: bool = False,
+    memory_check: bool = True,
+    trust_pickle: bool = False,
     **overrides: Any,
 ) -> StylizeResult:
     """Stylise ``mesh`` from ``prompt`` with X-Mesh and return a :class:`StylizeResult`.
@@ -236,7 +267,10 @@ def stylize_mesh(
     ``iterations=100``). ``dtype`` is the CLIP compute dtype (autocast; default bf16/fp16 on CUDA, fp32
     on CPU). ``evaluator(run, iteration)`` is called at iterations 0, ``eval_every``, 2 ``eval_every``, ...
     (before that iteration's update) with the run (``run.current()`` is the current field output),
-    e.g. for ITS curves.
+    e.g. for ITS curves. Before any optimisation the memory the run needs is estimated from the
+    mesh size and settings (:mod:`attncraft.mesh.memory`) and a run that does not fit is refused
+    (``memory_check=False`` skips that); ``allow_partial`` accepts a truncated mesh file (what was
+    dropped is noted); ``trust_pickle`` allows a pickled CLIP checkpoint.
     """
     from attncraft.devices import resolve_device, resolve_dtype
     from attncraft.errors import InputError
@@ -249,24 +283,25 @@ def stylize_mesh(
         if unknown:
             raise TypeError(f"unknown stylize settings: {sorted(unknown)}")
         settings = StylizeSettings(**{**settings.to_dict(), **overrides})
-    if settings.iterations < 0:
-        raise InputError(f"iterations must be >= 0, got {settings.iterations}", "pass a positive --iterations")
-    if settings.views < 1 or settings.resolution < 8:
-        raise InputError("need at least 1 view and a resolution of 8 pixels or more", "check --views and --resolution")
+    validate_settings(settings)
     dev = resolve_device(device)
     autocast = resolve_dtype(dtype, dev)
     log = log or (lambda _msg: None)
-    data = load_mesh(mesh, device=dev.type, max_vertices=max_vertices, refine=refine, target_edge=target_edge)
+    data = load_mesh(mesh, device=dev.type, max_vertices=max_vertices, refine=refine, target_edge=target_edge,
+                     allow_partial=allow_partial)
     if isinstance(renderer, MeshRenderer):
         rend, rlabel = renderer, f"renderer: {renderer.name}"
     else:
         rend, rlabel = get_renderer(renderer, device=dev)
-    guide = make_guide(clip, dev, autocast)
+    guide = make_guide(clip, dev, autocast, trust_pickle)
+    guide.tokenize(prompt)  # a prompt CLIP cannot read fails here, before anything is reported or built
+    need, have = check_memory(data.num_vertices, settings, dev, guide, skip=not memory_check)
     log(f"mesh: {data.source} ({data.num_vertices:,} vertices, {data.num_faces:,} faces)")
     for note in data.notes:
         log(f"mesh: {note}")
     log(f"clip: {guide.label}")
     log(rlabel)
+    log(f"memory: {describe(need, have)}")
     run = XMeshOptimization(data, prompt, guide, rend, settings, dev)
     evals: list[tuple[int, float]] = []
     start = time.perf_counter()

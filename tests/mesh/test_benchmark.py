@@ -50,12 +50,12 @@ def test_runner_skips_missing_meshes_and_resumes(tmp_path, test_guide):
     assert rows[("ball", 0)]["prompt"] == "A 3D rendering of a red ball in unreal engine."  # whitespace collapsed
     assert rows[("ghost", 0)]["status"].startswith("skipped")
     assert rows[("broken", 0)]["status"] == "error" and "no faces" in rows[("broken", 0)]["detail"]
-    record = out / "runs" / "ball" / "p00.json"
+    (record,) = (out / "runs" / "ball").glob("p00-*.json")  # named by the result's key
     saved = json.loads(record.read_text())
     assert len(saved["view_similarities"]) == 24 and [i for i, _ in saved["its_curve"]] == [0, 1]
     assert saved["mes"] == pytest.approx(100 * sum(saved["view_similarities"]) / 24)
     assert saved["its"] in (0, 1, 2000)
-    assert (out / "runs" / "ball" / "p00.ply").is_file()
+    assert record.with_suffix(".ply").is_file() and saved["key"] in record.name
     md = (out / "results.md").read_text()
     assert "| ball | 2 |" in md and "ghost" in md and "Skipped" in md
     assert "| broken | 0 | - | - | error |" in md
@@ -63,7 +63,7 @@ def test_runner_skips_missing_meshes_and_resumes(tmp_path, test_guide):
     mtime = record.stat().st_mtime_ns
 
     # Simulate an interruption after the first prompt: remove the second record and rerun.
-    (out / "runs" / "ball" / "p01.json").unlink()
+    next((out / "runs" / "ball").glob("p01-*.json")).unlink()
     second = run_benchmark(folder, out, **kwargs)
     assert second.computed == 1 and second.cached == 1 and record.stat().st_mtime_ns == mtime
     assert second.overall["mes"] == pytest.approx(first.overall["mes"], abs=1e-6)
@@ -76,6 +76,8 @@ def test_runner_skips_missing_meshes_and_resumes(tmp_path, test_guide):
 def test_discover_errors(tmp_path):
     with pytest.raises(InputError, match="prompts/"):
         discover(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        discover(tmp_path / "missing")
     folder = make_folder(tmp_path / "d")
     with pytest.raises(InputError, match="no prompt file"):
         discover(folder, ["nope"])

@@ -176,3 +176,14 @@ def test_prepare_output_dir_refuses_a_folder_that_refuses_writes(tmp_path, monke
     monkeypatch.setattr(outputs, "_temporary", refuse)
     with pytest.raises(InputError, match=r"cannot write to the output folder .*: Permission denied; pass a folder"):
         prepare_output_dir(tmp_path)
+
+
+def test_reserve_dir_with_overwrite_removes_stale_temporaries(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = reserve_dir(tmp_path, "result")
+    stale = folder / f".mesh.{TMP_MARK}{outputs._host_tag()}-{dead.pid}-abcd.ply"
+    stale.write_bytes(b"")
+    (folder / "mesh.ply").write_bytes(b"kept until replaced")
+    assert reserve_dir(tmp_path, "result", overwrite=True) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["mesh.ply"]

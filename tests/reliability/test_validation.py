@@ -124,3 +124,20 @@ def test_token_count_is_counted_without_start_and_end_tokens():
 def _touch(path):
     path.write_text("")
     return path
+
+
+def test_token_limit_follows_a_shorter_encoder():
+    tok = load_clip_tokenizer()
+    assert content_token_limit(tok, max_length=16) == 14
+    with pytest.raises(InputError, match="is 15 tokens long; this text encoder reads at most 14"):
+        check_token_count(tok, " ".join(["cat"] * 15), max_length=16)
+
+
+def test_short_reason_keeps_the_first_sentence_whole():
+    from attncraft.errors import short_reason
+
+    assert short_reason(ValueError("Bad header. More detail follows.\nline 2")) == "Bad header"
+    long = "word " * 100
+    cut = short_reason(long, limit=30)
+    assert cut.endswith("...") and len(cut) <= 33 and " wor..." not in cut
+    assert short_reason(OSError()) == "OSError"

@@ -48,3 +48,22 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="at least one frame"):
         write_video(tmp_path / "clip.gif", np.zeros((0, 4, 4, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_video_is_never_replaced_unless_asked(tmp_path):
+    first = write_video(tmp_path / "clip.gif", _frames(), settings={"seed": 1})
+    second = write_video(tmp_path / "clip.gif", _frames(f=2), settings={"seed": 2})
+    assert (first.name, second.name) == ("clip.gif", "clip-2.gif")
+    assert read_sidecar(first) == {"seed": 1} and read_sidecar(second) == {"seed": 2}
+    again = write_video(tmp_path / "clip.gif", _frames(f=3), settings={"seed": 3}, overwrite=True)
+    assert again == first and len(read_video(first)) == 3 and read_sidecar(first) == {"seed": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-2.gif", "clip-2.gif.json", "clip.gif", "clip.gif.json"]
+
+
+def test_reading_downscales_while_decoding(tmp_path):
+    frames = np.zeros((2, 40, 80, 3), np.uint8)
+    frames[1] = 255  # Pillow merges identical frames
+    path = write_video(tmp_path / "big.gif", frames)
+    assert read_video(path, max_side=20).shape == (2, 10, 20, 3)
+    with pytest.raises(InputError, match="has more than 1 frames"):
+        read_video(path, max_frames=1)
