@@ -20,6 +20,10 @@ Rows (``--rows``, default all):
   images, NTI+P2P and DPL+P2P on world renders, local blend off/on; shape swaps and colour edits.
 * ``bf16`` - the maps row of ``world`` with DPL's mixed-precision option, against fp32.
 
+With ``--methods ...,oracle`` (default) the world, same and three sets also run DPL with the true background
+as its mask (instead of the self-attention k-means one): whether the losses help when the mask is
+right. DPL rows report how often k-means found a background cluster and its IoU with the truth.
+
 Usage (GPU, all rows, expected <= 4 min on one H200)::
 
     python benchmarks/bench_dpl_effect.py --device cuda --n 200 --out $OUT/dpl_effect.json
@@ -302,13 +306,13 @@ class Bench:
         return self.cache["generated"]
 
     # -- inversions --------------------------------------------------------------------------------
-    def invert(self, images, captions, method: str, dpl: DPLConfig | None = None):
+    def invert(self, images, captions, method: str, dpl: DPLConfig | None = None, background=None):
         nouns = [[w for w in dict.fromkeys(x.strip(",.") for x in c.split()) if w in SHAPES] for c in captions]
         return self.pipe.invert(list(images), captions, nouns=nouns, dpl=dpl, method=method, null_text=self.nti,
-                                record_maps=False, **self.common)
+                                record_maps=False, background_mask=background, **self.common)
 
-    def maps_row(self, label, images, captions, masks, orders, dpl: DPLConfig | None):
-        inv = self.timed(f"{label} inversion", lambda: self.invert(images, captions, "nti", dpl))
+    def maps_row(self, label, images, captions, masks, orders, dpl: DPLConfig | None, background=None):
+        inv = self.timed(f"{label} inversion", lambda: self.invert(images, captions, "nti", dpl, background))
         recon, maps = level_maps(self.pipe, inv, self.plan)
         tokens = scene_tokens(self.tokenizer, captions, inv.settings["nouns"] or [[] for _ in captions])
         positions = noun_positions(tokens, dynamic=dpl is not None)
@@ -325,6 +329,13 @@ class Bench:
             bg = inv.extras.get("background")
             if bg is not None:
                 out["background_found"] = float(bg.has_background.float().mean())
+                truth = torch.nn.functional.adaptive_avg_pool2d((~masks.any(1)).float()[:, None], tuple(bg.masks.shape[-2:]))[:, 0] >= 0.5
+                found = bg.has_background.cpu()
+                pred = bg.masks.cpu()
+                if bool(found.any()):
+                    inter = (pred & truth)[found].flatten(1).sum(1).float()
+                    union = (pred | truth)[found].flatten(1).sum(1).float()
+                    out["background_iou_where_found"] = float((inter / union.clamp_min(1)).mean())
         return inv, out
 
     # -- rows --------------------------------------------------------------------------------------
@@ -345,13 +356,22 @@ class Bench:
         else:
             scenes, captions, images, masks, orders = self.world_set(name)
         res = {}
-        inv_nti, res["nti"] = self.maps_row(f"{name} NTI", images, captions, masks, orders, None)
-        inv_dpl, res["dpl"] = self.maps_row(f"{name} DPL", images, captions, masks, orders, self.dpl)
+        methods = self.args.methods
+        inv_nti = inv_dpl = None
+        if "nti" in methods:
+            inv_nti, res["nti"] = self.maps_row(f"{name} NTI", images, captions, masks, orders, None)
+        if "dpl" in methods:
+            inv_dpl, res["dpl"] = self.maps_row(f"{name} DPL", images, captions, masks, orders, self.dpl)
+        if name in ("world", "same", "three") and "oracle" in methods:
+            # the same DPL with the true background as its mask: can the losses help when the mask is right?
+            _, res["dpl_true_background"] = self.maps_row(f"{name} DPL (true background)", images, captions, masks, orders,
+                                                          self.dpl, background=~masks.any(1))
         self.results.setdefault("maps", {})[name] = res
         if name == "world" and "psnr" in self.results:
             self.results["psnr"][f"NTI (lr {self.args.null_lr:g})"] = res["nti"].get("psnr")
             self.results["psnr"][f"NTI + DPL (lr {self.args.null_lr:g})"] = res["dpl"].get("psnr")
-        self.cache[f"inv {name}"] = (inv_nti, inv_dpl)
+        if inv_nti is not None and inv_dpl is not None:
+            self.cache[f"inv {name}"] = (inv_nti, inv_dpl)
 
     def row_bf16(self):
         scenes, captions, images, masks, orders = self.world_set("world")
@@ -384,10 +404,9 @@ class Bench:
     def row_edits(self):
         res = {}
         scenes, captions, images, masks, orders = self.world_set("world")
-        invs = self.cache.get("inv world")
-        if invs is None:
+        if "inv world" not in self.cache:
             self.row_maps("world")
-            invs = self.cache["inv world"]
+        invs = self.cache.get("inv world", ())  # needs --methods with nti and dpl
         for method, inv in zip(("NTI+P2P", "DPL+P2P"), invs):
             for kind in ("shape", "color"):
                 for blend in (False, True):
@@ -492,6 +511,19 @@ def markdown(bench: Bench, args, wall: float) -> str:
                                      f"{s['mass_background']:.3f} ({s['area_background']:.3f}) | "
                                      f"{s['peak_own']:.3f} | {s['peak_other']:.3f} | {s['peak_background']:.3f} |")
         lines.append("")
+        lines += ["| set | method | reconstruction PSNR | token updates / step | L_at first -> last | L_dj first -> last | "
+                  "L_bg first -> last | background found | its IoU with the truth |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, by_method in r["maps"].items():
+            for method, out in by_method.items():
+                d = out.get("dpl", {})
+
+                def pair(key, d=d):
+                    return f"{d[key + '_first']:.3f} -> {d[key + '_final']:.3f}" if key + "_first" in d else "-"
+
+                lines.append(f"| {name} | {method} | {out.get('psnr', float('nan')):.2f} | {out.get('dpl_updates_per_step', 0):.2f} | "
+                             f"{pair('at')} | {pair('dj')} | {pair('bg')} | {out.get('background_found', float('nan')):.3f} | "
+                             f"{out.get('background_iou_where_found', float('nan')):.3f} |")
+        lines.append("")
     if "edits" in r:
         lines += ["| edit | n | edited object right | other objects unchanged | L1 outside | changed outside (>0.1) |",
                   "|---|---|---|---|---|---|"]
@@ -514,8 +546,11 @@ def main(argv=None) -> int:
     parser.add_argument("--token-steps", type=int, default=21)
     parser.add_argument("--rows", default="psnr,world,generated,same,three,edits,bf16")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--methods", default="nti,dpl,oracle",
+                        help="nti, dpl, oracle (DPL with the true background as its mask; world, same, three)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.methods = {m.strip() for m in args.methods.split(",") if m.strip()}
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
@@ -139,6 +140,21 @@ def scene_tokens(tokenizer, prompts: Sequence[str], nouns: Sequence[Sequence[str
     plain = [tokenize_prompt(tokenizer, p, n, collapse=False) for p, n in zip(prompts, nouns)]
     dynamic = [tokenize_prompt(tokenizer, p, n, collapse=True) for p, n in zip(prompts, nouns)]
     return SceneTokens(plain, dynamic)
+
+
+def given_background(masks: torch.Tensor, count: int, resolution: tuple[int, int]) -> BackgroundMasks:
+    """Background masks given by the caller ((B, H, W) bool, any resolution), at the loss-map
+    resolution (area average >= 0.5)."""
+    masks = torch.as_tensor(masks)
+    if masks.dim() == 2:
+        masks = masks[None]
+    if masks.dim() != 3 or masks.shape[0] != count:
+        raise InputError(f"background_mask has shape {tuple(masks.shape)}, not ({count}, H, W)",
+                         "pass one boolean mask per image")
+    small = F.adaptive_avg_pool2d(masks.float()[:, None], resolution)[:, 0] >= 0.5
+    names = [["given"] for _ in range(count)]
+    return BackgroundMasks(masks=small, has_background=small.flatten(1).any(1), cluster_labels=small.long(),
+                           cluster_names=names)
 
 
 def noun_maps(cross: torch.Tensor, tokens: SceneTokens, resolution: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,6 +328,7 @@ class RealImageEditMixin:
         height: int | None = None,
         width: int | None = None,
         record_maps: bool = True,
+        background_mask: torch.Tensor | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
     ) -> Inversion:
         """Invert ``image`` (a path, PIL image, array, or a list of them) described by ``prompt``.
@@ -320,7 +337,10 @@ class RealImageEditMixin:
         empty prompt's null embedding at every step). ``dpl``: True or a :class:`DPLConfig` adds
         DPL's dynamic tokens for ``nouns`` (needs ``nti``). ``null_text``: the NTI settings
         (:class:`NullTextSettings`; ``NullTextSettings.faithful()`` is DPL's 51 steps without early
-        stop). ``on_progress(phase, done, total)`` reports ``"inversion"`` and ``"optimisation"``.
+        stop). ``background_mask`` (B, H, W) bool, any resolution, replaces DPL's self-attention
+        k-means background (a segmentation prior, as in DPL's LocInv variant); an image whose mask is
+        empty has no background loss. ``on_progress(phase, done, total)`` reports ``"inversion"``
+        and ``"optimisation"``.
         """
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         prompts = [check_text("source prompt", p) for p in _per_scene(prompt, len(images), "prompts")]
@@ -380,7 +400,10 @@ class RealImageEditMixin:
                 extras["nti_iterations"] = result.iterations
             else:
                 background = None
-                if config.lambda_bg > 0:
+                if background_mask is not None:
+                    background = given_background(background_mask, len(images), map_resolution)
+                    extras["background"] = background
+                elif config.lambda_bg > 0:
                     sa = self_store.average(self_resolution).float()
                     maps, valid = noun_maps(cross_store.average(map_resolution).float(), tokens, map_resolution)
                     background = background_masks(sa, self_resolution, maps, valid, tokens.names, map_resolution, config)

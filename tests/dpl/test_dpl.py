@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tiny_models as tm
+from attncraft.attention_processors import get_manager
 from attncraft.attention_processors.dpl import DPLConfig
 from attncraft.errors import InputError
 from attncraft.pipelines import NullTextSettings, RealImageEditPipeline, RealImageEditXLPipeline
@@ -44,6 +45,17 @@ def test_only_the_dynamic_tokens_move(edit_pipe):
     assert all(p.grad is None for p in edit_pipe.text_encoder.parameters())
     assert [p.requires_grad for p in edit_pipe.unet.parameters()] == flags  # restored afterwards
     assert inv.settings["placeholder_names"] == [NOUNS] and vectors.shape == (2, 1, 2, 32)
+    assert get_manager(edit_pipe).context.cfg_batched is None  # the conditional-only passes leave no trace
+
+
+def test_a_given_background_replaces_the_clustering(edit_pipe):
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[:, :16] = True  # the left half is background; the map level of this model is 8x8
+    inv = edit_pipe.invert(_image(), SOURCE, nouns=NOUNS, dpl=DPLConfig(token_steps=2), background_mask=mask[None], **INV)
+    given = inv.extras["background"].masks[0]
+    assert given.shape == (8, 8) and given[:, :4].all() and not given[:, 4:].any()
+    with pytest.raises(InputError, match="background_mask has shape"):
+        edit_pipe.invert(_image(), SOURCE, nouns=NOUNS, dpl=True, background_mask=torch.zeros(2, 3, 8, 8), **INV)
 
 
 def _initial(pipe):
