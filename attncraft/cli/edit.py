@@ -152,6 +152,9 @@ def edit(
                              "drop --steps or invert again")
         source = saved.prompts[0]
         dpl = saved.token_vectors is not None
+        if nouns is not None and saved.nouns and _words(nouns) != saved.nouns[0]:
+            raise InputError(f"the saved inversion's nouns are {', '.join(saved.nouns[0])}, not {nouns}",
+                             "drop --nouns (they are read from the inversion) or invert again")
     if source is None or target is None:
         if not shapes or image is not None or saved is not None:
             missing = "--source" if source is None else "--target"
