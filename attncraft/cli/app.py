@@ -37,12 +37,9 @@ def _root() -> None:
 
 
 app.command("image")(image_cmd.image)
-<<<<<<< HEAD
 app.command("edit")(edit_cmd.edit)
-=======
 app.command("video")(video_cmd.video)
 app.command("customize")(realcustom_cmd.customize)
->>>>>>> main
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.
