@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from attncraft.cli.common import DeviceOption, ModelOption, OutOption, console, quiet_libraries
+from attncraft.cli.common import DeviceOption, ModelOption, OutOption, OverwriteOption, TrustPickleOption, console, quiet_libraries
 
 
 SHAPES_NULL_LR = 5e-2
@@ -92,9 +92,10 @@ def edit(
     width: int = typer.Option(None, "--width", help="Resize the image to this width (default: its own, if the model takes it)."),
     height: int = typer.Option(None, "--height", help="Resize the image to this height."),
     out: Path = OutOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the result folder and replace its files."),
+    overwrite: bool = OverwriteOption,
     device: str = DeviceOption,
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 (default: inversion and DPL in full precision), fp16 or bf16."),
+    trust_pickle: bool = TrustPickleOption,
 ) -> None:
     """Edit an image with Prompt-to-Prompt after null-text inversion, optionally with DPL."""
     quiet_libraries()
@@ -139,7 +140,7 @@ def edit(
         raise InputError("--mode reweight needs --reweight WORD=SCALE", "pass e.g. --reweight circle=2")
     out = prepare_output_dir(out)
 
-    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config)
+    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle)
     pipe = real_image_edit_pipeline(loaded.pipeline)
     shapes = loaded.reference == "shapes"
     if saved is not None:
