@@ -32,9 +32,16 @@ install: $(STAMP)
 # no geometry loss: the prompt is about colour).
 MESH_DEMO = $(BIN)/attncraft mesh stylize "a red torus" --iterations 100 --resolution 64 --views 4 --lr 0.002 --no-geoloss
 
-# The main job (text-to-image with the embedded Shapes SD), then the X-Mesh stylization.
+# The main job (text-to-image with the embedded Shapes SD), a short Shapes video (once the Shapes motion
+# adapter is in assets/models/shapes-motion), then the X-Mesh stylization.
 demo: $(STAMP)
 	$(BIN)/attncraft image "a red circle on the left and a blue square on the right" --count 4 --seed 0 --out $(DEMO_OUT)
+	@if [ -f assets/models/shapes-motion/config.json ]; then \
+		$(BIN)/attncraft video "a big red circle on the left moves right, on a gray background" --seed 0 --format gif \
+			--out $(DEMO_OUT)/video && echo "demo video (GIF, its contact sheet and sidecar): $(DEMO_OUT)/video/"; \
+	else \
+		echo "skipping the demo video: the Shapes motion adapter (assets/models/shapes-motion) is not trained yet"; \
+	fi
 	$(MESH_DEMO) --turntable gif --frames 24 --out $(DEMO_OUT)/mesh
 	@echo "demo outputs are in $(DEMO_OUT)/"
 

@@ -44,7 +44,7 @@ def image(
     from attncraft.attention_processors.backends import check_backend
     from attncraft.loading import load_text_to_image
     from attncraft.outputs import prepare_output_dir
-    from attncraft.pipelines.text_to_image import check_values, default_settings, generate, save_images, validate
+    from attncraft.pipelines.text_to_image import check_values, generate, save_images, settings_from_options, validate
     from attncraft.progress import progress_task
 
     # everything that can be checked without the model, then the output folder, then the model
@@ -55,12 +55,9 @@ def image(
     if attention_backend != "sdpa":
         # the core processor on every layer, running the chosen kernel (no technique involved)
         get_manager(loaded.pipeline, backend=attention_backend).install_core()
-    settings = default_settings(loaded, prompt)
-    for name, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("width", width),
-                        ("height", height), ("scheduler", scheduler)):
-        if value is not None:
-            setattr(settings, name, value)
-    settings.seed, settings.count, settings.negative_prompt = seed, count, negative
+    settings = settings_from_options(loaded, prompt, seed=seed, count=count, negative_prompt=negative,
+                                     num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                                     scheduler=scheduler)
     settings.extra["attention_backend"] = attention_backend
     validate(settings, loaded)
     console.print(f"model: {loaded.label}")

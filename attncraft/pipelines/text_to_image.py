@@ -126,6 +126,19 @@ def default_settings(loaded: LoadedPipeline, prompt: str) -> TextToImageSettings
     )
 
 
+def settings_from_options(loaded: LoadedPipeline, prompt: str, *, seed: int = 0, count: int = 1,
+                          negative_prompt: str | None = None, **optional: Any) -> TextToImageSettings:
+    """:func:`default_settings` with the command line's options applied: ``seed``, ``count`` and
+    ``negative_prompt`` always, each of ``optional`` (``num_inference_steps``, ``guidance_scale``,
+    ``width``, ``height``, ``scheduler``) where it is not None."""
+    settings = default_settings(loaded, prompt)
+    for name, value in optional.items():
+        if value is not None:
+            setattr(settings, name, value)
+    settings.seed, settings.count, settings.negative_prompt = seed, count, negative_prompt
+    return settings
+
+
 def generate(
     loaded: LoadedPipeline,
     settings: TextToImageSettings,
