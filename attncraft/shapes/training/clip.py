@@ -8,7 +8,8 @@ stream of fresh scenes throughout training. Pixels are in [-1, 1] (mean 0.5, std
 With ``mesh_fraction`` > 0 (``--mesh-fraction``) that share of every batch comes from a second
 pool: renders of painted procedural meshes (:mod:`attncraft.shapes.training.mesh_data`) with their
 captions, so that the CLIP reads 3-D renders (X-Mesh's guidance) as well as the 2-D world. ``--init``
-starts from a trained CLIP folder (a fine-tune) instead of a fresh initialisation.
+starts from a trained CLIP folder (a fine-tune) instead of a fresh initialisation; ``train_vision_from``
+keeps the vision trunk below that layer frozen (the features other trained parts read stay put).
 """
 
 from __future__ import annotations
@@ -57,6 +58,29 @@ def load_init_model(folder: str):
 
     path = common.init_folder(folder, "clip")
     return CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+
+
+def freeze_vision_trunk(model, train_from: int | None) -> dict[str, torch.Tensor]:
+    """Freeze the patch embedding, the pre-norm and vision layers ``< train_from``; returns copies of
+    their weights (to check after training that they did not move)."""
+    if train_from is None:
+        return {}
+    vision = model.vision_model
+    layers = vision.encoder.layers
+    if not 0 < train_from <= len(layers):
+        raise ValueError(f"train_vision_from={train_from}: the vision tower has {len(layers)} layers")
+    frozen: dict[str, torch.Tensor] = {}
+    for prefix, module in (("embeddings", vision.embeddings), ("pre_layrnorm", vision.pre_layrnorm),
+                           *((f"encoder.layers.{i}", layers[i]) for i in range(train_from))):
+        module.requires_grad_(False)
+        frozen.update({f"{prefix}.{k}": v.detach().clone() for k, v in module.state_dict().items()})
+    return frozen
+
+
+def frozen_unchanged(model, frozen: dict[str, torch.Tensor]) -> bool:
+    """Whether the frozen vision weights are bit for bit what they were before training."""
+    state = model.vision_model.state_dict()
+    return all(torch.equal(state[k].to(v.device, v.dtype), v) for k, v in frozen.items())
 
 
 def clip_features(model, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None):
@@ -111,6 +135,7 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits), workers=workers)
     model = load_init_model(args.init_dir) if args.init_dir else build_clip_model(cfg, args.seed)
     model = model.to(device).train()
+    frozen = freeze_vision_trunk(model, cfg.train_vision_from)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"CLIPModel {n_params / 1e6:.3f} M params on {device}; budget {args.minutes} min"
         + (f"; from {args.init_dir}" if args.init_dir else "") + (f"; {n_mesh} mesh renders per batch" if n_mesh else ""))
@@ -186,6 +211,8 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
         **({"mesh_fraction": n_mesh / cfg.batch, "mesh_pool": {"capacity": cfg.mesh_pool, "meshes_added": mesh_pool.added}}
            if n_mesh else {}),
         **({"initialised_from": common.init_provenance(args.init_dir, "clip")} if args.init_dir else {}),
+        **({"frozen_vision": {"layers_trained_from": cfg.train_vision_from, "unchanged": frozen_unchanged(model, frozen)}}
+           if frozen else {}),
         "logit_scale": float(model.logit_scale.detach().float().exp()),
         "folder_bytes": common.folder_size(out),
         **common.summarize_losses(log.history),

@@ -32,6 +32,8 @@ class ClipTrain:
     mesh_pool: int = 65536
     mesh_refresh_every: int = 4
     mesh_workers: int = 4
+    # vision layers before this index (and the patch embedding) stay frozen (None: all trained)
+    train_vision_from: int | None = None
     # architecture overrides (None: the shipped architecture)
     text_overrides: dict[str, Any] | None = None
     vision_overrides: dict[str, Any] | None = None
@@ -191,8 +193,10 @@ class StageConfigs:
 
 
 MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
-                      mesh_refresh_every=6, pool_fill_limit_s=25.0)
-"""``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders."""
+                      mesh_refresh_every=6, pool_fill_limit_s=25.0, train_vision_from=5)
+"""``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders; the
+patch embedding and the first 5 of 6 vision layers stay frozen, so the penultimate layer's states (the
+image features RealCustom's trained parts read) are unchanged bit for bit."""
 
 
 def get_configs(name: str) -> StageConfigs:
