@@ -25,9 +25,10 @@ are the command-line options (defaults: the settings of the measurement in bench
 Writes ``claim.json`` (every curve), ``claim.md`` (the Markdown block for benchmarks/RESULTS.md) and
 ``xmesh_claim.png`` (score against iteration, mean and interquartile band of each field) into ``--out``.
 
-GPU run (one H200, about 4 minutes with MIT-30):
+GPU run (one H200; expected under 5 minutes: the MIT-30 part stops starting meshes after
+``--budget-minutes``):
 
-    python benchmarks/bench_xmesh_claim.py --clip assets/models/shapes-clip --mit30 .mit30 --device cuda --out $OUT/claim
+    python benchmarks/bench_xmesh_claim.py --clip assets/models/shapes-clip --mit30 .mit30 --device cuda --budget-minutes 3.2 --out $OUT/claim
 
 (``.mit30`` from ``python tools/pack_mit30.py ../shared/data/mit30 .mit30``: 4.2 MB for the 11 meshes.)
 
