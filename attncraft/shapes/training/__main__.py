@@ -15,7 +15,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
                                 description="Train / evaluate the Shapes models.")
     p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate"])
-    p.add_argument("--config", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--config", choices=["smoke", "full", "finetune"], default="smoke",
+                   help="finetune: full, with the UNet settings of a warm start (--init)")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -26,7 +27,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="shapes CLIP folder (default assets/models/shapes-clip)")
     p.add_argument("--vae", dest="vae_dir", default=None, help="VAE folder (default assets/models/shapes-vae)")
     p.add_argument("--sd", dest="sd_dir", default=None, help="shapes SD folder (default assets/models/shapes-sd)")
-    p.add_argument("--what", choices=["clip", "sd", "all"], default="all", help="evaluate: which model(s)")
+    p.add_argument("--what", choices=["clip", "sd", "all", "relations"], default="all",
+                   help="evaluate: which model(s); relations: only shapes SD's per-relation-word figures, at the "
+                        "folder's own default sampler (nothing is written into the folder)")
+    p.add_argument("--relation-prompts", type=int, default=None,
+                   help="evaluate: prompts per relation word (default: the config's, 200 in full)")
     p.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (off by default)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
     p.add_argument("--init", dest="init_dir", default=None,
@@ -51,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
         workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
-        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
+        argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":
         from attncraft.shapes.training.clip import train_clip

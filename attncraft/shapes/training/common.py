@@ -33,7 +33,8 @@ class RunArgs:
     clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
     vae_dir: str | None = None  # unet: the trained VAE folder
     sd_dir: str | None = None  # evaluate: the shapes SD folder
-    what: str = "all"  # evaluate: clip | sd | all
+    what: str = "all"  # evaluate: clip | sd | all | relations
+    relation_prompts: int | None = None  # evaluate: prompts per relation word (None: the config's)
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
     lr: float | None = None  # peak learning rate (None: the config's)

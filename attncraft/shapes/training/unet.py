@@ -199,7 +199,8 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
 
     n_caps = len(cfg.caption_omits)
-    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits), workers=workers)
+    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, relation=cfg.caption_relation),
+                         workers=workers)
     text_encoder = load_text_encoder(clip_dir, device)
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
@@ -295,6 +296,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "vae_params": sum(p.numel() for p in vae.parameters()),
         **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
+        "captions": {"omits": list(cfg.caption_omits), "relation_share": stream.dataset.relation_share},
         "prediction_type": "v_prediction",
         "compiled": model_fn is not unet,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
