@@ -38,7 +38,8 @@ from attncraft.shapes.world import (
 
 __all__ = [
     "ParsedMotion", "ParsedObject", "ParsedScene", "CaptionError", "caption_scene", "relation_caption",
-    "relation_holds_on_grid", "parse_caption", "RELATION_WORDS", "RELATION_OF_WORD", "OPPOSITE_RELATION",
+    "relation_holds_on_grid", "opposite_relation_word", "flip_relations", "parse_caption", "RELATION_WORDS",
+    "RELATION_OF_WORD", "OPPOSITE_RELATION",
 ]
 
 
@@ -304,6 +305,25 @@ def relation_caption(scene: Scene, word: str, seed: int | None = 0) -> str:
     rng = random.Random(seed)
     text = f"{_noun_phrase(a, rng, True, True)} {word} {_noun_phrase(b, rng, True, True)}"
     return _with_background(text, scene, rng, video=False)
+
+
+def opposite_relation_word(word: str) -> str:
+    """The surface form of the opposite relation, in the same construction: "above" -> "below",
+    "under" -> "above", "to the left of" -> "to the right of", "right of" -> "left of"."""
+    rel = RELATION_OF_WORD[word]
+    if rel in ("left of", "right of"):
+        return re.sub(r"left|right", lambda m: "right" if m.group() == "left" else "left", word)
+    return RELATION_WORDS[OPPOSITE_RELATION[rel]][0]
+
+
+_RELATION_PHRASE = re.compile(
+    r"\b(" + "|".join(sorted(RELATION_OF_WORD, key=len, reverse=True)) + r") (?=an? )(?!an? \w+ background)"
+)
+
+
+def flip_relations(text: str) -> str:
+    """``text`` with every relation word of the grammar ("A <word> a B") replaced by its opposite."""
+    return _RELATION_PHRASE.sub(lambda m: opposite_relation_word(m.group(1)) + " ", text)
 
 
 def _with_background(text: str, scene: Scene, rng: random.Random, video: bool) -> str:

@@ -149,6 +149,23 @@ def test_over_is_only_ever_a_relation():
     assert n_over > 50
 
 
+def test_flipping_a_relation_word_keeps_its_construction():
+    from attncraft.shapes.captions import flip_relations, opposite_relation_word
+
+    assert {w: opposite_relation_word(w) for w in RELATION_OF_WORD} == {
+        "above": "below", "over": "below", "below": "above", "under": "above", "beneath": "above",
+        "to the left of": "to the right of", "left of": "right of", "to the right of": "to the left of",
+        "right of": "left of",
+    }  # fmt: skip
+    assert flip_relations("on a navy background, a red star under an orange heart") == (
+        "on a navy background, a red star above an orange heart")
+    assert flip_relations("a red star over a heart over a black background") == (
+        "a red star below a heart over a black background")  # the background phrase stays
+    for text in relation_prompts(3)["left of"][1]:
+        parsed, flipped = parse_caption(text), parse_caption(flip_relations(text))
+        assert flipped.objects == parsed.objects and flipped.relations == ((0, "right of", 1),)
+
+
 def test_parser_still_reads_a_background_after_over_in_free_prompts():
     p = parse_caption("a triangle over a heart over a navy background")
     assert p.relations == ((0, "above", 1),) and p.background == "navy" and len(p.objects) == 2
@@ -231,7 +248,7 @@ def test_per_word_evaluation_on_a_case_with_known_answers():
         return as_stated
 
     pipe = _FakePipeline(sets, draw)
-    cfg = SimpleNamespace(relation_prompts=n, steps=3, gen_batch=5)
+    cfg = SimpleNamespace(relation_prompts=n, relation_probe=0, steps=3, gen_batch=5)
     res = eval_relations(pipe, cfg, 2.5, scorer=lambda images, prompts, fn: [fn(it) for it in zip(images, prompts)],
                          say=lambda m: None)
     assert sum(c[0] for c in pipe.calls) == n * len(RELATION_EVAL_WORDS)

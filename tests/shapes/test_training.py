@@ -135,6 +135,10 @@ def test_unet_probe_recorded(trained):
     _, info = trained
     probe = info["unet"]["heldout_v_loss"]
     assert set(probe) == {"true", "shuffled", "empty"} and all(np.isfinite(list(probe.values())))
+    flip = info["unet"]["heldout_relation_flip_v_loss"]
+    assert set(flip) == {f"{a}_{k}" for a in ("vertical", "horizontal") for k in ("true", "flipped", "ratio")}
+    assert all(np.isfinite(list(flip.values())))
+    assert flip["vertical_ratio"] == pytest.approx(flip["vertical_flipped"] / flip["vertical_true"])
 
 
 def test_cli_evaluate_clip(trained, tmp_path):
@@ -380,4 +384,5 @@ def test_cli_evaluate_relations(trained, tmp_path):
     for row in res["words"].values():
         assert row["n"] == 1 and row["relation"] + row["reversed"] + row["neither"] == pytest.approx(1.0)
     assert "relations, word by word" in (tmp_path / "shapes_eval_relations.md").read_text()
+    assert np.isfinite(res["flip_probe"]["vertical_ratio"]) and np.isfinite(res["flip_probe"]["horizontal_ratio"])
     assert {p.name: p.read_bytes() for p in folder.rglob("*.json")} == before  # the folder is left alone

@@ -93,6 +93,7 @@ class EvalConfig:
     sweep_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
     steps: int = 25
     relation_prompts: int = 200  # prompts per relation word (7 words)
+    relation_probe: int = 700  # held-out captions of the relation flip probe (0: none)
     gen_batch: int = 256
     score_workers: int = 12
     save_grid: bool = True
@@ -135,6 +136,7 @@ def get_configs(name: str) -> StageConfigs:
                            probe_examples=32,
                            overrides=dict(SMOKE_UNET), max_steps=30, log_every_s=1e9),
             eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2, relation_prompts=2,
+                            relation_probe=14,
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
                             steps=2, gen_batch=8, score_workers=0, save_grid=False),
         )

@@ -218,6 +218,23 @@ def summarize_relations(scores: list[dict[str, float]]) -> dict[str, float]:
 
 
 @torch.no_grad()
+def pipeline_relation_flip_probe(pipe, n: int) -> dict[str, float]:
+    """:func:`~attncraft.shapes.training.unet.relation_flip_probe` of a shapes SD pipeline: does its
+    UNet do worse when the relation word of a held-out caption is replaced by its opposite?"""
+    from attncraft.shapes.training.data import render_uint8, to_unit
+    from attncraft.shapes.training.unet import relation_flip_probe
+
+    device, vae = pipe.unet.device, pipe.vae
+
+    def encode(chunk):
+        x = to_unit(render_uint8(chunk.scenes, device), vae.dtype)
+        return {"latents": vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor}
+
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    return relation_flip_probe(pipe.unet, pipe.text_encoder, encode, alphas_cumprod, device, n)
+
+
+@torch.no_grad()
 def eval_relations(pipe, cfg: EvalConfig, guidance: float, scorer: Scorer, n: int | None = None,
                    say=print) -> dict[str, Any]:
     """Per relation word (and per relation) on :func:`relation_prompts`, at ``pipe``'s scheduler."""
@@ -236,9 +253,14 @@ def eval_relations(pipe, cfg: EvalConfig, guidance: float, scorer: Scorer, n: in
         by_relation.setdefault(RELATION_OF_WORD[RELATION_EVAL_WORDS[word][0]], []).extend(rows)
         say(f"relation {word!r:12s}: holds {words[word]['relation']:.3f}, reversed {words[word]['reversed']:.3f}, "
             f"neither {words[word]['neither']:.3f}, all correct {words[word]['all_correct']:.3f} (n={n})")
+    flip = pipeline_relation_flip_probe(pipe, cfg.relation_probe) if cfg.relation_probe else None
+    if flip:
+        say(f"relation flip probe: v-loss x{flip['vertical_ratio']:.3f} (vertical), "
+            f"x{flip['horizontal_ratio']:.3f} (horizontal) with the opposite word")
     return {
         "seed": RELATION_SEED,
         "prompts_per_word": n,
+        "flip_probe": flip,
         "protocol": "two-object held-out scenes (seed 4), full captions 'A <word> B <background>' "
                     "(relation_caption); above/below (and left/right) words ask about the same scenes",
         "guidance_scale": guidance,
@@ -423,10 +445,15 @@ def relation_markdown(r: dict[str, Any]) -> list[str]:
              f"{r['guidance_scale']}. *holds*: the stated relation holds; *reversed*: the opposite one does; "
              "*neither*: side by side or an object missing; *all correct*: every attribute and the relation.", "",
              "| word | n | holds | reversed | neither | all correct |", "|---|---|---|---|---|---|"]
+    flip = r.get("flip_probe")
     rows = [(f"{w}", v) for w, v in r["words"].items()] + [(f"all '{k}'", v) for k, v in r["relations"].items()]
     for name, v in rows:
         lines.append(f"| {name} | {v['n']} | {100 * v['relation']:.1f} % | {100 * v['reversed']:.1f} % | "
                      f"{100 * v['neither']:.1f} % | {100 * v['all_correct']:.1f} % |")
+    if flip:
+        lines += ["", "Held-out v-loss of relation captions at t >= 500 with the opposite relation word, relative "
+                  f"to their own word (1.00: the direction is ignored): vertical x{flip['vertical_ratio']:.3f}, "
+                  f"horizontal x{flip['horizontal_ratio']:.3f}."]
     return lines + [""]
 
 
