@@ -197,9 +197,13 @@ def relation_holds_on_grid(a: SceneObject, relation: str, b: SceneObject) -> boo
     return {"above": ra < rb, "below": ra > rb, "left of": ca < cb, "right of": ca > cb}[relation]
 
 
-def _relation(a: SceneObject, b: SceneObject, rng: random.Random) -> str:
-    """A relation true of (a, b) on the grid (one of the true ones, uniformly)."""
-    return rng.choice([r for r in RELATION_WORDS if relation_holds_on_grid(a, r, b)])
+def _relation(a: SceneObject, b: SceneObject, rng: random.Random, vertical: float) -> str:
+    """A relation true of (a, b) on the grid; when a vertical and a horizontal one both hold (objects
+    on a diagonal), the vertical one with probability ``vertical``."""
+    options = [r for r in RELATION_WORDS if relation_holds_on_grid(a, r, b)]
+    if len(options) == 2:
+        return options[0] if rng.random() < vertical else options[1]  # (above|below, left of|right of)
+    return options[0]
 
 
 def _motion_phrase(m: Motion, color_before: str, rng: random.Random) -> str:
@@ -267,7 +271,9 @@ MAX_WORDS = 40
 """Captions longer than this are redrawn with the shortest wordings (CLIP reads 75 tokens)."""
 
 
-def caption_scene(scene: Scene, seed: int | None = 0, omit: float = 0.0, relation: float = RELATION_SHARE) -> str:
+def caption_scene(
+    scene: Scene, seed: int | None = 0, omit: float = 0.0, relation: float = RELATION_SHARE, vertical: float = 0.5
+) -> str:
     """Describe ``scene`` in one sentence, deterministically from ``seed``.
 
     With ``omit=0`` (default) every attribute is stated (size, colour, shape, non-plain pattern,
@@ -275,12 +281,13 @@ def caption_scene(scene: Scene, seed: int | None = 0, omit: float = 0.0, relatio
     up to jitter. ``omit`` in (0, 1] drops each optional attribute (size, pattern, position,
     background) with that probability, for captions of varying detail. ``relation`` is the
     probability that a still scene of two or three objects places its first two (in caption order)
-    by a relation ("a star above a heart") instead of absolute positions. Videos (scenes with
-    motion) describe each object's motion clauses in order.
+    by a relation ("a star above a heart") instead of absolute positions; ``vertical`` the
+    probability that the relation is the vertical one when both a vertical and a horizontal one hold.
+    Videos (scenes with motion) describe each object's motion clauses in order.
     """
-    text = _caption(scene, random.Random(seed), omit, relation)
+    text = _caption(scene, random.Random(seed), omit, relation, vertical)
     if len(text.split()) > MAX_WORDS:
-        text = _caption(scene, _Compact(seed), omit, relation)
+        text = _caption(scene, _Compact(seed), omit, relation, vertical)
     return text
 
 
@@ -331,7 +338,7 @@ def _with_background(text: str, scene: Scene, rng: random.Random, video: bool) -
     return f"{bg}, {text}" if rng.random() < 0.15 else f"{text}, {bg}" if video else f"{text} {bg}"
 
 
-def _caption(scene: Scene, rng: random.Random, omit: float, relation: float) -> str:
+def _caption(scene: Scene, rng: random.Random, omit: float, relation: float, vertical: float) -> str:
     keep = (lambda: rng.random() >= omit) if omit > 0 else (lambda: True)
     objs = list(scene.objects)
     rng.shuffle(objs)
@@ -343,7 +350,7 @@ def _caption(scene: Scene, rng: random.Random, omit: float, relation: float) -> 
         nps = [_noun_phrase(o, rng, keep(), keep()) for o in objs]
         use_relation = len(objs) >= 2 and rng.random() < relation
         if use_relation:
-            rel = _relation(objs[0], objs[1], rng)
+            rel = _relation(objs[0], objs[1], rng, vertical)
             pair = f"{nps[0]} {rng.choice(RELATION_WORDS[rel])} {nps[1]}"
             if len(objs) == 3:
                 third = nps[2] + (" " + rng.choice(POSITION_PP[objs[2].position]) if keep() else "")

@@ -132,6 +132,20 @@ def test_relation_share_controls_how_often_relations_are_stated():
     assert share[0.0] == 0.0 and share[1.0] == 1.0 and 0.3 < share[0.4] < 0.5
 
 
+def test_vertical_share_decides_only_for_objects_on_a_diagonal():
+    scenes = sample_scenes(600, seed=6, num_objects=2)
+    for v in (0.0, 0.75, 1.0):
+        picked = []
+        for i, s in enumerate(scenes):
+            (_, rel, _), = parse_caption(caption_scene(s, seed=i, relation=1.0, vertical=v)).relations
+            a, b = s.objects
+            if a.cell[0] == b.cell[0] or a.cell[1] == b.cell[1]:  # only one relation can hold
+                assert rel in (("left of", "right of") if a.cell[0] == b.cell[0] else ("above", "below"))
+            else:
+                picked.append(rel in ("above", "below"))
+        assert np.mean(picked) == pytest.approx(v, abs=0.06), v
+
+
 # ------------------------------------------------------------------------------------------ "over"
 def test_over_is_only_ever_a_relation():
     assert not any("over" in p for p in BACKGROUND_PHRASES)

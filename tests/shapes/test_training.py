@@ -358,12 +358,13 @@ def test_relation_heavy_warm_start_trains_and_records_its_captions(trained, tmp_
     from attncraft.shapes.training.unet import train_unet
 
     root, _ = trained
-    cfg = replace(get_configs("smoke").unet, caption_relation=0.9)
+    cfg = replace(get_configs("smoke").unet, caption_relation=0.9, caption_vertical=0.75, high_noise_share=0.5)
     info = train_unet(_run_args(tmp_path / "sd", init_dir=str(root / "shapes-sd"), max_steps=4,
                                 clip_dir=str(root / "shapes-clip"), vae_dir=str(root / "shapes-vae")), cfg, quiet=True)
     assert info["steps"] == 4 and all(np.isfinite(info["loss_history"]))
     log = json.loads((tmp_path / "sd" / "training_log.json").read_text())
-    assert log["captions"] == {"omits": list(cfg.caption_omits), "relation_share": 0.9}
+    assert log["captions"] == {"omits": list(cfg.caption_omits), "relation_share": 0.9, "vertical_share": 0.75}
+    assert log["high_noise_share"] == 0.5
     assert log["initialised_from"]["folder"] == str(root / "shapes-sd" / "unet")
     a = UNet2DConditionModel.from_pretrained(str(root / "shapes-sd" / "unet")).state_dict()
     b = UNet2DConditionModel.from_pretrained(str(tmp_path / "sd" / "unet")).state_dict()

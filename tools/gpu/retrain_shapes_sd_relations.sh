@@ -1,8 +1,9 @@
 # Retraining of shapes SD for the stated relations ("above", "under", "left of"...): the UNet is
-# fine-tuned from the shipped one on relation-heavy captions of the current grammar (config
-# `finetune`: peak lr 3e-4, 100 warm-up steps, 4 in 5 multi-object captions by a relation; "over" is
-# no longer a background phrase), with the shipped text encoder (= assets/models/shapes-clip's text
-# tower) and the shipped VAE frozen; then the whole evaluation, per relation word included.
+# fine-tuned from the shipped one (config `finetune`, attncraft/shapes/training/configs.py: 4 in 5
+# multi-object captions by a relation, vertical ones preferred, half of each batch at t >= 500, the
+# original peak lr 5e-4 after 200 warm-up steps; "over" is no longer a background phrase), with the
+# shipped text encoder (= assets/models/shapes-clip's text tower) and the shipped VAE frozen; then the
+# whole evaluation, per relation word and the relation flip probe included.
 # Wall time ~7.3 min on one H200 (UNet 6 min from the process start, evaluation <= 1.5 min).
 #
 #   run from the repository root, carrying .whl:  bash tools/gpu/retrain_shapes_sd_relations.sh

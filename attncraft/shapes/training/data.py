@@ -65,6 +65,7 @@ class SceneChunks(IterableDataset):
         seed_base: int = TRAIN_SEED_BASE,
         keep_text: bool = False,
         relation: float | None = None,
+        vertical: float = 0.5,
     ):
         super().__init__()
         self.chunk_size = chunk_size
@@ -74,6 +75,7 @@ class SceneChunks(IterableDataset):
         self.seed_base = seed_base
         self.keep_text = keep_text
         self.relation = relation  # share of relation captions of multi-object scenes (None: the grammar's)
+        self.vertical = vertical  # share of vertical relations where a horizontal one holds too
 
     @property
     def relation_share(self) -> float:
@@ -93,7 +95,7 @@ class SceneChunks(IterableDataset):
         base = (self.seed_base + k) * self.chunk_size * n_c
         rel = self.relation_share
         caps = [
-            [caption_scene(s, seed=base + i * n_c + c, omit=omit, relation=rel)
+            [caption_scene(s, seed=base + i * n_c + c, omit=omit, relation=rel, vertical=self.vertical)
              for c, omit in enumerate(self.caption_omits)]
             for i, s in enumerate(scenes)
         ]

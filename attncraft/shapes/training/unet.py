@@ -18,6 +18,10 @@ Choices, and why (the budget is ~6 minutes on one H200):
   *wall-clock* budget down to 10 %), grad-clip 1, bf16 autocast, TF32.
 * **Power-function EMA** (EDM2, sigma_rel ~0.1) of the UNet weights, which are the ones saved: its
   window scales with the run, whatever the steps/s turns out to be.
+* **Warm starts** (``--init``; config ``finetune``, see :data:`~attncraft.shapes.training.configs.FINETUNE_UNET`)
+  change the data and the timesteps, never the objective: more relation captions (vertical ones
+  above all) and half of each batch at t >= 500, for a UNet that must learn which object of a
+  vertical relation goes on top. :func:`relation_flip_probe` measures whether it did.
 """
 
 from __future__ import annotations
@@ -237,8 +241,8 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
 
     n_caps = len(cfg.caption_omits)
-    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, relation=cfg.caption_relation),
-                         workers=workers)
+    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, relation=cfg.caption_relation,
+                                     vertical=cfg.caption_vertical), workers=workers)
     text_encoder = load_text_encoder(clip_dir, device)
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
@@ -289,6 +293,9 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         cond = torch.where(drop[:, None, None], empty.expand(B, -1, -1), cond)
         noise = torch.randn_like(z0)
         t = torch.randint(0, n_t, (B,), device=device)
+        if cfg.high_noise_share > 0:
+            high = torch.rand(B, device=device) < cfg.high_noise_share
+            t = torch.where(high, torch.randint(n_t // 2, n_t, (B,), device=device), t)
         a_bar = alphas_cumprod[t]
         sa, sb = a_bar.sqrt()[:, None, None, None], (1.0 - a_bar).sqrt()[:, None, None, None]
         noisy = sa * z0 + sb * noise
@@ -338,7 +345,9 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "vae_params": sum(p.numel() for p in vae.parameters()),
         **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
-        "captions": {"omits": list(cfg.caption_omits), "relation_share": stream.dataset.relation_share},
+        "captions": {"omits": list(cfg.caption_omits), "relation_share": stream.dataset.relation_share,
+                     "vertical_share": cfg.caption_vertical},
+        "high_noise_share": cfg.high_noise_share,
         "prediction_type": "v_prediction",
         "compiled": model_fn is not unet,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
