@@ -387,3 +387,35 @@ def test_cli_evaluate_relations(trained, tmp_path):
     assert "relations, word by word" in (tmp_path / "shapes_eval_relations.md").read_text()
     assert np.isfinite(res["flip_probe"]["vertical_ratio"]) and np.isfinite(res["flip_probe"]["horizontal_ratio"])
     assert {p.name: p.read_bytes() for p in folder.rglob("*.json")} == before  # the folder is left alone
+
+
+def test_clip_mesh_fine_tune_from_a_trained_clip(trained, tmp_path):
+    """--init + --mesh-fraction: the smoke CLIP fine-tuned on half mesh renders; the mesh tables are written."""
+    from attncraft.shapes.training.clip import train_clip
+    from attncraft.shapes.training.evaluate import eval_clip_mesh
+    from attncraft.shapes.training.configs import get_configs
+
+    from dataclasses import replace
+
+    from transformers import CLIPModel
+
+    root, _ = trained
+    cfg = replace(get_configs("smoke").clip, train_vision_from=1)  # the smoke vision tower has one layer
+    info = train_clip(_run_args(tmp_path / "clip-mesh", init_dir=str(root / "shapes-clip"), mesh_fraction=0.5,
+                                max_steps=6), cfg, quiet=True)
+    assert info["steps"] == 6 and info["mesh_fraction"] == 0.5 and info["mesh_pool"]["meshes_added"] > 0
+    log = json.loads((tmp_path / "clip-mesh" / "training_log.json").read_text())
+    assert log["initialised_from"]["folder"] == str(root / "shapes-clip") and log["frozen_vision"]["unchanged"]
+    # the frozen trunk's states (what RealCustom reads: layer -2) are those of the CLIP it started from
+    old, new = (CLIPModel.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
+                for d in (root / "shapes-clip", tmp_path / "clip-mesh"))
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        a, b = (m.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2] for m in (old, new))
+    assert torch.equal(a, b)
+    assert not torch.equal(old.visual_projection.weight, new.visual_projection.weight)
+    ecfg = get_configs("smoke").eval
+    ecfg.mesh_scenes = 12
+    res = eval_clip_mesh(tmp_path / "clip-mesh", ecfg, torch.device("cpu"))
+    assert set(res["conditions"]) == {"render", "train", "xmesh"}
+    assert set(res["conditions"]["train"]["accuracy"]) == {"color", "shape", "pattern", "joint"}

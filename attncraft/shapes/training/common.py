@@ -44,6 +44,7 @@ class RunArgs:
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
     lr: float | None = None  # peak learning rate (None: the config's)
+    mesh_fraction: float | None = None  # clip: share of mesh renders per batch (None: the config's)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 

@@ -103,6 +103,81 @@ def eval_clip(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) -> di
     }
 
 
+@torch.no_grad()
+def eval_clip_mesh(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+    """Zero-shot reading of painted procedural meshes (the CLIP that guides X-Mesh).
+
+    Held-out meshes (seed 0; one colour, plain or patterned in the colour's shade, every shape and
+    variant) against the 8 x 4 x 6 = 192 prompts ``"a {pattern} {colour} {shape}"``; per attribute the
+    argmax of the logits marginalised over the other two. Three conditions: held-out renders (random
+    views, distance, lighting and backgrounds: the targets apply here), the same with the training
+    augmentations (random crops and perspective warps), and what X-Mesh's guidance sees (SH lighting,
+    its camera, white background, no augmentation). Two ranking checks on the plain meshes of the last
+    condition, which a guide needs: the mesh painted in the prompt's colour scores above the same mesh
+    unpainted (gray), and above it painted only on top (the rest gray).
+    """
+    from dataclasses import replace
+
+    from attncraft.mesh.procedural import RenderStyle, render_mesh_scenes
+    from attncraft.shapes.mesh_world import MESH_SHAPES, UNPAINTED, sample_mesh_scenes, zero_shot_mesh_prompts
+    from attncraft.shapes.models import load_shapes_clip
+    from attncraft.shapes.training.clip import clip_features
+    from attncraft.shapes.training.data import to_unit, tokenize
+    from attncraft.shapes.world import COLORS, PATTERNS
+
+    t0 = time.time()
+    model = load_shapes_clip(clip_dir, torch_dtype=torch.float32).to(device).eval()
+    prompts, dims = zero_shot_mesh_prompts()
+    txt = clip_features(model, input_ids=torch.from_numpy(tokenize(prompts)).long().to(device))
+    scale = model.logit_scale.float().exp()
+    gen = torch.Generator().manual_seed(CLIP_SEED)
+
+    def embed(scenes, style):
+        out = []
+        for i in range(0, len(scenes), 250):
+            img = render_mesh_scenes(scenes[i:i + 250], device=device, style=style, generator=gen)
+            out.append(clip_features(model, pixel_values=to_unit((img * 255).round().to(torch.uint8))))
+        return torch.cat(out)
+
+    kw = dict(two_colour=False, splits=False, unpainted=False)
+    held_out = sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED, **kw)
+    conditions = {
+        "render": ("random views, distance, lighting and backgrounds", held_out, RenderStyle("render")),
+        "train": ("the same with crops and perspective warps (training augmentations)", held_out, RenderStyle("train")),
+        "xmesh": ("X-Mesh guidance views (SH lighting, camera r = 2, fovy 60 deg), white background",
+                  sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED + 1, backgrounds=("white",), **kw), RenderStyle("xmesh")),
+    }
+    results: dict[str, Any] = {"prompts": len(prompts), "protocol": "held-out painted meshes vs 192 prompts "
+                               "'a {pattern} {colour} {shape}'; per-attribute argmax of logsumexp-marginalised logits",
+                               "conditions": {}}
+    for key, (label, scenes, style) in conditions.items():
+        img = embed(scenes, style)
+        logits = (scale * img @ txt.t()).view(-1, *dims)
+        pred = {"color": torch.logsumexp(logits, dim=(2, 3)).argmax(1), "pattern": torch.logsumexp(logits, dim=(1, 3)).argmax(1),
+                "shape": torch.logsumexp(logits, dim=(1, 2)).argmax(1)}
+        truth = {"color": torch.tensor([COLORS.index(s.color) for s in scenes], device=device),
+                 "pattern": torch.tensor([PATTERNS.index(s.pattern) for s in scenes], device=device),
+                 "shape": torch.tensor([MESH_SHAPES.index(s.shape) for s in scenes], device=device)}
+        acc = {k: float((pred[k] == truth[k]).float().mean()) for k in pred}
+        acc["joint"] = float(((pred["color"] == truth["color"]) & (pred["pattern"] == truth["pattern"])
+                              & (pred["shape"] == truth["shape"])).float().mean())
+        results["conditions"][key] = {"label": label, "scenes": len(scenes), "accuracy": acc}
+    plain = [s for s in conditions["xmesh"][1] if s.pattern == "plain"]
+    if plain:
+        style = conditions["xmesh"][2]
+        painted = embed(plain, style)
+        gray = embed([replace(s, color=UNPAINTED) for s in plain], style)
+        half = embed([replace(s, bottom=UNPAINTED) for s in plain], style)
+        want = txt.view(*dims, -1)[[COLORS.index(s.color) for s in plain], 0, [MESH_SHAPES.index(s.shape) for s in plain]]
+        sims = [(e * want).sum(-1) for e in (painted, gray, half)]
+        results["ranking"] = {"meshes": len(plain), "painted_above_unpainted": float((sims[0] > sims[1]).float().mean()),
+                              "painted_above_half_painted": float((sims[0] > sims[2]).float().mean()),
+                              "mean_cosine": {"painted": float(sims[0].mean()), "half_painted": float(sims[2].mean()),
+                                              "unpainted": float(sims[1].mean())}}
+    results["seconds"] = round(time.time() - t0, 1)
+    return results
+
+
 # ------------------------------------------------------------------------------------------- SD
 def _score_one(item: tuple[np.ndarray, str]) -> dict[str, float]:
     from attncraft.shapes.scoring import score_image
@@ -409,6 +484,23 @@ def to_markdown(results: dict[str, Any]) -> str:
                   "| colour | shape | position | joint |", "|---|---|---|---|",
                   "| " + " | ".join(f"{100 * c['accuracy'][k]:.1f} %" for k in ("color", "shape", "position", "joint"))
                   + " |", ""]
+    if "clip_mesh" in results:
+        m = results["clip_mesh"]
+        lines += ["## shapes CLIP, zero-shot on painted meshes (targets: colour >= 95 %, shape >= 90 %, pattern >= 85 %)",
+                  "", f"{m['protocol']}.", "", "| condition | meshes | colour | shape | pattern | joint |",
+                  "|---|---|---|---|---|---|"]
+        for cond in m["conditions"].values():
+            a = cond["accuracy"]
+            lines.append(f"| {cond['label']} | {cond['scenes']} | " + " | ".join(
+                f"{100 * a[k]:.1f} %" for k in ("color", "shape", "pattern", "joint")) + " |")
+        if "ranking" in m:
+            r = m["ranking"]
+            mc = r["mean_cosine"]
+            lines += ["", f"Guidance ranking on {r['meshes']} plain meshes (X-Mesh views): the mesh painted in the "
+                      f"prompt's colour scores above the unpainted mesh in {100 * r['painted_above_unpainted']:.1f} % "
+                      f"and above the half-painted one in {100 * r['painted_above_half_painted']:.1f} % of cases "
+                      f"(mean cosine {mc['painted']:.3f} / {mc['half_painted']:.3f} / {mc['unpainted']:.3f})."]
+        lines.append("")
     if "sd" in results:
         s = results["sd"]
         d = s["default"]
@@ -487,6 +579,9 @@ def evaluate(args: common.RunArgs, cfg: EvalConfig | None = None, quiet: bool = 
             results["clip"] = eval_clip(clip_dir, cfg, device)
             results["clip"]["folder"] = str(clip_dir)
             say("clip zero-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in results["clip"]["accuracy"].items()))
+            results["clip_mesh"] = eval_clip_mesh(clip_dir, cfg, device)
+            for cond in results["clip_mesh"]["conditions"].values():
+                say(f"clip on meshes ({cond['label']}): " + ", ".join(f"{k} {v:.3f}" for k, v in cond["accuracy"].items()))
         if args.what in ("sd", "all"):
             sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
             results["sd"] = eval_sd(sd_dir, cfg, device, scorer, out, budget, say)
