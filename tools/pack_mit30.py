@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     total = 0
     for path in files:
-        mesh = _load_trimesh(path)
+        mesh, _notes = _load_trimesh(path)
         out = dest / f"{path.stem}.npz"
         np.savez_compressed(out, vertices=np.asarray(mesh.vertices, np.float32), faces=np.asarray(mesh.faces, np.int32))
         total += out.stat().st_size
