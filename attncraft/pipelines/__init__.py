@@ -3,6 +3,8 @@
 * :mod:`.text_to_image` - plain SD 1.x/2.x/SDXL text-to-image with reproducible PNG outputs;
 * :mod:`.text_to_video` - AnimateDiff text-to-video with per-frame prompt schedules
   (:class:`TextToVideoPipeline`), reproducible video outputs;
+* :mod:`.fancyvideo` - :class:`FancyVideoPipeline`: the released FancyVideo model (image-to-video and
+  two-stage text-to-video; imported on first use);
 * :mod:`.realcustom` - :class:`RealCustomPipeline` (SD 1.x/2.x, Shapes SD) and
   :class:`RealCustomXLPipeline` (SDXL), imported on first use (they import the diffusers pipelines).
 """
@@ -16,9 +18,10 @@ from attncraft.pipelines.text_to_video import (
     save_video,
 )
 
-_LAZY = {"RealCustomPipeline": "realcustom", "RealCustomXLPipeline": "realcustom"}
+_LAZY = {"RealCustomPipeline": "realcustom", "RealCustomXLPipeline": "realcustom", "FancyVideoPipeline": "fancyvideo"}
 
 __all__ = [
+    "FancyVideoPipeline",
     "RealCustomPipeline",
     "RealCustomXLPipeline",
     "TextToImageSettings",
