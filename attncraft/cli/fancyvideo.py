@@ -1,6 +1,7 @@
 """``attncraft video --method fancyvideo``: the released FancyVideo model.
 
-``attncraft video PROMPT --method fancyvideo --model SD15 --adapter CONVERTED --vae CV-VAE`` makes a
+``attncraft video PROMPT --method fancyvideo --model SD15 --adapter CONVERTED --vae CV-VAE
+--res-adapter RESADAPTER`` makes a
 clip in two stages (the first frame from the prompt, then image-to-video); ``--image IMAGE`` starts
 from an image instead. ``--fps`` is the fps condition and the written frame rate (25 by default, as
 released), ``--motion-score`` the motion condition (3). ``--frames`` counts video frames, ``1 + 4k``
@@ -32,14 +33,21 @@ VaeOption = typer.Option(
          "(not the released model: latent frames = video frames).",
 )  # fmt: skip
 
+ResAdapterOption = typer.Option(
+    None, "--res-adapter",
+    help="fancyvideo: the ResAdapter folder (resadapter_v2_sd1.5) that every released configuration applies to the base model.",
+)  # fmt: skip
 
-def check_method(method: str, image: Path | None, motion_score: float | None, vae: str | None) -> str:
+
+def check_method(method: str, image: Path | None, motion_score: float | None, vae: str | None,
+                 res_adapter: str | None = None) -> str:
     """The method, or one line for an unknown one or FancyVideo options without it."""
     method = (method or "animatediff").lower()
     if method not in METHODS:
         raise InputError(f"unknown --method {method!r}", f"pass one of {', '.join(METHODS)}")
     if method != "fancyvideo":
-        given = [n for n, v in (("--image", image), ("--motion-score", motion_score), ("--vae", vae)) if v is not None]
+        given = [n for n, v in (("--image", image), ("--motion-score", motion_score), ("--vae", vae),
+                                ("--res-adapter", res_adapter)) if v is not None]
         if given:
             raise InputError(f"{given[0]} needs --method fancyvideo", "add --method fancyvideo, or drop the option")
     return method
@@ -61,6 +69,7 @@ def run(
     model: str,
     adapter: str | None,
     vae: str | None,
+    res_adapter: str | None,
     config: str | None,
     trust_pickle: bool,
     fmt: str,
@@ -115,13 +124,15 @@ def run(
     if stored is not None:
         settings = FancyVideoSettings.from_dict(stored)
         loaded = load_fancyvideo(settings.model, settings.adapter, settings.vae, device=device, dtype=dtype,
-                                 config=settings.extra.get("config"), trust_pickle=trust_pickle)
+                                 config=settings.extra.get("config"), trust_pickle=trust_pickle,
+                                 res_adapter=settings.res_adapter)
     else:
-        loaded = load_fancyvideo(model, adapter, vae, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle)
+        loaded = load_fancyvideo(model, adapter, vae, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle,
+                                 res_adapter=res_adapter)
         settings = default_fancyvideo_settings(loaded, prompt)
         for key, value in overrides.items():
             setattr(settings, key, value)
-        settings.vae = vae
+        settings.vae, settings.res_adapter = vae, res_adapter
         if config:
             settings.extra["config"] = config
     settings.model_label = loaded.label

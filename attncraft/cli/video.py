@@ -97,6 +97,7 @@ def video(
     image: Path = fancyvideo_cmd.ImageOption,
     motion_score: float = fancyvideo_cmd.MotionScoreOption,
     vae: str = fancyvideo_cmd.VaeOption,
+    res_adapter: str = fancyvideo_cmd.ResAdapterOption,
 ) -> None:
     """Generate a video from a text prompt or per-frame states; writes the video, a contact sheet and a sidecar."""
     quiet_libraries()
@@ -108,7 +109,7 @@ def video(
     fmt = fmt.lower().lstrip(".")
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
-    method = fancyvideo_cmd.check_method(method, image, motion_score, vae)
+    method = fancyvideo_cmd.check_method(method, image, motion_score, vae, res_adapter)
     if method == "fancyvideo" or (from_sidecar is not None and read_settings_file(from_sidecar).get("method") == "fancyvideo"):
         if from_sidecar is not None and (prompt is not None or image is not None):
             raise InputError("--from-sidecar re-runs stored settings and takes no prompt or --image", "drop them")
@@ -118,7 +119,7 @@ def video(
             prompt, read_settings_file(from_sidecar) if from_sidecar is not None else None, image=image, frames=frames,
             fps=fps, motion_score=motion_score, steps=steps, guidance=guidance, seed=seed,
             size=parse_size(size) if size is not None else None, negative=negative, model=model, adapter=adapter,
-            vae=vae, config=config, trust_pickle=trust_pickle, fmt=fmt, out=out, overwrite=overwrite, device=device,
+            vae=vae, res_adapter=res_adapter, config=config, trust_pickle=trust_pickle, fmt=fmt, out=out, overwrite=overwrite, device=device,
             dtype=dtype, not_for_fancyvideo=unused)
     overrides: dict[str, Any] = {}
     if from_sidecar is not None:

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["SIZES", "build_synthetic_checkpoint", "fancyvideo_tensors", "motion_module_shapes", "sinusoidal_table"]
+__all__ = ["SIZES", "build_synthetic_checkpoint", "build_synthetic_res_adapter", "fancyvideo_tensors",
+           "motion_module_shapes", "sinusoidal_table"]
 
 SIZES = {
     "tiny": dict(widths=(32, 64), layers_per_block=1, max_len=32),
@@ -159,3 +160,37 @@ def build_synthetic_checkpoint(path: str | os.PathLike, size: str = "tiny", layo
     module.update(tensors)
     torch.save({"module": module, **_deepspeed_metadata(module), **(extra or {})}, str(path))
     return tensors
+
+
+def build_synthetic_res_adapter(folder: str | os.PathLike, unet: Any, rank: int = 16, seed: int = 0,
+                                alpha: float | None = None) -> Path:
+    """A ResAdapter folder for ``unet`` (a ``UNet2DConditionModel``) with random tensors and the
+    released names: a rank-``rank`` LoRA on every down/up sampler convolution (kohya naming,
+    ``lora_down`` ``(r, in, 3, 3)``, ``lora_up`` ``(out, r, 1, 1)``, ``alpha`` when given) and new
+    weights for every normalisation layer."""
+    from safetensors.torch import save_file
+
+    from attncraft.fancyvideo.res_adapter import LORA_FILE, NORM_FILE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    lora: dict[str, torch.Tensor] = {}
+    for part in ("down", "up"):
+        for i, block in enumerate(getattr(unet, f"{part}_blocks")):
+            samplers = getattr(block, "downsamplers" if part == "down" else "upsamplers", None) or ()
+            for j, sampler in enumerate(samplers):
+                out_c, in_c = sampler.conv.weight.shape[:2]
+                name = f"lora_unet_{part}_blocks_{i}_{'downsamplers' if part == 'down' else 'upsamplers'}_{j}_conv"
+                lora[f"{name}.lora_down.weight"] = torch.randn(rank, in_c, 3, 3, generator=g) * 0.05
+                lora[f"{name}.lora_up.weight"] = torch.randn(out_c, rank, 1, 1, generator=g) * 0.05
+                if alpha is not None:
+                    lora[f"{name}.alpha"] = torch.tensor(float(alpha))
+    norms = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and getattr(module, "weight", None) is not None:
+            norms[f"{name}.weight"] = 1 + 0.1 * torch.randn(module.weight.shape, generator=g)
+            norms[f"{name}.bias"] = 0.1 * torch.randn(module.bias.shape, generator=g)
+    save_file(lora, str(folder / LORA_FILE))
+    save_file(norms, str(folder / NORM_FILE))
+    return folder

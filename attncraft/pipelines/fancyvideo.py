@@ -34,7 +34,8 @@ Deviations from the reference, all outside the model: the reference encodes the 
 posterior sample from torch's global random state, here it is drawn from the call's generators (so
 a seed reproduces it); the reference centre-crops without resizing, here the image is first resized
 to cover the size (an image of the exact size is treated identically); ``callback_on_step_end`` runs
-on the video stage's steps (``first_frame_callback_on_step_end`` on the first frame's). Not supported:
+on the video stage's steps (``first_frame_callback_on_step_end`` on the first frame's), and attncraft
+techniques passed as ``techniques`` see two runs, the first frame's and the video's. Not supported:
 FreeInit, FreeNoise and IP-Adapter (refused with one line).
 """
 
@@ -315,7 +316,8 @@ class FancyVideoPipeline(AnimateDiffPipeline):
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         device = self._execution_device
         lora_scale = (cross_attention_kwargs or {}).get("scale")
-        cfg_any = guidance_scale > 1 or (image is None and (first_frame_guidance_scale or guidance_scale) > 1)
+        first_guidance = guidance_scale if first_frame_guidance_scale is None else first_frame_guidance_scale
+        cfg_any = guidance_scale > 1 or (image is None and first_guidance > 1)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, 1, cfg_any, negative_prompt, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, lora_scale=lora_scale, clip_skip=clip_skip)
@@ -327,17 +329,20 @@ class FancyVideoPipeline(AnimateDiffPipeline):
                 g.set_state(state)
 
         techniques = tuple(techniques or ())
+        first_steps = first_frame_steps or num_inference_steps
         with contextlib.ExitStack() as stack:
+            manager = None
             if techniques:
                 from attncraft.attention_processors import apply_techniques
 
                 manager = stack.enter_context(apply_techniques(self, *techniques))
-                manager.start_run(num_inference_steps)
             first = None
             if image is None:
+                if manager is not None:
+                    manager.start_run(first_steps)  # the first frame is a run of its own
                 first = self.generate_first_frame(
-                    prompt_embeds, negative_prompt_embeds, height, width, first_frame_steps or num_inference_steps,
-                    guidance_scale if first_frame_guidance_scale is None else first_frame_guidance_scale, generator,
+                    prompt_embeds, negative_prompt_embeds, height, width, first_steps,
+                    first_guidance, generator,
                     eta, cross_attention_kwargs, first_frame_callback_on_step_end)
                 # as an 8-bit image, the way the reference hands it on (and a saved PNG would be)
                 pixels = ((first / 2 + 0.5).clamp(0, 1) * 255).round() / 255
@@ -351,6 +356,8 @@ class FancyVideoPipeline(AnimateDiffPipeline):
             latents = self.prepare_latents(batch_size, 4, latent_frames, height, width, prompt_embeds.dtype, device,
                                            generator, latents)
             embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if guidance_scale > 1 else prompt_embeds
+            if manager is not None:
+                manager.start_run(num_inference_steps)
             with condition_embeddings(self.unet, self.conditioning, fps, motion_score):
                 latents = self._denoise(self.scheduler, latents, cond_image, mask, embeds, num_inference_steps,
                                         guidance_scale, generator, eta, cross_attention_kwargs, callback_on_step_end,
@@ -379,11 +386,14 @@ SD_VAE = "sd"
 
 
 def load_fancyvideo(model: str | None, adapter: str | None, vae: str | None, device=None, dtype=None,
-                    config: str | None = None, trust_pickle: bool = False):
+                    config: str | None = None, trust_pickle: bool = False, res_adapter: str | None = None,
+                    res_adapter_scale: str | float = "reference"):
     """A :class:`~attncraft.loading.LoadedPipeline` holding a :class:`FancyVideoPipeline`: the SD 1.x
     base ``model`` (any reference :func:`~attncraft.loading.load_text_to_image` takes), the converted
-    FancyVideo ``adapter`` (folder, or checkpoint file converted in memory) and ``vae`` (a CV-VAE
-    folder, or ``sd`` for the base model's VAE per frame)."""
+    FancyVideo ``adapter`` (folder, or checkpoint file converted in memory), ``vae`` (a CV-VAE
+    folder, or ``sd`` for the base model's VAE per frame) and, as every released configuration has
+    it, ``res_adapter`` (the ResAdapter folder; :func:`~attncraft.fancyvideo.res_adapter.apply_res_adapter`
+    with ``res_adapter_scale``) applied to the base UNet first."""
     from attncraft.devices import resolve_device, resolve_dtype
     from attncraft.errors import ModelLoadError
     from attncraft.fancyvideo.conditioning import video_scheduler
@@ -408,6 +418,10 @@ def load_fancyvideo(model: str | None, adapter: str | None, vae: str | None, dev
     if base.family != "sd":
         raise ModelLoadError(f"FancyVideo runs on SD 1.x models; {base.label} is {base.family}", "pass an SD 1.5 model as --model")
     image = base.pipeline
+    if res_adapter:
+        from attncraft.fancyvideo.res_adapter import apply_res_adapter
+
+        apply_res_adapter(image.unet, res_adapter, scale=res_adapter_scale)
     adapter_label = f"{Path(adapter).name} (FancyVideo)"
     check_adapter_fits(parts.adapter, image.unet, adapter_label, base.label)
     pipe = FancyVideoPipeline(
@@ -418,7 +432,7 @@ def load_fancyvideo(model: str | None, adapter: str | None, vae: str | None, dev
     pipe = pipe.to(device=dev, dtype=dt)
     pipe.set_progress_bar_config(disable=True)
     vae_label = "CV-VAE" if video_vae is not None else "SD VAE per frame (not the released model's 3-D VAE)"
-    label = f"{base.label} + {adapter_label} + {vae_label}"
+    label = f"{base.label}{' + ResAdapter' if res_adapter else ''} + {adapter_label} + {vae_label}"
     return LoadedPipeline(pipe, base.reference, label, "fancyvideo", base.source, dict(base.defaults),
                           adapter=str(adapter), adapter_label=adapter_label)
 
@@ -446,6 +460,7 @@ class FancyVideoSettings:
     model: str = ""
     adapter: str | None = None
     vae: str | None = None
+    res_adapter: str | None = None
     model_label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

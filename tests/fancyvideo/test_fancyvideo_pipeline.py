@@ -71,3 +71,17 @@ def test_errors_come_before_any_work():
         blank = Image.new("RGB", (32, 32))
         pipe(**(CALL | dict(prompt=["a", "b", "c"])), image=[blank, blank])
     assert not calls
+
+
+def test_non_square_clips_and_techniques_on_the_video_stage():
+    from PIL import Image
+
+    from attncraft.attention_processors import AttentionStore, select_layers
+
+    pipe = tiny_fancyvideo_pipeline()
+    store = AttentionStore(select_layers(kinds="temporal"))
+    frames = _run(pipe, image=Image.new("RGB", (64, 40), (90, 20, 200)), width=48, techniques=[store]).frames
+    assert frames.shape == (1, 5, 32, 48, 3)
+    maps = store.layer_maps()
+    assert maps and all(m.shape[-2:] == (2, 2) for m in maps.values())  # attention over the 2 latent frames
+    assert all(store.recorded_count(name) == 2 for name in maps)  # one per video step
