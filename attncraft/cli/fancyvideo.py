@@ -53,6 +53,17 @@ def check_method(method: str, image: Path | None, motion_score: float | None, va
     return method
 
 
+def is_fancyvideo_sidecar(path: Path | None, read) -> bool:
+    """True if ``path`` (``--from-sidecar``) holds a FancyVideo clip's settings; any problem with the
+    file is left to the normal ``--from-sidecar`` path, which reports it."""
+    if path is None:
+        return False
+    try:
+        return read(path).get("method") == "fancyvideo"
+    except InputError:
+        return False
+
+
 def run(
     prompt: str | None,
     stored: dict[str, Any] | None,

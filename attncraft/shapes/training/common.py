@@ -34,9 +34,11 @@ class RunArgs:
     workers: int | None = None  # scene-generation worker processes (None: the config's value)
     clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
     vae_dir: str | None = None  # unet: the trained VAE folder
-    sd_dir: str | None = None  # evaluate / motion: the shapes SD folder
-    adapter_dir: str | None = None  # evaluate --what motion: the motion adapter; realcustom-eval: the checkpoint
+    sd_dir: str | None = None  # evaluate / motion / ctgm: the shapes SD folder
+    adapter_dir: str | None = None  # evaluate --what motion / ctgm: the motion adapter; realcustom-eval: the checkpoint
     prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
+    ctgm_mode: str | None = None  # ctgm: the CTGM mode (None: the config's)
+    ctgm_sites: str | None = None  # ctgm: "all" or "part" (None: the config's)
     what: str = "all"  # evaluate: clip | sd | all
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
@@ -213,6 +215,18 @@ class TrainingSteps:
         log.maybe_print(self.done, self.lr, self.budget, force=True)
         log.flush()
         return time.time() - self.budget.train_t0
+
+
+def descend(optimizer, loss: torch.Tensor, params, grad_clip: float | None, ema: PowerEMA | None = None) -> None:
+    """One optimiser step on ``loss``: clear the gradients, back-propagate, clip their norm at
+    ``grad_clip`` (None: no clipping), step, and update ``ema``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update()
 
 
 def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str, Any]:
