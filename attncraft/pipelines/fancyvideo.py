@@ -73,6 +73,7 @@ from attncraft.fancyvideo.conditioning import (
     motion_modules_disabled,
 )
 from attncraft.fancyvideo.vae import CVVAEModel, latent_frame_count, video_frame_count
+from attncraft.progress import step_counter
 
 __all__ = ["FancyVideoPipeline", "FancyVideoPipelineOutput", "FancyVideoSettings", "generate_fancyvideo",
            "load_fancyvideo"]
@@ -532,14 +533,7 @@ def generate_fancyvideo(loaded, settings: FancyVideoSettings, on_step: Callable[
             image = handle.convert("RGB")
     steps = settings.num_inference_steps
     total = steps * (1 if image is not None else 2)
-    done = [0]
-
-    def step(pipeline, i, t, kwargs):
-        done[0] += 1
-        if on_step is not None:
-            on_step(done[0], total)
-        return kwargs
-
+    step = step_counter(on_step, total)
     return pipe(settings.prompt, image=image, num_frames=settings.num_frames, height=settings.height,
                 width=settings.width, num_inference_steps=steps, guidance_scale=settings.guidance_scale,
                 negative_prompt=settings.negative_prompt, generator=generator, fps=settings.fps,

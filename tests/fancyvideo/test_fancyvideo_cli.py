@@ -71,6 +71,8 @@ def test_image_to_video_records_the_image(tiny, tmp_path, capsys):
     (["--frames", "6"], "pass 5 or 9 frames"),
     (["--frames", "129"], "limit of 32 latent frames"),
     (["--state", "a red circle"], "--state does not apply to --method fancyvideo"),
+    (["--broadway"], "--broadway does not apply to --method fancyvideo"),
+    (["--ctgm", "shapes"], "--ctgm does not apply to --method fancyvideo"),
     (["--motion-score", "nan"], "--motion-score"),
 ])
 def test_one_line_errors(tiny, tmp_path, capsys, extra, message):
