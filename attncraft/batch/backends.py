@@ -55,6 +55,8 @@ class Event:
     handle: Handle
     result: UnitResult | None = None
     reason: str = ""
+    unit: Unit | None = None
+    """For "died": the unit it was running, if the backend knows it (else the first it was sent)."""
 
 
 def died_results(unit: Unit, handle: Handle, reason: str) -> UnitResult:
@@ -81,20 +83,24 @@ def dispatch(backend: "Backend", units: Sequence[Unit], on_result: Callable[[Uni
     backend.start()
     try:
         while True:
-            handles = [h for h in backend.handles if h.alive]
-            if not handles:
-                raise BatchError("every worker died", "see the errors in the status file; run the same command again")
-            if not should_stop():
+            busy = any(h.inflight for h in backend.handles)
+            if not busy and (not queue or should_stop()):
+                return
+            if queue and not should_stop():
+                for handle in backend.handles:  # a worker that died is replaced once there is work for it
+                    if not handle.alive and handle.restarts < MAX_RESTARTS_PER_WORKER:
+                        handle.restarts += 1
+                        backend.restart(handle)
+                        handle.alive = True
+                handles = [h for h in backend.handles if h.alive]
+                if not handles:
+                    raise BatchError("every worker died too often", "see the errors in the status file; run the same command again")
                 for handle in handles:
                     while queue and len(handle.inflight) < backend.depth:
                         unit = _pick(queue, handle, handles)
                         handle.inflight.append(unit)
                         handle.model_key = unit.model_key
                         backend.submit(handle, unit)
-            elif not any(h.inflight for h in handles):
-                return
-            if not queue and not any(h.inflight for h in handles):
-                return
             for event in backend.poll(0.5):
                 handle = event.handle
                 if event.kind == "result":
@@ -102,17 +108,14 @@ def dispatch(backend: "Backend", units: Sequence[Unit], on_result: Callable[[Uni
                     handle.inflight.remove(unit)
                     on_result(event.result)
                     continue
-                running, waiting = handle.inflight[:1], handle.inflight[1:]
+                running = [event.unit] if event.unit is not None else handle.inflight[:1]
+                waiting = [u for u in handle.inflight if u not in running]
                 handle.inflight = []
                 handle.model_key = None
                 queue[:0] = waiting  # never started: they go to the next worker
                 for unit in running:
                     on_result(died_results(unit, handle, event.reason))
-                if (queue or any(h.inflight for h in backend.handles)) and handle.restarts < MAX_RESTARTS_PER_WORKER:
-                    handle.restarts += 1
-                    backend.restart(handle)
-                else:
-                    handle.alive = False
+                handle.alive = False
     finally:
         backend.close()
 
@@ -431,13 +434,15 @@ class RayBackend(Backend):
             handle, unit = self.futures.pop(future)
             try:
                 events.append(Event("result", handle, self.ray.get(future)))
-            except self.ray.exceptions.RayActorError as exc:
-                # the actor is gone: its other futures fail too; report the death once
+            except self.ray.exceptions.RayError as exc:
+                # the actor is gone: what it finished before is kept, the rest goes back to the queue
                 for other in [f for f, (h, _u) in self.futures.items() if h is handle]:
                     self.futures.pop(other)
-                events.append(Event("died", handle, reason=short_reason(exc, 160)))
-            except self.ray.exceptions.RayError as exc:
-                events.append(Event("died", handle, reason=short_reason(exc, 160)))
+                    try:
+                        events.append(Event("result", handle, self.ray.get(other, timeout=0)))
+                    except Exception:  # noqa: BLE001 - not finished: dispatch() queues it again
+                        pass
+                events.append(Event("died", handle, reason=short_reason(exc, 160), unit=unit))
         return events
 
     def restart(self, handle: Handle) -> None:

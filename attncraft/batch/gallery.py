@@ -129,8 +129,7 @@ def _settings_details(record: dict[str, Any], sidecar: dict[str, Any] | None) ->
 
 
 def _title(record: dict[str, Any]) -> str:
-    options = record.get("options", {})
-    return str(options.get("prompt") or record.get("stem") or record.get("id", "")[:12])
+    return str(record.get("title") or record.get("stem") or record.get("id", "")[:12])
 
 
 def _card(out_dir: Path, record: dict[str, Any]) -> str:
@@ -149,7 +148,7 @@ def _card(out_dir: Path, record: dict[str, Any]) -> str:
         meta += f" &middot; {seconds:.2f} s"
     return (f'<div class="card done" data-job="{_e(record.get("id", ""))}">{media}'
             f'<div class="title">{_e(_title(record))}</div><div class="meta">{meta}</div>'
-            f'{"<div>metrics" + _table(metrics) + "</div>" if metrics else ""}'
+            f'{"<div class=meta>metrics</div>" + _table(metrics) if metrics else ""}'
             f'<div class="meta">{links}</div>{_settings_details(record, sidecar)}</div>')
 
 

@@ -108,9 +108,12 @@ class Job:
     """Where it came from, e.g. ``jobs.yaml:3 (seed=2)``."""
     id: str = ""
     stem: str = ""
+    title: str = ""
+    """The value of the job type's naming option (its prompt), for reports."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "command": self.command, "options": self.spec, "source": self.source, "stem": self.stem}
+        return {"id": self.id, "command": self.command, "options": self.spec, "source": self.source, "stem": self.stem,
+                "title": self.title}
 
 
 def canonical_json(command: str, spec: Mapping[str, Any]) -> str:
@@ -123,12 +126,18 @@ def job_id(command: str, spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(command, spec).encode("utf-8")).hexdigest()
 
 
-def job_stem(job_type: JobType | None, command: str, spec: Mapping[str, Any], ident: str) -> str:
-    name = None
-    if job_type is not None and job_type.name_option is not None:
-        opt = job_type.by_param()[job_type.name_option]
-        name = spec.get(opt.key, opt.default)
-    slug = _SLUG_RE.sub("-", str(name).lower()).strip("-")[:40].rstrip("-") if name else ""
+def job_title(job_type: JobType, spec: Mapping[str, Any]) -> str:
+    """The value of the job type's naming option (e.g. the prompt), or ``""``."""
+    if job_type.name_option is None:
+        return ""
+    opt = job_type.by_param()[job_type.name_option]
+    name = spec.get(opt.key, opt.default)
+    return "" if name is None else str(name)
+
+
+def job_stem(command: str, title: str, ident: str) -> str:
+    """``<command>-<slug of the title>-<first digits of the id>``."""
+    slug = _SLUG_RE.sub("-", title.lower()).strip("-")[:40].rstrip("-")
     return "-".join(p for p in (command, slug, ident[:ID_DIGITS]) if p)
 
 
@@ -487,7 +496,8 @@ def _expand(raw: _RawJob, types: Mapping[str, JobType], problems: _Collector, so
         where = f"{source}:{line}{label}" if line is not None else f"{source}{label}"
         job = Job(command=command, spec=spec, options=options, line=line, source=where)
         job.id = job_id(command, spec)
-        job.stem = job_stem(job_type, command, spec, job.id)
+        job.title = job_title(job_type, spec)
+        job.stem = job_stem(command, job.title, job.id)
         jobs.append(job)
     return jobs
 

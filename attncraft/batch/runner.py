@@ -73,7 +73,7 @@ def plan_units(jobs: Sequence[Job], batch_size: int = DEFAULT_BATCH_SIZE, extra_
     for (model_key, _batch_key), members in sorted(groups.items(), key=lambda item: model_order[item[0][0]]):
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
-            specs = [JobSpec(j.id, j.command, j.options, j.spec, j.stem, j.source, j.line) for j in chunk]
+            specs = [JobSpec(j.id, j.command, j.options, j.spec, j.stem, j.source, j.line, j.title) for j in chunk]
             units.append(Unit(len(units), chunk[0].command, model_key, specs))
     return units
 

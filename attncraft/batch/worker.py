@@ -40,9 +40,11 @@ class JobSpec:
     stem: str
     source: str
     line: int | None = None
+    title: str = ""
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "command": self.command, "options": self.spec, "source": self.source, "stem": self.stem}
+        return {"id": self.id, "command": self.command, "options": self.spec, "source": self.source, "stem": self.stem,
+                "title": self.title}
 
 
 @dataclass

@@ -78,8 +78,10 @@ def run(model, jobs) -> None:
         if o["media"] == "png":
             job.save_png(image, settings)
         elif o["media"] == "gif":
+            second = image.copy()
+            second.paste((0, 0, 0), (0, 0, 4, 4))  # an animation whose every frame is mostly the colour
             with job.file(".gif") as tmp:
-                image.save(tmp, format="GIF", save_all=True, append_images=[Image.new("RGB", image.size, (0, 0, 0))])
+                image.save(tmp, format="GIF", save_all=True, append_images=[second], duration=200, loop=0)
         else:
             folder = job.folder()
             image.save(folder / "turntable.gif", format="GIF")

@@ -1,0 +1,51 @@
+"""``image`` jobs on the embedded Shapes SD: the same images as the command, batched calls, scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from attncraft.batch.manifest import load_manifest
+from attncraft.outputs import read_png_settings
+from batch_helpers import run_cli, write_jsonl
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_image_jobs_draw_what_the_command_draws(tmp_path, capsys):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"command": "image", "prompt": "a red circle", "steps": 2, "sweep": {"seed": [3, 4]}},
+        {"command": "image", "prompt": "a blue square on the left", "steps": 2, "seed": 9, "count": 2},
+    ])
+    jobs = load_manifest(manifest)
+    single, batched = tmp_path / "single", tmp_path / "batched"
+    code, _, err = run_cli(["batch", "run", manifest, "--out", single, "--batch-size", "1", "--device", "cpu", "--score"], capsys)
+    assert code == 0, err
+    assert "in 3 calls" in err
+    code, stdout, err = run_cli(["image", "a red circle", "--steps", "2", "--seed", "4", "--device", "cpu",
+                                 "--out", tmp_path / "cli"], capsys)
+    assert code == 0, err
+    cli_png = stdout.split()[0]
+    job_png = single / f"{jobs[1].stem}.png"
+    assert np.array_equal(pixels(job_png), pixels(cli_png))  # a job alone is exactly the command's image
+    assert read_png_settings(job_png) == read_png_settings(cli_png)
+    two = [single / f"{jobs[2].stem}_{i}.png" for i in range(2)]
+    assert [read_png_settings(p)["seed"] for p in two] == [9, 10]
+    side = json.loads((single / f"{jobs[2].stem}.json").read_text())
+    assert side["files"] == [p.name for p in two] and side["attncraft"]["count"] == 2
+    assert set(side["metrics"]) >= {"color", "shape", "position", "exact"}  # the reader's scores (--score)
+    assert all(0.0 <= v <= 1.0 for v in side["metrics"].values())
+
+    # the three jobs differ only in prompt, seed and count: one pipeline call draws all four images
+    code, _, err = run_cli(["batch", "run", manifest, "--out", batched, "--device", "cpu", "--no-report"], capsys)
+    assert code == 0, err
+    assert "in 1 call on" in err
+    names = sorted(p.name for p in batched.glob("*.png"))
+    assert names == sorted(p.name for p in single.glob("*.png")) and len(names) == 4
+    for name in names:  # the same images, up to float rounding in batched kernels
+        assert np.abs(pixels(batched / name) - pixels(single / name)).max() <= 2, name
+        assert read_png_settings(batched / name) == read_png_settings(single / name)
