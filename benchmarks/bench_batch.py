@@ -94,35 +94,56 @@ def run_shapes_cpu(args, command: str) -> list[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "HF_HUB_OFFLINE": "1", "ATTNCRAFT_PROGRESS": "0"}
     cli = [sys.executable, "-m", "attncraft.cli.app"]
+
+    def timed(argv: list[str]) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of the child: user + system) of one command."""
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
     out_runner = work / "runner"
     shutil.rmtree(out_runner, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run([*cli, "batch", "run", str(manifest), "--out", str(out_runner), "--device", "cpu",
-                    "--batch-size", str(args.batch_size), "--no-report"], env=env, check=True)
-    runner_s = time.perf_counter() - start
     out_separate = work / "separate"
     shutil.rmtree(out_separate, ignore_errors=True)
     measured = jobs[: args.separate or len(jobs)]
-    times = []
-    for job in measured:
-        start = time.perf_counter()
-        subprocess.run([*cli, "image", job["prompt"], "--seed", str(job["seed"]), "--device", "cpu", "--out", str(out_separate)],
-                       env=env, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    per_call = sum(times) / len(times)
-    separate_s = per_call * len(jobs)
-    extrapolated = len(measured) < len(jobs)
-    rate_runner, rate_separate = len(jobs) / runner_s * 60, len(jobs) / separate_s * 60
+    half = len(measured) // 2
+    separate: list[tuple[float, float]] = []
+
+    def separate_calls(part: list[dict]) -> None:
+        for job in part:
+            separate.append(timed([*cli, "image", job["prompt"], "--seed", str(job["seed"]), "--device", "cpu",
+                                   "--out", str(out_separate)]))
+
+    # interleaved: half of the separate calls, the runner, the other half (the machine's load drifts)
+    separate_calls(measured[:half])
+    runner_wall, runner_cpu = timed([*cli, "batch", "run", str(manifest), "--out", str(out_runner), "--device", "cpu",
+                                     "--batch-size", str(args.batch_size), "--no-report"])
+    separate_calls(measured[half:])
+    per_wall = sum(w for w, _c in separate) / len(separate)
+    per_cpu = sum(c for _w, c in separate) / len(separate)
+    n = len(jobs)
+    extrapolated = len(measured) < n
+    rate = lambda seconds: n / seconds * 60  # noqa: E731
     lines = header("batch runner vs separate `attncraft image` calls, Shapes SD on the CPU",
                    command, f"CPU ({platform.processor() or platform.machine()})")
-    lines += [f"{len(jobs)} image jobs ({len(SHAPES_PROMPTS)} Shapes prompts x seeds), 64x64, the model's default 25 steps, "
-              f"torch threads: the default of each process.", "",
-              "| variant | wall time | jobs / min | vs separate calls |", "|---|---|---|---|",
-              f"| `attncraft batch run` (batch size {args.batch_size}, one process) | {runner_s:.1f} s | {rate_runner:.1f} | "
-              f"**{rate_runner / rate_separate:.2f}x** |",
-              f"| {len(jobs)} separate `attncraft image` calls | {separate_s:.1f} s"
-              f"{f' (extrapolated from {len(measured)} calls, {per_call:.1f} s each: min {min(times):.1f}, max {max(times):.1f})' if extrapolated else ''}"
-              f" | {rate_separate:.1f} | 1.00x |", ""]
+    lines += [f"{n} image jobs ({len(SHAPES_PROMPTS)} Shapes prompts x seeds), 64x64, the model's default 25 steps; "
+              "each process with torch's default threads. Jobs per minute of wall time, and per minute of CPU time "
+              "(user + system of the processes: the fairer figure on a shared machine)."
+              + (f" The separate calls are extrapolated from {len(measured)} timed calls (half before the runner, half "
+                 f"after; wall {min(w for w, _ in separate):.1f}-{max(w for w, _ in separate):.1f} s each)." if extrapolated else ""),
+              "",
+              "| variant | wall time | CPU time | jobs / min (wall) | jobs / CPU-min | vs separate (wall) | vs separate (CPU) |",
+              "|---|---|---|---|---|---|---|",
+              f"| `attncraft batch run` (batch size {args.batch_size}, one process) | {runner_wall:.1f} s | {runner_cpu:.1f} s | "
+              f"{rate(runner_wall):.1f} | {rate(runner_cpu):.1f} | **{per_wall * n / runner_wall:.2f}x** | "
+              f"**{per_cpu * n / runner_cpu:.2f}x** |",
+              f"| {n} separate `attncraft image` calls{' (extrapolated)' if extrapolated else ''} | {per_wall * n:.1f} s | "
+              f"{per_cpu * n:.1f} s | {rate(per_wall * n):.1f} | {rate(per_cpu * n):.1f} | 1.00x | 1.00x |", ""]
     return lines
 
 

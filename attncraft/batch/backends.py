@@ -116,8 +116,10 @@ def dispatch(backend: "Backend", units: Sequence[Unit], on_result: Callable[[Uni
                 for unit in running:
                     on_result(died_results(unit, handle, event.reason))
                 handle.alive = False
-    finally:
-        backend.close()
+    except BaseException:
+        backend.abort()  # interrupted or failed: stop the workers now (finished jobs are recorded)
+        raise
+    backend.close()
 
 
 class Backend:
@@ -139,7 +141,11 @@ class Backend:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        """Stop the workers once they are idle."""
+
+    def abort(self) -> None:
+        """Stop the workers at once (an interrupt, or an error in the coordinator)."""
+        self.close()
 
     def describe(self) -> str:
         return f"{len(self.handles)} worker{'s' if len(self.handles) != 1 else ''}"
@@ -155,8 +161,12 @@ class WorkerConfig:
     extra_modules: tuple[str, ...] = ()
     threads: int | None = None
     label: str = ""
+    cwd: str | None = None
+    """The coordinator's working directory: relative paths in jobs mean the same files in a worker."""
 
     def build(self) -> Worker:
+        if self.cwd and os.path.isdir(self.cwd):
+            os.chdir(self.cwd)
         return Worker(self.out_dir, device=self.device, label=self.label, score=self.score,
                       extra_modules=self.extra_modules, threads=self.threads)
 
@@ -305,6 +315,12 @@ class LocalProcessBackend(Backend):
 
     def restart(self, handle: Handle) -> None:
         self._spawn(handle)
+
+    def abort(self) -> None:
+        for handle in self.handles:
+            if handle.impl is not None:
+                handle.impl[0].terminate()
+        self.close()
 
     def close(self) -> None:
         for handle in self.handles:
@@ -472,7 +488,8 @@ class RayBackend(Backend):
 def make_backend(kind: str, out_dir: Path, *, workers: int | None = None, gpus: Sequence[int] | None = None,
                  device: str = "auto", score: bool = False, extra_modules: Sequence[str] = (),
                  ray_address: str | None = None, threads: int | None = None) -> Backend:
-    config = WorkerConfig(str(out_dir), device=device, score=score, extra_modules=tuple(extra_modules), threads=threads)
+    config = WorkerConfig(str(Path(out_dir).resolve()), device=device, score=score, extra_modules=tuple(extra_modules),
+                          threads=threads, cwd=os.getcwd())
     if kind == "ray":
         return RayBackend(config, workers=workers, address=ray_address,
                           gpus_per_worker=(1 if gpus else None) if device != "cpu" else 0)

@@ -217,7 +217,7 @@ def _yaml_duplicates(node, problems: _Collector) -> None:
             _yaml_duplicates(item, problems)
 
 
-def _read_yaml(text: str, problems: _Collector) -> list[_RawJob]:
+def _read_yaml(text: str, problems: _Collector, commands: Iterable[str] = ()) -> list[_RawJob]:
     import yaml
 
     loader = yaml.SafeLoader(text)
@@ -242,7 +242,7 @@ def _read_yaml(text: str, problems: _Collector) -> list[_RawJob]:
             problems.add(lines.get(key), str(key), "unknown top-level key; a YAML manifest has 'jobs' and optional 'defaults'")
         nodes = dict((k.value, v) for k, v in root.value if isinstance(getattr(k, "value", None), str))
         if "defaults" in data:
-            defaults = _yaml_defaults(data["defaults"], nodes["defaults"], problems)
+            defaults = _yaml_defaults(data["defaults"], nodes["defaults"], problems, commands)
         if "jobs" not in data:
             problems.add(None, None, "a YAML manifest that is a mapping needs a 'jobs' list")
             return []
@@ -261,13 +261,18 @@ def _read_yaml(text: str, problems: _Collector) -> list[_RawJob]:
     return jobs
 
 
-def _yaml_defaults(data: Any, node, problems: _Collector) -> dict[str, dict[str, tuple[Any, int | None]]]:
+def _yaml_defaults(data: Any, node, problems: _Collector, commands: Iterable[str]) -> dict[str, dict[str, tuple[Any, int | None]]]:
     if not isinstance(data, dict):
         problems.add(node.start_mark.line + 1, "defaults", "must map command names to their default options, e.g. {image: {steps: 4}}")
         return {}
+    commands = list(commands)
     out: dict[str, dict[str, tuple[Any, int | None]]] = {}
     for key_node, value_node in node.value:
         command = key_node.value
+        if command not in commands:
+            problems.add(key_node.start_mark.line + 1, f"defaults.{command}",
+                         f"unknown command {command!r}{_suggest(str(command), commands)}; pass one of {', '.join(commands)}")
+            continue
         values = data.get(command)
         if not isinstance(values, dict):
             problems.add(key_node.start_mark.line + 1, f"defaults.{command}", "must be a mapping of options, e.g. {steps: 4}")
@@ -505,8 +510,8 @@ def _expand(raw: _RawJob, types: Mapping[str, JobType], problems: _Collector, so
 def parse_manifest(text: str, kind: str, source: str = "manifest", extra_modules: Iterable[str] = ()) -> list[Job]:
     """Jobs of a manifest's text (``kind``: ``jsonl`` or ``yaml``); :class:`ManifestError` lists every problem."""
     problems = _Collector(source)
-    raws = _read_jsonl(text, problems) if kind == "jsonl" else _read_yaml(text, problems)
     types = job_types(tuple(extra_modules))
+    raws = _read_jsonl(text, problems) if kind == "jsonl" else _read_yaml(text, problems, types)
     jobs: list[Job] = []
     for raw in raws:
         if problems.full():

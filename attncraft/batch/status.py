@@ -84,11 +84,13 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise InputError(f"another batch run ({holder}) is writing to {folder}",
                              "wait for it to finish, or pass another --out") from None
+        except OSError:
+            pass  # a file system without locks (some network file systems): run unlocked
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")

@@ -101,7 +101,7 @@ def run(
           f" in {summary.seconds:.1f} s{rate}")
     for failure in summary.failed[:20]:
         _echo(f"  failed: {failure['source']}: {failure['error']}")
-    if report:
+    if report and summary.stopped is None:  # a batch stopped by a full disk writes nothing more
         typer.echo(str(write_report(out)))
     raise_for_summary(summary, out)
 

@@ -165,7 +165,8 @@ def test_a_killed_worker_process_fails_its_job_alone(tmp_path, calls, monkeypatc
     assert failure["source"] == "m.jsonl:2"
     assert "the worker worker" in failure["error"] and "died while running this job (killed by SIGKILL)" in failure["error"]
     assert sorted(label for run in calls.runs() for label in run) == ["a", "b", "c", "d", "e", "f"]
-    assert len(calls.loads()) == 3  # two workers, and the one that replaced the dead one
+    # two workers, and the one that replaced the dead one if work was left for it by then
+    assert len(calls.loads()) in (2, 3)
     assert not temporaries(tmp_path / "out")
 
 
