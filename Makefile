@@ -27,10 +27,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The main job (text-to-image with the embedded Shapes SD), then a short X-Mesh stylization guided by
-# the embedded Shapes CLIP (settings suited to that 64-pixel CLIP: gray background, no geometry loss).
+# The main job (text-to-image with the embedded Shapes SD), a short Shapes video (once the Shapes motion
+# adapter is in assets/models/shapes-motion), then a short X-Mesh stylization guided by the embedded
+# Shapes CLIP (settings suited to that 64-pixel CLIP: gray background, no geometry loss).
 demo: $(STAMP)
 	$(BIN)/attncraft image "a red circle on the left and a blue square on the right" --count 4 --seed 0 --out $(DEMO_OUT)
+	@if [ -f assets/models/shapes-motion/config.json ]; then \
+		$(BIN)/attncraft video "a big red circle on the left moves right, on a gray background" --seed 0 --format gif \
+			--out $(DEMO_OUT)/video && echo "demo video (GIF, its contact sheet and sidecar): $(DEMO_OUT)/video/"; \
+	else \
+		echo "skipping the demo video: the Shapes motion adapter (assets/models/shapes-motion) is not trained yet"; \
+	fi
 	$(BIN)/attncraft mesh stylize "a red circle on a gray background" --iterations 60 --resolution 64 --views 3 --lr 0.002 \
 		--background gray --no-geoloss --turntable gif --frames 24 --out $(DEMO_OUT)/mesh
 	@echo "demo outputs are in $(DEMO_OUT)/"

@@ -95,11 +95,11 @@ def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
-def motion_unet(seed: int = 0) -> UNetMotionModel:
-    return motion_unet_and_adapter(seed)[0]
+def motion_unet(seed: int = 0, max_frames: int = 32) -> UNetMotionModel:
+    return motion_unet_and_adapter(seed, max_frames)[0]
 
 
-def motion_unet_and_adapter(seed: int = 0) -> tuple[UNetMotionModel, MotionAdapter]:
+def motion_unet_and_adapter(seed: int = 0, max_frames: int = 32) -> tuple[UNetMotionModel, MotionAdapter]:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
@@ -108,15 +108,15 @@ def motion_unet_and_adapter(seed: int = 0) -> tuple[UNetMotionModel, MotionAdapt
     )
     adapter = MotionAdapter(
         block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=2,
-        motion_num_attention_heads=4,
+        motion_num_attention_heads=4, motion_max_seq_length=max_frames,
     )
     return UNetMotionModel.from_unet2d(unet, adapter), adapter
 
 
-def animatediff_pipeline(seed: int = 0) -> AnimateDiffPipeline:
+def animatediff_pipeline(seed: int = 0, max_frames: int = 32) -> AnimateDiffPipeline:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config())
-    unet, adapter = motion_unet_and_adapter(seed)
+    unet, adapter = motion_unet_and_adapter(seed, max_frames)
     pipe = AnimateDiffPipeline(
         vae=vae(seed), text_encoder=text_encoder, tokenizer=load_clip_tokenizer(), unet=unet,
         motion_adapter=adapter, scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False),

@@ -22,6 +22,10 @@ comes from the fused kernel and the maps are computed beside it; when those obse
 the maps after the UNet call (``reads_maps_after_forward``), the maps are computed then, batched
 across layers (:mod:`.deferred_maps`), except inside a ``torch.compile`` graph.
 
+Techniques that act only in some UNet calls (a window of steps) say so through
+:meth:`~.technique.AttentionTechnique.is_active`; in a call where none of a layer's techniques is
+active the layer takes the stock path above, bit for bit.
+
 One processor instance serves exactly one layer (it knows its :class:`~.layers.LayerInfo`); all
 processors of a model share one :class:`~.context.AttentionContext`.
 
@@ -61,7 +65,6 @@ Living with diffusers' own features
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +76,8 @@ from attncraft.attention_processors.backends import fused_attention
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
 from attncraft.attention_processors.deferred_maps import attention_scores, run_score_and_prob_hooks
 from attncraft.attention_processors.layers import LayerInfo
+from attncraft.attention_processors.technique import AttentionTechnique
 from attncraft.errors import InputError
-
-if TYPE_CHECKING:
-    from attncraft.attention_processors.technique import AttentionTechnique
 
 
 class AttncraftAttnProcessor:
@@ -97,6 +98,8 @@ class AttncraftAttnProcessor:
         self._needs_maps = False
         self._maps_edited = False
         self._defer_maps = False
+        self._gated = False
+        self._flags_cache: dict[tuple[AttentionTechnique, ...], tuple[bool, bool, bool]] = {}
 
     @property
     def bound(self) -> bool:
@@ -115,10 +118,19 @@ class AttncraftAttnProcessor:
     def set_techniques(self, techniques: list[AttentionTechnique]) -> None:
         """Install ``techniques`` (already in composition order) on this layer."""
         self.techniques = list(techniques)
-        readers = [t for t in self.techniques if t.needs_maps(self.layer)]
-        self._needs_maps = bool(readers)
-        self._maps_edited = any(t.edits_maps for t in readers)
-        self._defer_maps = bool(readers) and all(not t.edits_maps and t.reads_maps_after_forward for t in readers)
+        self._flags_cache = {}
+        self._needs_maps, self._maps_edited, self._defer_maps = self._map_flags(tuple(self.techniques))
+        self._gated = any(type(t).is_active is not AttentionTechnique.is_active for t in self.techniques)
+
+    def _map_flags(self, techniques: tuple[AttentionTechnique, ...]) -> tuple[bool, bool, bool]:
+        """(needs maps, some reader edits them, every reader defers) for ``techniques`` on this layer."""
+        flags = self._flags_cache.get(techniques)
+        if flags is None:
+            readers = [t for t in techniques if t.needs_maps(self.layer)]
+            defer = bool(readers) and all(not t.edits_maps and t.reads_maps_after_forward for t in readers)
+            flags = (bool(readers), any(t.edits_maps for t in readers), defer)
+            self._flags_cache[techniques] = flags
+        return flags
 
     @property
     def needs_maps(self) -> bool:
@@ -181,7 +193,15 @@ class AttncraftAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if not self.techniques:
+        techniques = self.techniques
+        needs_maps, maps_edited, defer_maps = self._needs_maps, self._maps_edited, self._defer_maps
+        if self._gated:  # some technique acts only in some calls (a step window): ask each one
+            active = tuple(t for t in techniques if t.is_active(self.context))
+            if len(active) != len(techniques):
+                techniques = list(active)
+                needs_maps, maps_edited, defer_maps = self._map_flags(active)
+
+        if not techniques:
             # the stock path, kept as lean as AttnProcessor2_0's (the eager UNet is launch-bound)
             if self.backend == "sdpa":
                 out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
@@ -204,20 +224,20 @@ class AttncraftAttnProcessor:
                 value=value,
                 ip_hidden_states=image_states,
             )
-            if self._maps_edited:
-                out = self._explicit_attention(call, query, key, value, attention_mask)
+            if maps_edited:
+                out = self._explicit_attention(call, query, key, value, attention_mask, techniques)
             else:
                 out = fused_attention(self.backend, query, key, value, attention_mask)
-                if self._needs_maps:  # observers only: maps on the side, output from the fused kernel
+                if needs_maps:  # observers only: maps on the side, output from the fused kernel
                     deferred = self.context.deferred
-                    if self._defer_maps and deferred is not None and not torch.compiler.is_compiling():
-                        deferred.add(call, query, key, attention_mask, self.techniques)
+                    if defer_maps and deferred is not None and not torch.compiler.is_compiling():
+                        deferred.add(call, query, key, attention_mask, techniques)
                     else:
-                        self._run_map_hooks(call, query, key, attention_mask)
+                        self._run_map_hooks(call, query, key, attention_mask, techniques)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
             if image_states is not None:
                 out = self._add_image_attention(attn, query, out, image_states, kwargs.get("ip_adapter_masks"))
-            for technique in self.techniques:
+            for technique in techniques:
                 out = technique.edit_output(call, out)
 
         out = attn.to_out[0](out)
@@ -236,15 +256,21 @@ class AttncraftAttnProcessor:
         key: torch.Tensor,
         value: torch.Tensor,
         mask: torch.Tensor | None,
+        techniques: list[AttentionTechnique],
     ) -> torch.Tensor:
-        probs = self._run_map_hooks(call, query, key, mask)
+        probs = self._run_map_hooks(call, query, key, mask, techniques)
         return torch.matmul(probs.to(value.dtype), value)
 
     def _run_map_hooks(
-        self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
+        self,
+        call: AttentionCall,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None,
+        techniques: list[AttentionTechnique],
     ) -> torch.Tensor:
         """Scores -> score hooks -> softmax -> probability hooks; returns the final probabilities."""
-        return run_score_and_prob_hooks(call, attention_scores(query, key, mask), self.techniques)
+        return run_score_and_prob_hooks(call, attention_scores(query, key, mask), techniques)
 
     def _split_image_states(self, encoder_hidden_states):
         raise NotImplementedError  # only processors that carry an image branch split their states

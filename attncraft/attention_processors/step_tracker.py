@@ -71,6 +71,9 @@ class StepTracker:
     def attach(self, unet: nn.Module) -> None:
         if self._handle is None:
             self._handle = unet.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+            # the first call after (re-)attaching starts a run: the last run seen may have ended on
+            # the timestep the next one starts with (a one-step run after any other run)
+            self._force_new_run = True
 
     def detach(self) -> None:
         if self._handle is not None:

@@ -75,6 +75,17 @@ class AttentionTechnique:
     def on_run_start(self, context: AttentionContext) -> None:
         """Called at the start of every sampling run (new generation, each FreeInit iteration)."""
 
+    def is_active(self, context: AttentionContext) -> bool:
+        """Whether the technique acts in the current UNet call (default: always).
+
+        Techniques that act on a window of denoising steps, or whose settings make them neutral,
+        override it. The processor asks once per call on each layer: a technique that answers False
+        runs none of its hooks there, and a layer left with no active technique takes the stock
+        fused path, so outside the window the output is exactly the output without the technique
+        and costs what the core costs.
+        """
+        return True
+
     # -- hooks -----------------------------------------------------------------------------
     def edit_scores(self, call: AttentionCall, scores: torch.Tensor) -> torch.Tensor:
         return scores

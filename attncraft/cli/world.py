@@ -7,7 +7,7 @@
   Each scene is one result: its PNG (or GIF) takes the first free name ``scene_000``,
   ``scene_000-2``... and its mask and JSON are named after it; ``--overwrite`` replaces instead.
 * ``attncraft world score FILE [--prompt TEXT] [--json]`` reads an image (PNG/JPEG) or a video
-  (GIF/MP4) with the deterministic reader and prints per-attribute scores against the prompt; the
+  (GIF/MP4/animated WebP) with the deterministic reader and prints per-attribute scores against the prompt; the
   prompt defaults to the caption stored in the file's settings (PNG text chunk or JSON sidecar).
   Inputs larger than the reader's working size are downscaled first (:mod:`attncraft.shapes.inputs`).
 
@@ -168,6 +168,19 @@ def _stored_caption(path: Path) -> str | None:
     return None
 
 
+def _is_video(path: Path) -> bool:
+    """GIF/MP4/... by extension; a WebP file is a video when it holds several frames."""
+    if path.suffix.lower() == ".webp":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                return getattr(im, "n_frames", 1) > 1
+        except (UnidentifiedImageError, OSError):
+            return False
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
 @app.command("score")
 def score(
     file: Path = typer.Argument(..., help="Image (PNG/JPEG) or video (GIF/MP4) to read."),
@@ -200,9 +213,8 @@ def score(
             f"describe objects with the Shapes vocabulary, e.g. 'a red circle on the left' (shapes: {', '.join(SHAPES)})",
         ) from None
 
-    suffix = file.suffix.lower()
     try:
-        if suffix in VIDEO_SUFFIXES:
+        if _is_video(file):
             loaded = load_video_for_reader(file)
             _note(loaded.note(file))
             frames = list(loaded.data)

@@ -1,8 +1,27 @@
 """Pipelines that drive attncraft's techniques; each technique's pipeline lives in its own module.
 
 * :mod:`.text_to_image` - plain SD 1.x/2.x/SDXL text-to-image with reproducible PNG outputs.
+* :mod:`.text_to_video` - AnimateDiff text-to-video with per-frame prompt schedules
+  (:class:`TextToVideoPipeline`), reproducible video outputs.
 """
 
 from attncraft.pipelines.text_to_image import TextToImageSettings, default_settings, generate, save_images
+from attncraft.pipelines.text_to_video import (
+    TextToVideoPipeline,
+    TextToVideoSettings,
+    default_video_settings,
+    generate_video,
+    save_video,
+)
 
-__all__ = ["TextToImageSettings", "default_settings", "generate", "save_images"]
+__all__ = [
+    "TextToImageSettings",
+    "TextToVideoPipeline",
+    "TextToVideoSettings",
+    "default_settings",
+    "default_video_settings",
+    "generate",
+    "generate_video",
+    "save_images",
+    "save_video",
+]

@@ -3,10 +3,16 @@
 One writer for the whole project so every video is written the same way: atomically under a name
 that replaces nothing (:func:`attncraft.outputs.unique_output`; ``overwrite=True`` replaces), as
 MP4 (H.264 through imageio-ffmpeg's ffmpeg, ``yuv420p`` so every player opens it; ffmpeg's exit
-status is checked) or GIF (Pillow, looping), chosen by the extension, with an optional JSON sidecar
-holding the settings that reproduce it. One reader (:func:`read_video`) that reports a file it
-cannot decode in one line, and can downscale frames while decoding. Frames are ``(F, H, W, 3)`` uint8 arrays or float tensors/arrays in ``[0, 1]``,
-or ``(F, 3, H, W)`` tensors.
+status is checked), GIF (Pillow, looping) or animated WebP (Pillow, lossless, looping: exact frames),
+chosen by the extension, with an optional JSON sidecar holding the settings that reproduce it and an
+optional contact sheet of all frames (:func:`contact_sheet`, ``<stem>_frames.png``, the settings in
+its text chunk). One reader (:func:`read_video`) that reports a file it cannot decode in one line,
+and can downscale frames while decoding. Frames are ``(F, H, W, 3)`` uint8 arrays or float
+tensors/arrays in ``[0, 1]``, or ``(F, 3, H, W)`` tensors.
+
+The GIF and WebP encoders merge identical consecutive frames into one longer frame (a still video
+into one plain image), so the writer tags each GIF/WebP with its frame count and frame duration
+(GIF comment / WebP XMP, :data:`FRAME_TAG`) and the reader splits merged frames again.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ from attncraft.errors import InputError, short_reason
 from attncraft.outputs import sidecar_path, unique_output, write_sidecar
 from attncraft.validation import check_finite, check_input_file
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
+VIDEO_FORMATS = tuple(s[1:] for s in VIDEO_SUFFIXES)
+FRAME_TAG = b"attncraft-video"
+"""Start of the tag ``attncraft-video frames=N frame_ms=D`` in a GIF's comment or a WebP's XMP."""
+_TAG_RE = re.compile(rb"^attncraft-video frames=(\d+) frame_ms=(\d+)$")
+SHEET_SUFFIX = "_frames.png"
+"""Name ending of a video's contact sheet (``clip.mp4`` -> ``clip_frames.png``)."""
 MACRO_BLOCK = 16
 """H.264 encodes whole 16x16 macro blocks: MP4 frames are padded up to a multiple of it."""
 MP4_CRF = 10
@@ -109,6 +121,55 @@ def _encode_mp4(target: Path, frames: np.ndarray, fps: float) -> None:
                          "check the frames and the output folder")
 
 
+def gif_frame_ms(fps: float) -> int:
+    """A GIF frame's duration: GIF counts in hundredths of a second, so a multiple of 10 ms."""
+    return max(10, 10 * round(100 / fps))
+
+
+def _frame_tag(frames: int, frame_ms: int) -> bytes:
+    return FRAME_TAG + f" frames={frames} frame_ms={frame_ms}".encode()
+
+
+def _encode_animated(target: Path, frames: np.ndarray, fps: float, ext: str) -> None:
+    """GIF or lossless animated WebP through Pillow, tagged with the frame count and duration."""
+    from PIL import Image
+
+    images = [Image.fromarray(frame) for frame in frames]
+    if ext == ".gif":
+        duration = gif_frame_ms(fps)
+        images[0].save(target, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
+                       comment=_frame_tag(len(images), duration))
+    else:
+        duration = max(1, round(1000 / fps))
+        images[0].save(target, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0,
+                       lossless=True, method=4, xmp=_frame_tag(len(images), duration))
+
+
+def sheet_path(video: str | os.PathLike) -> Path:
+    """``clip.mp4`` -> ``clip_frames.png``: the contact sheet beside the video it shows."""
+    video = Path(video)
+    return video.with_name(video.stem + SHEET_SUFFIX)
+
+
+def contact_sheet(frames: Any, columns: int | None = None, pad: int = 2, fill: tuple[int, int, int] = (255, 255, 255)):
+    """All frames in one PIL image, left to right then top to bottom (``columns`` default: up to 8)."""
+    from PIL import Image
+
+    data = frames_to_uint8(frames)
+    if len(data) == 0:
+        raise InputError("a contact sheet needs at least one frame", "generate at least one frame")
+    n, h, w = data.shape[:3]
+    cols = max(1, min(columns or 8, n))
+    rows = (n + cols - 1) // cols
+    sheet = np.empty((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), np.uint8)
+    sheet[:] = fill
+    for i, frame in enumerate(data):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        sheet[y:y + h, x:x + w] = frame
+    return Image.fromarray(sheet)
+
+
 def write_video(
     path: str | os.PathLike,
     frames: Any,
@@ -116,44 +177,53 @@ def write_video(
     settings: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     companions: Iterable[str] = (),
+    sheet: bool = False,
+    **sidecar_extra: Any,
 ) -> Path:
-    """Write ``frames`` to ``path`` (.mp4 or .gif); with ``settings``, also a JSON sidecar.
+    """Write ``frames`` to ``path`` (.mp4, .gif or .webp); with ``settings``, also a JSON sidecar
+    (``settings`` plus frames, fps, size and ``sidecar_extra``), and with ``sheet`` a contact sheet
+    (:func:`sheet_path`, the settings in its PNG text chunk).
 
     Like every result, the video is published atomically under the first free name (``path``,
-    ``stem-2``...; see :func:`attncraft.outputs.unique_output`, its sidecar counts as a companion)
-    unless ``overwrite``; returns the path written.
+    ``stem-2``...; see :func:`attncraft.outputs.unique_output`; its sidecar and sheet count as
+    companions) unless ``overwrite``; returns the path written.
     """
+    from attncraft.outputs import save_png_with_settings, to_strict_json
+
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in VIDEO_SUFFIXES:
-        raise InputError(f"cannot write a video as {ext or 'a file without extension'}", "use .mp4 or .gif")
+        raise InputError(f"cannot write a video as {ext or 'a file without extension'}", "use .mp4, .gif or .webp")
     fps = check_finite("fps", fps, 0, low_inclusive=False, example=8)
     data = frames_to_uint8(frames)
     if len(data) == 0:
         raise InputError("a video needs at least one frame", "generate at least one frame")
+    if settings is not None:
+        to_strict_json(dict(settings))  # a NaN is refused before anything is written
     side_suffix = sidecar_path(Path(ext)).name  # ".gif.json"
     stem = path.name[: -len(path.suffix)]
-    with unique_output(path.parent, stem, path.suffix, overwrite=overwrite, companions=(side_suffix, *companions)) as out:
+    companions = (side_suffix, *companions) + ((SHEET_SUFFIX,) if sheet else ())
+    with unique_output(path.parent, stem, path.suffix, overwrite=overwrite, companions=companions) as out:
         if ext == ".mp4":
             _encode_mp4(out.tmp, _pad_to_macro_block(data), fps)
         else:
-            from PIL import Image
-
-            images = [Image.fromarray(frame) for frame in data]
-            images[0].save(out.tmp, format="GIF", save_all=True, append_images=images[1:],
-                           duration=max(1, round(1000 / fps)), loop=0)
+            _encode_animated(out.tmp, data, fps, ext)
     if settings is not None:
-        write_sidecar(out.path, settings, frames=len(data), fps=fps, height=int(data.shape[1]), width=int(data.shape[2]))
+        write_sidecar(out.path, settings, frames=len(data), fps=fps, height=int(data.shape[1]), width=int(data.shape[2]),
+                      **sidecar_extra)
+    if sheet:
+        save_png_with_settings(contact_sheet(data), sheet_path(out.path), dict(settings or {}), overwrite=True)
     return out.path
 
 
 _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot", b"uuid")
-_FORMAT_NAMES = {".mp4": "MP4", ".m4v": "MP4", ".mov": "MOV", ".gif": "GIF", ".webm": "WebM", ".avi": "AVI", ".mkv": "MKV"}
+_FORMAT_NAMES = {".mp4": "MP4", ".m4v": "MP4", ".mov": "MOV", ".gif": "GIF", ".webp": "WebP", ".webm": "WebM", ".avi": "AVI",
+                 ".mkv": "MKV"}
 
 
 def _unreadable(path: Path, kind: str, reason: str) -> InputError:
     return InputError(f"cannot read video {path}: it is not a valid {kind} ({reason})",
-                      "pass an MP4 or GIF file that plays (re-export it if it was cut short)")
+                      "pass an MP4, GIF or WebP file that plays (re-export it if it was cut short)")
 
 
 def _shrink(frame: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -167,24 +237,38 @@ def _shrink(frame: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BOX))
 
 
-def _check_gif_header(path: Path) -> None:
+def _check_pillow_header(path: Path, kind: str) -> None:
     with open(path, "rb") as handle:
-        if handle.read(6) not in (b"GIF87a", b"GIF89a"):
-            raise _unreadable(path, "GIF", "no GIF header")
+        head = handle.read(12)
+    ok = head[:6] in (b"GIF87a", b"GIF89a") if kind == "GIF" else head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    if not ok:
+        raise _unreadable(path, kind, f"no {kind} header")
 
 
-def _gif_frames(path: Path, max_side: int | None) -> Iterator[np.ndarray]:
+def _pillow_frames(path: Path, kind: str, max_side: int | None) -> Iterator[np.ndarray]:
+    """GIF / WebP frames; frames the encoder merged come back one per frame duration of the file's
+    attncraft tag (:data:`FRAME_TAG`), a still merged into one image as often as the tag counts."""
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
-    _check_gif_header(path)
+    _check_pillow_header(path, kind)
     try:
         with Image.open(path) as image:
+            tag = image.info.get("comment" if kind == "GIF" else "xmp")
+            match = _TAG_RE.match(tag) if isinstance(tag, bytes) else None
+            count, frame_ms = (int(match[1]), int(match[2])) if match else (0, 0)
+            stored = getattr(image, "n_frames", 1)
             for frame in ImageSequence.Iterator(image):
-                yield _shrink(np.asarray(frame.convert("RGB")), max_side)
+                rgb = _shrink(np.asarray(frame.convert("RGB")), max_side)  # loads the frame and its duration
+                duration = frame.info.get("duration") or 0
+                repeat = max(1, round(duration / frame_ms)) if frame_ms and duration else 1
+                if count and stored == 1:  # everything merged into one still image
+                    repeat = count
+                for _ in range(repeat):
+                    yield rgb
     except UnidentifiedImageError:
-        raise _unreadable(path, "GIF", "damaged or truncated data") from None
+        raise _unreadable(path, kind, "damaged or truncated data") from None
     except (OSError, SyntaxError, ValueError, IndexError, EOFError) as exc:
-        raise _unreadable(path, "GIF", f"damaged or truncated data: {short_reason(exc, 80)}") from None
+        raise _unreadable(path, kind, f"damaged or truncated data: {short_reason(exc, 80)}") from None
 
 
 def _check_mp4_header(path: Path, kind: str) -> None:
@@ -219,10 +303,10 @@ def probe_video(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of a video's frames, from its header (nothing is decoded)."""
     path = check_input_file(path, "video")
     kind = _kind(path)
-    if kind == "GIF":
+    if kind in ("GIF", "WebP"):
         from PIL import Image
 
-        _check_gif_header(path)
+        _check_pillow_header(path, kind)
         try:
             with Image.open(path) as image:
                 return int(image.size[0]), int(image.size[1])
@@ -242,7 +326,7 @@ def probe_video(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def read_video(path: str | os.PathLike, max_side: int | None = None, max_frames: int | None = None) -> np.ndarray:
-    """Read all frames of an MP4 or GIF as ``(F, H, W, 3)`` uint8 (MP4 padding is not removed).
+    """Read all frames of an MP4, GIF or WebP as ``(F, H, W, 3)`` uint8 (MP4 padding is not removed).
 
     A file that is not a readable video gives one line naming it and the reason (no ffmpeg log).
     ``max_side``: frames larger than that are downscaled (area average) while they are decoded, so
@@ -250,7 +334,7 @@ def read_video(path: str | os.PathLike, max_side: int | None = None, max_frames:
     """
     path = check_input_file(path, "video")
     kind = _kind(path)
-    frames = _gif_frames(path, max_side) if kind == "GIF" else _ffmpeg_frames(path, kind, max_side)
+    frames = _pillow_frames(path, kind, max_side) if kind in ("GIF", "WebP") else _ffmpeg_frames(path, kind, max_side)
     out = []
     for frame in frames:
         out.append(frame)

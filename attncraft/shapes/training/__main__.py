@@ -1,4 +1,4 @@
-"""``python -m attncraft.shapes.training {clip,vae,unet,evaluate} ...`` (see ``--help``)."""
+"""``python -m attncraft.shapes.training {clip,vae,unet,motion,evaluate} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys  # noqa: E402
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
                                 description="Train / evaluate the Shapes models.")
-    p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate"])
+    p.add_argument("stage", choices=["clip", "vae", "unet", "motion", "evaluate"])
     p.add_argument("--config", choices=["smoke", "full"], default="smoke")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
@@ -25,13 +25,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", dest="clip_dir", default=None,
                    help="shapes CLIP folder (default assets/models/shapes-clip)")
     p.add_argument("--vae", dest="vae_dir", default=None, help="VAE folder (default assets/models/shapes-vae)")
-    p.add_argument("--sd", dest="sd_dir", default=None, help="shapes SD folder (default assets/models/shapes-sd)")
-    p.add_argument("--what", choices=["clip", "sd", "all"], default="all", help="evaluate: which model(s)")
-    p.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (off by default)")
+    p.add_argument("--sd", dest="sd_dir", default=None,
+                   help="shapes SD folder (default assets/models/shapes-sd); motion: the frozen base")
+    p.add_argument("--adapter", dest="adapter_dir", default=None,
+                   help="evaluate --what motion: the motion adapter folder (default assets/models/shapes-motion)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="evaluate --what motion: at most N prompts per set (e.g. a CPU check of the full settings)")
+    p.add_argument("--what", choices=["clip", "sd", "all", "motion"], default="all",
+                   help="evaluate: which model(s); all = clip + sd")
+    p.add_argument("--compile", action="store_true", help="unet/motion: torch.compile the (motion) UNet (off by default)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
     p.add_argument("--init", dest="init_dir", default=None,
-                   help="vae/unet: start from these weights instead of a fresh initialisation (a VAE or UNet "
-                        "folder, or a shapes SD folder, whose vae/ or unet/ is used)")
+                   help="vae/unet/motion: start from these weights instead of a fresh initialisation (a VAE, UNet "
+                        "or MotionAdapter folder, or a shapes SD folder, whose vae/ or unet/ is used)")
     return p.parse_args(argv)
 
 
@@ -50,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     common.PROCESS_T0 = _T0 if argv is None else time.time()
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
-        workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
+        workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, adapter_dir=ns.adapter_dir,
+        prompts=ns.prompts, what=ns.what,
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":
@@ -65,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from attncraft.shapes.training.unet import train_unet
 
         train_unet(args)
+    elif ns.stage == "motion":
+        from attncraft.shapes.training.motion import train_motion
+
+        train_motion(args)
     else:
         from attncraft.shapes.training.evaluate import evaluate
 

@@ -32,7 +32,9 @@ class RunArgs:
     workers: int | None = None  # scene-generation worker processes (None: the config's value)
     clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
     vae_dir: str | None = None  # unet: the trained VAE folder
-    sd_dir: str | None = None  # evaluate: the shapes SD folder
+    sd_dir: str | None = None  # evaluate / motion: the shapes SD folder
+    adapter_dir: str | None = None  # evaluate --what motion: the motion adapter folder
+    prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
     what: str = "all"  # evaluate: clip | sd | all
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
@@ -221,6 +223,47 @@ def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str
         "wall_seconds": round(budget.elapsed(), 1),
         "steps_per_second": round(step / max(train_s, 1e-9), 2),
     }
+
+
+def v_targets(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor):
+    """Noisy input, v-prediction target and SNR of clean latents ``z0`` (any shape, batch first) at
+    timesteps ``t``: ``x_t = sqrt(a) z0 + sqrt(1 - a) eps``, ``v = sqrt(a) eps - sqrt(1 - a) z0``."""
+    a_bar = alphas_cumprod[t]
+    shape = (-1,) + (1,) * (z0.ndim - 1)
+    sa, sb = a_bar.sqrt().view(shape), (1.0 - a_bar).sqrt().view(shape)
+    return sa * z0 + sb * noise, sa * noise - sb * z0, a_bar / (1.0 - a_bar)
+
+
+def min_snr_v_weight(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Loss weight of a v-MSE: the x0-MSE weight ``snr + 1`` clipped at ``gamma``, i.e.
+    ``min(snr + 1, gamma) / (snr + 1)`` (full weight on the high-noise steps)."""
+    return torch.clamp(snr + 1.0, max=gamma) / (snr + 1.0)
+
+
+class CompiledOrEager:
+    """``model`` under ``torch.compile`` when asked; if compiling fails on the first call, the run
+    goes on eagerly (a compiler failure must not cost a GPU run). :attr:`compiled` says which ran."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool, say=print):
+        self.model = model
+        self.fn = torch.compile(model) if compile else model
+        self.say = say
+        self.calls = 0
+
+    @property
+    def compiled(self) -> bool:
+        return self.fn is not self.model
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        self.calls += 1
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as exc:
+            if not self.compiled or self.calls > 1:
+                raise
+            self.say(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+            self.fn = self.model
+            return self.fn(*args, **kwargs)
 
 
 def autocast(device: torch.device):

@@ -82,6 +82,39 @@ class UnetTrain:
 
 
 @dataclass
+class MotionTrain:
+    """The shapes motion adapter (see :mod:`attncraft.shapes.training.motion` for the reasons)."""
+
+    batch: int = 48  # clips of `frames` frames per step; long steps take batch * frames // long_frames clips
+    frames: int = 16
+    long_frames: int = 32
+    long_fraction: float = 0.2  # share of steps on long clips (the adapter's positions 16..31)
+    lr: float = 1e-3
+    warmup: int = 200
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_gamma: float = 6.94
+    num_objects: tuple[int, int] = (1, 2)
+    caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
+    image_size: int = 64
+    pool: int = 24576  # clips of `long_frames` frames, as VAE latents
+    chunk: int = 512
+    refresh_every: int = 40
+    workers: int = 4
+    reserve_s: float = 15.0
+    pool_fill_limit_s: float | None = 40.0
+    probe_examples: int = 512
+    heads: int = 4
+    overrides: dict[str, Any] | None = None  # MotionAdapter kwargs over the ones derived from the UNet
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
 class EvalConfig:
     clip_scenes: int = 1000  # held-out single-object scenes for zero-shot CLIP
     sd_one: int = 500  # one-object prompts
@@ -93,6 +126,14 @@ class EvalConfig:
     gen_batch: int = 256
     score_workers: int = 12
     save_grid: bool = True
+    # shapes motion (``--what motion``)
+    motion_one: int = 256  # held-out one-object, one-motion prompts (the targets)
+    motion_seq: int = 256  # held-out one-object, two-motion prompts ("moves right, then turns blue")
+    motion_sweep_prompts: int = 64  # per guidance scale, on a separate prompt set; the best becomes the default
+    motion_sweep_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
+    motion_baseline: int = 64  # the same prompts without motion modules (the image model per frame)
+    motion_frames: int = 16
+    motion_batch: int = 64
 
 
 SMOKE_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32)
@@ -106,6 +147,7 @@ class StageConfigs:
     clip: ClipTrain = field(default_factory=ClipTrain)
     vae: VaeTrain = field(default_factory=VaeTrain)
     unet: UnetTrain = field(default_factory=UnetTrain)
+    motion: MotionTrain = field(default_factory=MotionTrain)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -122,8 +164,13 @@ def get_configs(name: str) -> StageConfigs:
             unet=UnetTrain(batch=8, lr=2e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
                            probe_examples=32,
                            overrides=dict(SMOKE_UNET), max_steps=30, log_every_s=1e9),
+            motion=MotionTrain(batch=2, frames=8, long_frames=12, long_fraction=0.25, lr=3e-3, warmup=3,
+                               image_size=32, pool=16, chunk=8, refresh_every=6, workers=0, reserve_s=0.0,
+                               pool_fill_limit_s=None, probe_examples=4, heads=2, max_steps=12, log_every_s=1e9),
             eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2,
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
-                            steps=2, gen_batch=8, score_workers=0, save_grid=False),
+                            steps=2, gen_batch=8, score_workers=0, save_grid=False,
+                            motion_one=2, motion_seq=2, motion_sweep_prompts=1, motion_sweep_guidance=(3.0,),
+                            motion_baseline=1, motion_frames=8, motion_batch=2),
         )
     raise ValueError(f"unknown config {name!r} (smoke or full)")

@@ -54,7 +54,8 @@ def _worker_init(_: int) -> None:
 
 
 class SceneChunks(IterableDataset):
-    """An endless, seeded stream of :class:`Chunk` (scenes + tokenised captions)."""
+    """An endless, seeded stream of :class:`Chunk` (scenes + tokenised captions; with ``motion``,
+    moving scenes captioned with their motion clauses)."""
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class SceneChunks(IterableDataset):
         patterns: bool = True,
         seed_base: int = TRAIN_SEED_BASE,
         keep_text: bool = False,
+        motion: bool = False,
     ):
         super().__init__()
         self.chunk_size = chunk_size
@@ -72,12 +74,13 @@ class SceneChunks(IterableDataset):
         self.patterns = patterns
         self.seed_base = seed_base
         self.keep_text = keep_text
+        self.motion = motion
 
     def chunk(self, k: int) -> Chunk:
         from attncraft.shapes.captions import caption_scene
 
         scenes = sample_scenes(self.chunk_size, seed=self.seed_base + k, num_objects=self.num_objects,
-                               patterns=self.patterns)
+                               patterns=self.patterns, motion=self.motion)
         if not self.caption_omits:
             return Chunk(k, scenes, None)
         n_c = len(self.caption_omits)

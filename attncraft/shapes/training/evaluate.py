@@ -19,6 +19,9 @@ held-out seeds (training draws scenes from seeds >= 10,000,000; evaluation from 
   3. ceilings: the same scores of the world's own renders, and of their VAE reconstructions.
 
 Writes ``shapes_eval.json``, ``shapes_eval.md`` and ``sd_samples.png`` into ``--out``.
+
+``--what motion`` evaluates the shapes motion adapter instead (:mod:`.motion_eval`; ``--adapter``
+picks the adapter folder, ``--sd`` the base): ``motion_eval.json``, ``motion_eval.md`` and samples.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +115,13 @@ class Scorer:
                 print(f"[eval] no scoring processes ({type(exc).__name__}: {exc}); scoring in this process")
 
     def __call__(self, images: np.ndarray, prompts: list[str]) -> list[dict[str, float]]:
-        items = list(zip(list(images), prompts))
+        return self.map(_score_one, list(zip(list(images), prompts)))
+
+    def map(self, fn, items: list) -> list:
+        """``[fn(item) for item in items]``, in the scoring processes (``fn`` must be importable)."""
         if self.pool is None:
-            return [_score_one(it) for it in items]
-        return self.pool.map(_score_one, items, chunksize=max(1, len(items) // (4 * self.pool._processes)))
+            return [fn(it) for it in items]
+        return self.pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.pool._processes)))
 
     def close(self) -> None:
         if self.pool is not None:
@@ -299,6 +306,10 @@ def to_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['scheduler']} | {r['guidance']} | {100 * r.get('objects', 0):.1f} % | "
                          f"{100 * r['all_correct']:.1f} % |")
         lines.append("")
+    if "motion" in results:
+        from attncraft.shapes.training.motion_eval import motion_markdown
+
+        lines += motion_markdown(results["motion"])
     return "\n".join(lines) + "\n"
 
 
@@ -324,10 +335,23 @@ def evaluate(args: common.RunArgs, cfg: EvalConfig | None = None, quiet: bool = 
             sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
             results["sd"] = eval_sd(sd_dir, cfg, device, scorer, out, budget, say)
             results["sd"]["folder"] = str(sd_dir)
+        if args.what == "motion":
+            from attncraft.shapes.models import SHAPES_MOTION_DIR
+            from attncraft.shapes.training.motion_eval import eval_motion
+
+            sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
+            adapter_dir = Path(args.adapter_dir) if args.adapter_dir else SHAPES_MOTION_DIR
+            if args.prompts:
+                n = args.prompts
+                cfg = replace(cfg, motion_one=min(cfg.motion_one, n), motion_seq=min(cfg.motion_seq, n),
+                              motion_sweep_prompts=min(cfg.motion_sweep_prompts, n),
+                              motion_baseline=min(cfg.motion_baseline, n))
+            results["motion"] = eval_motion(sd_dir, adapter_dir, cfg, device, scorer, out, budget, say)
+            results["motion"].update(sd_folder=str(sd_dir), adapter_folder=str(adapter_dir))
     finally:
         scorer.close()
     results["wall_seconds"] = round(budget.elapsed(), 1)
-    name = "shapes_eval" if args.what == "all" else f"shapes_eval_{args.what}"
+    name = {"all": "shapes_eval", "motion": "motion_eval"}.get(args.what, f"shapes_eval_{args.what}")
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(to_markdown(results))
     say(f"wrote {out / (name + '.json')} in {results['wall_seconds']}s")

@@ -234,7 +234,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
 
     opt = common.adamw(unet.parameters(), cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
     ema = common.PowerEMA(unet, gamma=cfg.ema_gamma)
-    model_fn = torch.compile(unet) if args.compile else unet
+    model_fn = common.CompiledOrEager(unet, args.compile, say)
     log = common.LossLog("unet", every_s=cfg.log_every_s, quiet=quiet)
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
     for step, lr in steps:
@@ -250,21 +250,10 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         cond = torch.where(drop[:, None, None], empty.expand(B, -1, -1), cond)
         noise = torch.randn_like(z0)
         t = torch.randint(0, n_t, (B,), device=device)
-        a_bar = alphas_cumprod[t]
-        sa, sb = a_bar.sqrt()[:, None, None, None], (1.0 - a_bar).sqrt()[:, None, None, None]
-        noisy = sa * z0 + sb * noise
-        target = sa * noise - sb * z0  # v
-        snr = a_bar / (1.0 - a_bar)
-        weight = torch.clamp(snr + 1.0, max=cfg.min_snr_gamma) / (snr + 1.0)  # = min(1, gamma / (snr + 1))
+        noisy, target, snr = common.v_targets(z0, noise, t, alphas_cumprod)
+        weight = common.min_snr_v_weight(snr, cfg.min_snr_gamma)  # = min(1, gamma / (snr + 1))
         with common.autocast(device):
-            try:
-                pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-            except Exception as exc:  # a compiler failure must not cost the run: train eagerly
-                if model_fn is unet or step > 0:
-                    raise
-                say(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
-                model_fn = unet
-                pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+            pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weight).mean()
         opt.zero_grad(set_to_none=True)
@@ -296,7 +285,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
         "prediction_type": "v_prediction",
-        "compiled": model_fn is not unet,
+        "compiled": model_fn.compiled,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
         "clip_dir": str(clip_dir),
         "vae_dir": str(vae_dir),
