@@ -41,7 +41,14 @@ def _parse_gpus(text: str | None) -> list[int] | None:
 
 
 def _load(manifest: Path, job_modules: list[str] | None):
+    import os
+
     from attncraft.batch.manifest import ManifestError, load_manifest
+
+    # job types' checks may import transformers/diffusers: keep their import-time chatter out,
+    # without importing them here (quiet_libraries does the rest when a job type loads a model)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
     try:
         return load_manifest(manifest, extra_modules=job_modules or ())

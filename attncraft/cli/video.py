@@ -9,6 +9,7 @@ contact sheet). ``attncraft world score VIDEO`` reads the video back against its
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from attncraft.cli.common import (
     console,
     quiet_libraries,
 )
+from attncraft.batch.jobs import register_job
 from attncraft.errors import InputError
 
 FORMATS = ("mp4", "gif", "webp")
@@ -65,6 +67,101 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
+
+@dataclass
+class VideoPlan:
+    """The checked options of ``attncraft video`` (before any model is loaded)."""
+
+    fmt: str
+    stored: dict[str, Any] | None
+    """The settings of --from-sidecar, or None."""
+    prompt: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def check_video_options(prompt=None, state=None, states_file=None, frames=None, fps=None, steps=None, guidance=None, seed=0,
+                        size=None, negative=None, scheduler=None, free_noise=False, free_noise_context=16,
+                        free_noise_stride=4, from_sidecar=None, fmt="mp4", **_other) -> VideoPlan:
+    """Every check of ``attncraft video`` that needs no model (the video batch job runs them too)."""
+    from attncraft.pipelines.text_to_image import check_values
+    from attncraft.validation import check_finite, check_int_range, read_text_lines
+    from attncraft.video.prompts import parse_states
+
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown --format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
+    overrides: dict[str, Any] = {}
+    if from_sidecar is not None:
+        if prompt is not None or state or states_file is not None:
+            raise InputError("--from-sidecar re-runs stored settings and takes no prompt or states",
+                             "drop the prompt / --state / --states-file")
+        return VideoPlan(fmt, read_settings_file(from_sidecar), None)
+    lines = list(state or [])
+    if states_file is not None:
+        if lines:
+            raise InputError("both --state and --states-file were given", "pass the states one way")
+        lines = read_text_lines(states_file, "states file")
+    schedule = parse_states(lines) if lines else None
+    if prompt is None:
+        if schedule is None:
+            raise InputError("no prompt given", 'pass a prompt, e.g. attncraft video "a red circle moves right"')
+        prompt = ", then ".join(schedule.texts)
+    # what needs no model is checked before one is loaded
+    check_values(prompt, negative, steps, guidance, seed)
+    if schedule is not None:
+        overrides.update(states=list(schedule.texts), state_frames=list(schedule.frames) if schedule.frames else None)
+    if frames is not None:
+        overrides["num_frames"] = check_int_range("--frames", frames, 1, example=16)
+    if steps is not None:
+        overrides["num_inference_steps"] = steps
+    if size is not None:
+        overrides["width"], overrides["height"] = parse_size(size)
+    if fps is not None:
+        overrides["fps"] = check_finite("--fps", fps, 0.0, low_inclusive=False, example=8)
+    if guidance is not None:
+        overrides["guidance_scale"] = guidance
+    if scheduler is not None:
+        overrides["scheduler"] = scheduler
+    overrides.update(seed=seed, negative_prompt=negative)
+    if free_noise:
+        overrides.update(free_noise=True, free_noise_context=free_noise_context, free_noise_stride=free_noise_stride)
+    return VideoPlan(fmt, None, prompt, overrides)
+
+
+def load_video_model(options: dict[str, Any], device: str = "auto", plan: VideoPlan | None = None):
+    """The AnimateDiff pipeline of a run: the one the --from-sidecar settings name, else the options'."""
+    quiet_libraries()
+    from attncraft.loading import load_text_to_video
+
+    plan = plan if plan is not None else check_video_options(**options)
+    if plan.stored is not None:
+        from attncraft.pipelines.text_to_video import TextToVideoSettings
+
+        stored = TextToVideoSettings.from_dict(plan.stored)
+        return load_text_to_video(stored.model, stored.adapter, device=device, dtype=options["dtype"],
+                                  config=stored.extra.get("config"), adapter_config=stored.extra.get("adapter_config"),
+                                  trust_pickle=options["trust_pickle"])
+    return load_text_to_video(options["model"], options["adapter"], device=device, dtype=options["dtype"],
+                              config=options["config"], adapter_config=options["adapter_config"],
+                              trust_pickle=options["trust_pickle"])
+
+
+def video_settings(loaded, plan: VideoPlan, config: str | None = None, adapter_config: str | None = None):
+    """The settings of a run of ``plan`` on ``loaded`` (model defaults filled in), checked."""
+    from attncraft.pipelines.text_to_video import TextToVideoSettings, default_video_settings, validate_video
+
+    if plan.stored is not None:
+        settings = TextToVideoSettings.from_dict(plan.stored)
+    else:
+        settings = default_video_settings(loaded, plan.prompt)
+        for key, value in plan.overrides.items():
+            setattr(settings, key, value)
+        settings.extra.update({k: v for k, v in (("config", config), ("adapter_config", adapter_config)) if v})
+    settings.model_label = loaded.label
+    validate_video(settings, loaded)
+    return settings
+
+
 def video(
     prompt: str = typer.Argument(None, help="What the video shows (optional with --state / --states-file)."),
     state: list[str] = typer.Option(None, "--state", help="A per-frame state; repeat it. 'N: text' anchors it at frame N, plain states are spread evenly."),
@@ -95,78 +192,16 @@ def video(
     """Generate a video from a text prompt or per-frame states; writes the video, a contact sheet and a sidecar."""
     quiet_libraries()
     from attncraft.outputs import prepare_output_dir
-    from attncraft.pipelines.text_to_image import check_values
-    from attncraft.validation import check_finite, check_int_range, read_text_lines
-    from attncraft.video.prompts import parse_states
-
-    fmt = fmt.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise InputError(f"unknown --format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
-    overrides: dict[str, Any] = {}
-    if from_sidecar is not None:
-        if prompt is not None or state or states_file is not None:
-            raise InputError("--from-sidecar re-runs stored settings and takes no prompt or states",
-                             "drop the prompt / --state / --states-file")
-        stored = read_settings_file(from_sidecar)
-    else:
-        stored = None
-        lines = list(state or [])
-        if states_file is not None:
-            if lines:
-                raise InputError("both --state and --states-file were given", "pass the states one way")
-            lines = read_text_lines(states_file, "states file")
-        schedule = parse_states(lines) if lines else None
-        if prompt is None:
-            if schedule is None:
-                raise InputError("no prompt given", 'pass a prompt, e.g. attncraft video "a red circle moves right"')
-            prompt = ", then ".join(schedule.texts)
-        # what needs no model is checked before one is loaded
-        check_values(prompt, negative, steps, guidance, seed)
-        if schedule is not None:
-            overrides.update(states=list(schedule.texts), state_frames=list(schedule.frames) if schedule.frames else None)
-        if frames is not None:
-            overrides["num_frames"] = check_int_range("--frames", frames, 1, example=16)
-        if steps is not None:
-            overrides["num_inference_steps"] = steps
-        if size is not None:
-            overrides["width"], overrides["height"] = parse_size(size)
-        if fps is not None:
-            overrides["fps"] = check_finite("--fps", fps, 0.0, low_inclusive=False, example=8)
-        if guidance is not None:
-            overrides["guidance_scale"] = guidance
-        if scheduler is not None:
-            overrides["scheduler"] = scheduler
-        overrides.update(seed=seed, negative_prompt=negative)
-        if free_noise:
-            overrides.update(free_noise=True, free_noise_context=free_noise_context, free_noise_stride=free_noise_stride)
-    out = prepare_output_dir(out)
-
-    from attncraft.loading import load_text_to_video
-    from attncraft.pipelines.text_to_video import (
-        TextToVideoSettings,
-        default_video_settings,
-        generate_video,
-        save_video,
-        validate_video,
-        video_frames_uint8,
-    )
+    from attncraft.pipelines.text_to_video import generate_video, save_video, video_frames_uint8
     from attncraft.progress import progress_task
 
-    if stored is not None:
-        settings = TextToVideoSettings.from_dict(stored)
-        extra = settings.extra
-        loaded = load_text_to_video(settings.model, settings.adapter, device=device, dtype=dtype,
-                                    config=extra.get("config"), adapter_config=extra.get("adapter_config"),
-                                    trust_pickle=trust_pickle)
-    else:
-        loaded = load_text_to_video(model, adapter, device=device, dtype=dtype, config=config,
-                                    adapter_config=adapter_config, trust_pickle=trust_pickle)
-        settings = default_video_settings(loaded, prompt)
-        for key, value in overrides.items():
-            setattr(settings, key, value)
-        settings.extra.update({k: v for k, v in (("config", config), ("adapter_config", adapter_config)) if v})
-    settings.model_label = loaded.label
-    validate_video(settings, loaded)
+    plan = check_video_options(prompt, state, states_file, frames, fps, steps, guidance, seed, size, negative, scheduler,
+                               free_noise, free_noise_context, free_noise_stride, from_sidecar, fmt)
+    fmt = plan.fmt
+    out = prepare_output_dir(out)
+    loaded = load_video_model(dict(model=model, adapter=adapter, config=config, adapter_config=adapter_config,
+                                   trust_pickle=trust_pickle, dtype=dtype), device, plan)
+    settings = video_settings(loaded, plan, config, adapter_config)
     console.print(f"model: {loaded.label}")
     if settings.states:
         anchors = settings.schedule().anchors(settings.num_frames)
@@ -179,3 +214,49 @@ def video(
     console.print(f"wrote {paths['video'].name}, its contact sheet {paths['sheet'].name} and sidecar "
                   f"{paths['sidecar'].name} to {out}/", markup=False, highlight=False)
     typer.echo(str(paths["video"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``video`` batch job: ``attncraft video`` with its options; one video a pipeline call
+# --------------------------------------------------------------------------------------------------
+
+
+def _prepare_video_job(loaded, job):
+    o = job.options
+    plan = check_video_options(**o)
+    return plan, video_settings(loaded, plan, o["config"], o["adapter_config"])
+
+
+def _run_video_jobs(loaded, jobs) -> None:
+    from attncraft.pipelines.text_to_video import generate_video, save_video, video_frames_uint8
+
+    for job in jobs:
+        plan, settings = job.state
+        result = generate_video(loaded, settings, output_type="np")
+        paths = save_video(video_frames_uint8(result), settings, job.folder(), fmt=plan.fmt, overwrite=True)
+        if job.score:
+            job.metrics.update(_reader_scores(paths["video"], settings.prompt))
+        job.settings = settings.to_dict()
+
+
+def _reader_scores(path: Path, prompt: str) -> dict[str, float]:
+    """The Shapes reader's scores of a written video against its prompt (none outside its vocabulary)."""
+    from attncraft.shapes.captions import CaptionError, parse_caption
+    from attncraft.shapes.inputs import load_video_for_reader
+    from attncraft.shapes.scoring import score_video
+
+    try:
+        parsed = parse_caption(prompt)
+    except CaptionError:
+        return {}
+    return score_video(list(load_video_for_reader(path).data), parsed)
+
+
+register_job(
+    "video", video,
+    check=check_video_options,
+    load=load_video_model,
+    prepare=_prepare_video_job,
+    run=_run_video_jobs,
+    model_options=("model", "adapter", "adapter_config", "config", "dtype", "trust_pickle", "from_sidecar"),
+)

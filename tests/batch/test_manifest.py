@@ -121,7 +121,7 @@ def test_yaml_problems_point_at_the_key_line():
     assert problems_of("jobs:\n  - command: image\n    prompt: [unclosed\n", "yaml")[0].startswith("m:4: not valid YAML")
     assert problems_of("jobs:\n  - {command: image, prompt: a, prompt: b}\n", "yaml")[0] == "m:2: prompt: the key 'prompt' appears twice"
     assert problems_of("defaults:\n  imgae: {steps: 2}\njobs:\n  - {command: image, prompt: a}\n", "yaml") == [
-        "m:2: defaults.imgae: unknown command 'imgae'; did you mean 'image'?; pass one of image, mesh, solid"]
+        "m:2: defaults.imgae: unknown command 'imgae'; did you mean 'image'?; pass one of image, mesh, solid, video"]
 
 
 def test_job_errors_are_the_command_line_errors(tmp_path, capsys):

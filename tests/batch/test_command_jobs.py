@@ -1,4 +1,4 @@
-"""``image`` jobs on the embedded Shapes SD: the same images as the command, batched calls, scores."""
+"""Jobs of the real commands on the embedded Shapes models: the same results as the commands, batched calls, scores."""
 
 from __future__ import annotations
 
@@ -49,3 +49,23 @@ def test_image_jobs_draw_what_the_command_draws(tmp_path, capsys):
     for name in names:  # the same images, up to float rounding in batched kernels
         assert np.abs(pixels(batched / name) - pixels(single / name)).max() <= 2, name
         assert read_png_settings(batched / name) == read_png_settings(single / name)
+
+
+def test_a_video_job_writes_what_the_command_writes(tmp_path, capsys):
+    from attncraft.video.io import read_video
+
+    tiny = {"frames": 4, "steps": 2, "size": "32", "format": "gif", "seed": 5}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"command": "video", "prompt": "a red circle moves right", **tiny}])
+    (job,) = load_manifest(manifest)
+    code, _, err = run_cli(["batch", "run", manifest, "--out", tmp_path / "batch", "--device", "cpu", "--no-report"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["video", "a red circle moves right", "--frames", "4", "--steps", "2", "--size", "32",
+                                 "--format", "gif", "--seed", "5", "--device", "cpu", "--out", tmp_path / "cli"], capsys)
+    assert code == 0, err
+    cli_video = stdout.split()[-1]
+    folder = tmp_path / "batch" / job.stem  # a video job's result folder: the video, its contact sheet, its sidecar
+    name = "a-red-circle-moves-right_s5.gif"
+    assert sorted(p.name for p in folder.iterdir()) == [name, f"{name}.json", "a-red-circle-moves-right_s5_frames.png"]
+    assert np.array_equal(read_video(folder / name), read_video(cli_video))
+    side = json.loads((tmp_path / "batch" / f"{job.stem}.json").read_text())
+    assert side["attncraft"]["num_frames"] == 4 and side["files"] == [job.stem]
