@@ -26,9 +26,9 @@ the script itself; the numbers mean nothing).
 
 GPU command (one H200, about 2-3 minutes)::
 
-    python benchmarks/bench_batch.py --out $OUT/bench-batch
+    python benchmarks/bench_batch.py --out $OUT/bench-batch      # leaves $OUT/bench-batch/RESULTS-batch.md
 
-Multi-GPU (issue of the scaling measurement)::
+Multi-GPU (the scaling measurement; Ray is measured where it is installed)::
 
     python benchmarks/bench_batch.py --gpus 0,1,2,3 --scaling 1,2,4 --backends local,ray --jobs 64 --out $OUT/bench-batch
 """
@@ -87,7 +87,7 @@ def shapes_jobs(count: int) -> list[dict]:
 
 
 def run_shapes_cpu(args, command: str) -> list[str]:
-    work = Path(args.out)
+    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     jobs = shapes_jobs(args.jobs)
     manifest = write_manifest(work / "shapes-cpu.jsonl", jobs)
@@ -260,10 +260,7 @@ def runner(jobs_manifest: Path, out: Path, *, backend: str, gpus: list[int] | No
     wall = time.perf_counter() - start
     if summary.failed:
         raise SystemExit(f"runner: {len(summary.failed)} jobs failed, first: {summary.failed[0]}")
-    job_seconds = 0.0
-    for side in out.glob("*.json"):
-        job_seconds += json.loads(side.read_text()).get("seconds", 0.0)
-    return {"wall": wall, "load": summary.load_seconds, "jobs": job_seconds, "backend": summary.backend,
+    return {"wall": wall, "load": summary.load_seconds, "jobs": summary.busy_seconds, "backend": summary.backend,
             "stems": {j.id: j.stem for j in jobs}}
 
 
@@ -286,7 +283,7 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 
 def run_single_gpu(args, command: str, folder: Path, side: int, steps: int, device: str, dtype: str) -> list[str]:
-    work = Path(args.out)
+    work = Path(args.work)
     jobs = gpu_jobs(args.jobs, folder, side, steps, dtype)
     manifest = write_manifest(work / "gpu-jobs.jsonl", jobs)
     gpus = None if args.tiny else [int(args.gpus.split(",")[0])]
@@ -307,25 +304,30 @@ def run_single_gpu(args, command: str, folder: Path, side: int, steps: int, devi
     what = "tiny random SD, 32x32, 2 steps (smoke test: numbers mean nothing)" if args.tiny else \
         "SD 1.5 architecture, **random weights**, fp16, 512x512, 25 steps, CFG 7.5, DDIM"
     lines = header("batch runner vs a plain loop of pipeline calls, one GPU", command, _device_name(device))
-    lines += [f"{len(jobs)} jobs ({what}); variants interleaved, {args.rounds} round(s); median over rounds.", "",
-              "| variant | wall (load included) | model load | jobs / min (end to end) | jobs / min (without load) | vs loop |",
-              "|---|---|---|---|---|---|"]
-    base = None
+    lines += [f"{len(jobs)} jobs ({what}); variants interleaved, {args.rounds} round(s); median over rounds. "
+              "'Generating' is the time spent generating and saving: for the loop its wall time less the model load, "
+              "for the runner the time its worker spent running jobs (so without the worker process's start, its "
+              "imports and the model load, which the 'start-up' column holds).", "",
+              "| variant | wall (everything) | start-up + model load | jobs / min (end to end) | jobs / min (generating) | "
+              "vs loop (generating) | vs loop (end to end) |",
+              "|---|---|---|---|---|---|---|"]
+    base = base_wall = None
     for name, rows in results.items():
-        wall = sorted(r["wall"] for r in rows)[len(rows) // 2]
-        load = sorted(r["load"] for r in rows)[len(rows) // 2]
-        rate = len(jobs) / wall * 60
-        rate_run = len(jobs) / max(wall - load, 1e-9) * 60
-        base = base or rate_run
+        middle = len(rows) // 2
+        wall = sorted(r["wall"] for r in rows)[middle]
+        busy = sorted(r["wall"] - r["load"] if name == "loop" else r["jobs"] for r in rows)[middle]
+        rate, rate_run = len(jobs) / wall * 60, len(jobs) / max(busy, 1e-9) * 60
+        base, base_wall = base or rate_run, base_wall or rate
         label = "plain loop" if name == "loop" else f"per-GPU runner, batch size {name.split('-b')[1]}"
-        lines.append(f"| {label} | {wall:.1f} s | {load:.1f} s | {rate:.1f} | {rate_run:.1f} | **{rate_run / base:.3f}x** |")
+        lines.append(f"| {label} | {wall:.1f} s | {wall - busy:.1f} s | {rate:.1f} | {rate_run:.1f} | "
+                     f"**{rate_run / base:.3f}x** | {rate / base_wall:.3f}x |")
     lines += ["", f"Runner (batch size 1) images equal to the loop's pixel for pixel: {'yes' if equal_b1 else f'no (largest difference {diff_b1}/255)'}; "
               f"batched vs unbatched: {'equal' if equal_bb else f'largest difference {diff_bb}/255'}.", ""]
     return lines
 
 
 def run_scaling(args, command: str, folder: Path, side: int, steps: int, device: str, dtype: str) -> list[str]:
-    work = Path(args.out)
+    work = Path(args.work)
     gpus = [int(g) for g in args.gpus.split(",")] if not args.tiny else list(range(8))
     jobs = gpu_jobs(args.jobs, folder, side, steps, dtype)
     manifest = write_manifest(work / "scaling-jobs.jsonl", jobs)
@@ -401,11 +403,13 @@ def main() -> None:
     parser.add_argument("--scaling", default=None, help="Measure scaling over these GPU counts, e.g. 1,2,4.")
     parser.add_argument("--backends", default="local,ray", help="Backends for --scaling.")
     parser.add_argument("--dtype", default="fp16", help="dtype of the GPU jobs.")
-    parser.add_argument("--out", default=None, help="Work folder (results, model folder) and where RESULTS-batch.md goes.")
+    parser.add_argument("--out", default=None, help="Folder for RESULTS-batch.md (the Markdown block; nothing else).")
+    parser.add_argument("--work", default=None, help="Work folder for the jobs' outputs (default: a new temporary folder).")
     args = parser.parse_args()
     command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
-    args.out = args.out or tempfile.mkdtemp(prefix="bench-batch-")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    own_work = args.work is None
+    args.work = args.work or tempfile.mkdtemp(prefix="bench-batch-")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.shapes_cpu:
         args.jobs = args.jobs or 64
         lines = run_shapes_cpu(args, command)
@@ -437,7 +441,11 @@ def main() -> None:
         lines.append(f"(random-weight model folder built and saved in {built:.1f} s, not counted)")
     text = "\n".join(lines) + "\n"
     print(text)
-    (Path(args.out) / "RESULTS-batch.md").write_text(text)
+    if own_work:
+        shutil.rmtree(args.work, ignore_errors=True)
+    if args.out:  # the Markdown block only: the images stay in --work
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "RESULTS-batch.md").write_text(text)
 
 
 if __name__ == "__main__":

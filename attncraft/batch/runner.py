@@ -49,6 +49,9 @@ class BatchSummary:
     """Why the batch stopped before its end (a full disk), or None."""
     seconds: float = 0.0
     load_seconds: float = 0.0
+    """Model loading, summed over workers."""
+    busy_seconds: float = 0.0
+    """Running jobs (preparing, the pipeline calls, writing), summed over workers."""
     pipeline_calls: int = 0
     backend: str = ""
 
@@ -162,6 +165,7 @@ def run_batch(
         with progress_task("jobs", len(pending), enabled=progress) as update:
             def on_result(result: UnitResult) -> None:
                 summary.load_seconds += result.load_seconds
+                summary.busy_seconds += result.run_seconds
                 for item in result.results:
                     job = by_id[item.id]
                     record = {"id": job.id, **job.to_dict(), "seconds": round(item.seconds, 4), "worker": result.worker}
