@@ -65,7 +65,7 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if needed; shared by every worker)."),
     backend: str = typer.Option("local", "--backend", help="local (this machine) or ray."),
     workers: int = typer.Option(None, "--workers", "-w", help="Worker processes (local) or actors (ray). Default: one per --gpus entry, else 1 (local) / one per cluster GPU (ray)."),
-    gpus: str = typer.Option(None, "--gpus", help="GPUs of this machine, one worker each, e.g. 0,1 (local); with ray: one GPU per actor."),
+    gpus: str = typer.Option(None, "--gpus", help="GPUs of this machine, one worker each, e.g. 0,1 (local); with ray: that many actors of one GPU each."),
     device: str = typer.Option("auto", "--device", help="Device of every job without --gpus: auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(8, "--batch-size", help="Most jobs one pipeline call draws together (1: one job a call)."),
     score: bool = typer.Option(False, "--score", help="Score every image against its prompt with the Shapes reader (metrics in the sidecar and report)."),
@@ -97,8 +97,8 @@ def run(
         raise InputError("--device and --gpus both given", "pass one of them")
     jobs = _load(manifest, job_module)  # every problem of the manifest, before any work
     out = prepare_output_dir(out)
-    if gpu_list and backend == "local":
-        workers = len(gpu_list)
+    if gpu_list and (backend == "local" or workers is None):
+        workers = len(gpu_list)  # one worker per GPU (on Ray: that many actors of one GPU each)
     summary = run_batch(jobs, out, backend=backend, workers=workers, gpus=gpu_list, device=device, batch_size=batch_size,
                         score=score, retry_failed=retry_failed, ray_address=ray_address, threads=threads,
                         extra_modules=job_module or (), log=_echo)

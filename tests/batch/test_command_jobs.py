@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from attncraft.batch.manifest import load_manifest
@@ -16,6 +17,7 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(int)
 
 
+@pytest.mark.slow
 def test_image_jobs_draw_what_the_command_draws(tmp_path, capsys):
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"command": "image", "prompt": "a red circle", "steps": 2, "sweep": {"seed": [3, 4]}},
@@ -51,6 +53,7 @@ def test_image_jobs_draw_what_the_command_draws(tmp_path, capsys):
         assert read_png_settings(batched / name) == read_png_settings(single / name)
 
 
+@pytest.mark.slow
 def test_a_video_job_writes_what_the_command_writes(tmp_path, capsys):
     from attncraft.video.io import read_video
 

@@ -38,6 +38,7 @@ def comparable(folder, name):
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_ray_workers_write_what_the_local_runner_writes(tmp_path, local_ray):
     marker = tmp_path / "die"
     marker.touch()
