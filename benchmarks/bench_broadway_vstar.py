@@ -33,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -126,8 +127,8 @@ class CallTimer:
             handle.remove()
 
 
-def one_run(pipe, variant: str, args, device) -> dict:
-    techniques = techniques_for(variant, args.frames, args.tiny)
+def timed_run(pipe, techniques, args, device) -> dict:
+    """One whole run with ``techniques``: seconds, per-UNet-call ms, peak memory (denoising, whole run)."""
     timer = CallTimer(pipe.unet, device)
     cuda = device.type == "cuda"
     loop_peak = [None]
@@ -199,8 +200,9 @@ def fmt(value, pattern="{:.3f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a whole-run AnimateDiff cost benchmark (size, steps, rounds, tiny smoke mode)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     parser.add_argument("--frames", type=int, default=16)
@@ -211,21 +213,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-chunk", type=int, default=4, help="frames the VAE decodes at once")
     parser.add_argument("--tiny", action="store_true", help="tiny pipeline for a CPU smoke run")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def interleaved(pipe, variants: Sequence[str], techniques_of, args, device) -> dict[str, list[dict]]:
+    """``args.warmup`` untimed rounds, then ``args.rounds`` timed ones, every variant once per round in
+    an order rotated each round; ``techniques_of(variant)`` gives the techniques of a run."""
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    variants = tuple(variants)
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for variant in variants:
+                timed_run(pipe, techniques_of(variant), args, device)
+        for r in range(args.rounds):
+            for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
+                results[variant].append(timed_run(pipe, techniques_of(variant), args, device))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = run_arguments(__doc__.split("\n")[0]).parse_args(argv)
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
 
     built = time.perf_counter()
     pipe = build_pipeline(args.tiny, device, dtype)
     built = time.perf_counter() - built
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    with torch.inference_mode():
-        for _ in range(args.warmup):
-            for variant in VARIANTS:
-                one_run(pipe, variant, args, device)
-        for r in range(args.rounds):
-            for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
-                results[variant].append(one_run(pipe, variant, args, device))
+    results = interleaved(pipe, VARIANTS, lambda v: techniques_for(v, args.frames, args.tiny), args, device)
     summary = summarise(results, args.steps)
 
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -1,8 +1,9 @@
 """Measured effects of BroadWay and VSTAR on the Shapes motion model, scored by the Shapes reader.
 
-The model is diffusers' stock ``AnimateDiffPipeline`` built from the Shapes SD folder (``--model``,
-default ``assets/models/shapes-sd``) and a ``MotionAdapter`` folder (``--adapter``, e.g. the Shapes
-motion adapter ``assets/models/shapes-motion``). Prompts are Shapes video captions of held-out scenes
+The model is attncraft's ``TextToVideoPipeline`` (diffusers' ``AnimateDiffPipeline`` with per-frame
+prompt schedules) built from the Shapes SD folder (``--model``, default ``assets/models/shapes-sd``)
+and a ``MotionAdapter`` folder (``--adapter``, e.g. the Shapes motion adapter
+``assets/models/shapes-motion``). Prompts are Shapes video captions of held-out scenes
 (training draws scenes from seeds >= 10,000,000; these come from seeds 120 and 121), and video ``i`` of
 every row uses the generator seed ``--seed + i``, so rows differ only by the technique.
 
@@ -19,14 +20,17 @@ frames: state ``k`` at anchor ``int(linspace(0, F-1, K)[k])``, linear interpolat
 ``tar`` (the caption, TAR on) and ``synopsis+tar``; columns ``recolor``, ``order``, ``motion``,
 ``identity`` and ``exact``.
 
-Per-frame text goes in as embeddings built here: the pipeline gets ``prompt_embeds`` of state 0 and a
-UNet pre-forward hook replaces its per-frame copy by the interpolated one (``AnimateDiffPipeline``
-repeats one embedding for every frame; it has no per-frame prompt input outside FreeNoise).
+Per-frame text is the pipeline's own: each video of a batch gets a
+:class:`~attncraft.video.prompts.PromptSchedule` of its states, every distinct state of the batch is
+encoded once, and the interpolated per-frame embeddings reach the UNet in one batched call per
+``--batch`` videos (:mod:`attncraft.pipelines.text_to_video`); the techniques go in with the call's
+``techniques=[...]``.
 
 Settings: BroadWay with the AnimateDiff preset (tau 7 at 16 frames, alpha 0.6, beta 1.5, first 20 %
-of steps) guided from ``up_blocks.0`` (``--broadway-reference``): the Shapes UNet has two up blocks,
-and its coarsest, ``up_blocks.0`` at half resolution, plays the part of SD 1.5's ``up_blocks.1``
-(the first up block with attention, at a coarser grid than the blocks it guides). VSTAR preset
+of steps) guided from the model's default reference block
+(:func:`~attncraft.attention_processors.broadway.default_reference_block`, or ``--broadway-reference``):
+the Shapes UNet has two up blocks, and its coarsest, ``up_blocks.0`` at half resolution, plays the
+part of SD 1.5's ``up_blocks.1`` (a coarser grid than the blocks it guides). VSTAR preset
 ``64D4`` (level 0, sigma 4, steps 0..13 of 25). Sampler and guidance: the model folder's defaults
 unless given.
 
@@ -53,8 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from attncraft.attention_processors import AttentionTechnique, apply_techniques
-from attncraft.attention_processors.broadway import BroadWay, temporal_energy
+from attncraft.attention_processors import AttentionTechnique
+from attncraft.attention_processors.broadway import BroadWay, default_reference_block, temporal_energy
 from attncraft.attention_processors.vstar import TemporalAttentionRegularization
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,53 +95,6 @@ def sequential_prompts(count: int) -> list[str]:
                     break
         drawn = len(scenes)
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-frame text
-# --------------------------------------------------------------------------------------------------
-
-
-def per_frame_embeddings(states: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(K, T, D) state embeddings -> (F, T, D): anchors ``int(linspace(0, F-1, K))``, linear in between."""
-    k = states.shape[0]
-    if k == 1:
-        return states.expand(num_frames, *states.shape[1:]).clone()
-    anchors = torch.linspace(0, num_frames - 1, k).long().tolist()
-    out = torch.empty(num_frames, *states.shape[1:], dtype=states.dtype, device=states.device)
-    for i in range(k - 1):
-        a, b = anchors[i], anchors[i + 1]
-        for f in range(a, b + 1):
-            w = 0.0 if b == a else (f - a) / (b - a)
-            out[f] = torch.lerp(states[i], states[i + 1], w)
-    return out
-
-
-class PerFrameText:
-    """UNet pre-forward hook: the pipeline's per-frame text (one embedding repeated) becomes ``frames``.
-
-    ``uncond`` (B, T, D) and ``frames`` (B, F, T, D); the UNet's ``encoder_hidden_states`` is
-    ``[uncond x F; cond x F]`` b-major then frame, as ``AnimateDiffPipeline`` lays it out.
-    """
-
-    def __init__(self, unet, uncond: torch.Tensor, frames: torch.Tensor, guided: bool):
-        b, f = frames.shape[:2]
-        cond = frames.reshape(b * f, *frames.shape[2:])
-        self.states = torch.cat([uncond.repeat_interleave(f, dim=0), cond]) if guided else cond
-        self.handle = unet.register_forward_pre_hook(self._swap, with_kwargs=True)
-
-    def _swap(self, module, args, kwargs):
-        current = kwargs.get("encoder_hidden_states")
-        if current is None or current.shape != self.states.shape:
-            raise RuntimeError(f"per-frame text {tuple(self.states.shape)} does not match the UNet's {None if current is None else tuple(current.shape)}")
-        kwargs["encoder_hidden_states"] = self.states.to(current.dtype)
-        return args, kwargs
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,16 +164,53 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def load_pipeline(model: str, adapter: str, device: torch.device, dtype: torch.dtype):
-    from diffusers import AnimateDiffPipeline, MotionAdapter
+    from diffusers import MotionAdapter
 
+    from attncraft.pipelines.text_to_video import TextToVideoPipeline
     from attncraft.validation import check_input_file
 
     for folder, what in ((model, "--model"), (adapter, "--adapter")):
         check_input_file(Path(folder) / "config.json" if what == "--adapter" else Path(folder) / "model_index.json", f"{what} folder's config")
     motion = MotionAdapter.from_pretrained(adapter, dtype=dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(model, motion_adapter=motion, dtype=dtype).to(device)
+    pipe = TextToVideoPipeline.from_pretrained(model, motion_adapter=motion, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, sampling, batching and output options every Shapes motion measurement takes."""
+    parser.add_argument("--adapter", required=True, help="MotionAdapter folder (e.g. assets/models/shapes-motion)")
+    parser.add_argument("--model", default=str(ROOT / "assets" / "models" / "shapes-sd"), help="SD folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--count", type=int, default=200, help="videos per row")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=None, help="default: the model folder's width")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=25, help="videos per pipeline call")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--workers", type=int, default=0, help="reader processes (0: score in this process)")
+
+
+def open_run(args):
+    """Fill ``args``' size, steps and guidance from the folders' defaults, start the reader processes
+    (forked before CUDA starts) and load the pipeline; returns ``(pipe, pool or None, score)`` with
+    ``score(videos, prompts)`` the reader's scores of a row. Close the pool when done."""
+    defaults = folder_defaults(args.model, args.adapter)
+    args.size = args.size or int(defaults.get("width", 64))
+    args.steps = args.steps or int(defaults.get("num_inference_steps", 25))
+    args.guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 7.5))
+    pool = mp.get_context("fork").Pool(args.workers, initializer=_init_worker) if args.workers > 0 else None
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    pipe = load_pipeline(args.model, args.adapter, torch.device(args.device), dtype)
+
+    def score(videos, prompts):
+        items = list(zip(videos, prompts))
+        return pool.map(score_one, items, chunksize=4) if pool is not None else [score_one(it) for it in items]
+
+    return pipe, pool, score
 
 
 def folder_defaults(*folders: str) -> dict[str, Any]:
@@ -228,32 +222,19 @@ def folder_defaults(*folders: str) -> dict[str, Any]:
     return out
 
 
-@torch.inference_mode()
-def encode(pipe, texts: list[str]) -> torch.Tensor:
-    embeds, _ = pipe.encode_prompt(texts, pipe.unet.device, 1, False)
-    return embeds
-
-
 def generate_row(pipe, prompts, states, techniques, args, on_batch=None) -> list[np.ndarray]:
     """Videos (F, H, W, 3) in [0, 1] for ``prompts``; ``states`` (a list of state lists) switches on
-    per-frame text."""
+    per-frame text: video ``i`` then gets its states spread over the frames."""
+    from attncraft.video.prompts import PromptSchedule
+
     device = pipe.unet.device
-    guided = args.guidance > 1.0
     videos: list[np.ndarray] = []
     for start in range(0, len(prompts), args.batch):
         batch = prompts[start:start + args.batch]
         generators = [torch.Generator(device=device).manual_seed(args.seed + start + i) for i in range(len(batch))]
-        uncond = encode(pipe, [""] * len(batch))
-        if states is None:
-            cond = encode(pipe, batch)
-            frames = cond[:, None].expand(-1, args.frames, -1, -1)
-        else:
-            frames = torch.stack([per_frame_embeddings(encode(pipe, states[start + i]), args.frames) for i in range(len(batch))])
-            cond = frames[:, 0]
-        with apply_techniques(pipe, *techniques), PerFrameText(pipe.unet, uncond, frames, guided), torch.inference_mode():
-            out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_frames=args.frames, height=args.size,
-                       width=args.size, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                       generator=generators, output_type="pt").frames  # fmt: skip
+        prompt = list(batch) if states is None else [PromptSchedule.from_states(states[start + i]) for i in range(len(batch))]
+        out = pipe(prompt, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
+                   guidance_scale=args.guidance, generator=generators, output_type="pt", techniques=techniques).frames  # fmt: skip
         videos += [v.permute(0, 2, 3, 1).float().cpu().numpy() for v in out]
         if on_batch is not None:
             on_batch(len(batch))
@@ -316,21 +297,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", required=True, help="MotionAdapter folder (e.g. assets/models/shapes-motion)")
-    parser.add_argument("--model", default=str(ROOT / "assets" / "models" / "shapes-sd"), help="SD folder")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--count", type=int, default=200, help="videos per row")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=None, help="default: the model folder's width")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=25, help="videos per pipeline call")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--workers", type=int, default=0, help="reader processes (0: score in this process)")
+    add_run_arguments(parser)
     parser.add_argument("--tables", default="broadway,vstar", help="which tables: broadway, vstar or both")
-    parser.add_argument("--broadway-reference", type=int, default=0, help="up block whose maps guide (Shapes: 0)")
+    parser.add_argument("--broadway-reference", type=int, default=None, help="up block whose maps guide (default: the model's, 0 on Shapes)")
     parser.add_argument("--broadway-steps", type=int, default=None, help="active steps (default: the preset's 20 %%)")
     parser.add_argument("--vstar-preset", default="64D4")
     parser.add_argument("--llm", default=None, help="states from this language model instead of the rules")
@@ -342,22 +311,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = prepare_output_dir(args.out)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    defaults = folder_defaults(args.model, args.adapter)
-    args.size = args.size or int(defaults.get("width", 64))
-    args.steps = args.steps or int(defaults.get("num_inference_steps", 25))
-    args.guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 7.5))
     tau = min(7, args.frames // 2 - 1)
     BroadWay(tau=tau).check_frames(args.frames)
-    # reader processes are forked before CUDA starts
-    pool = mp.get_context("fork").Pool(args.workers, initializer=_init_worker) if args.workers > 0 else None
-    device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, args.adapter, device, dtype)
-
-    def score(videos, prompts):
-        items = list(zip(videos, prompts))
-        return pool.map(score_one, items, chunksize=4) if pool is not None else [score_one(it) for it in items]
+    pipe, pool, score = open_run(args)
+    device = pipe.unet.device
+    if args.broadway_reference is None:
+        args.broadway_reference = default_reference_block(pipe.unet)
 
     results: dict[str, Any] = {}
     examples: dict[str, list[np.ndarray]] = {}

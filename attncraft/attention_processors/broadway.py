@@ -90,6 +90,7 @@ __all__ = [
     "band_operator",
     "beta_rule",
     "check_tau",
+    "default_reference_block",
     "fourier_motion_enhancement",
     "high_band",
     "resize_reference_map",
@@ -227,6 +228,15 @@ def resize_reference_map(
 # --------------------------------------------------------------------------------------------------
 # The technique
 # --------------------------------------------------------------------------------------------------
+
+
+def default_reference_block(unet: Any) -> int:
+    """The up block whose maps guide on ``unet``: ``up_blocks.1`` when it has three up blocks or more
+    (SD 1.5, the published choice: the second-coarsest, guiding the two finer ones), else
+    ``up_blocks.0`` (two-level UNets such as Shapes and the tiny test UNets, whose ``up_blocks.1`` is
+    the last one and would guide nothing). Read from the model, never from its size."""
+    blocks = len(getattr(unet, "up_blocks", None) or ())
+    return 1 if blocks >= 3 else 0
 
 
 def _slot(layer: LayerInfo) -> str:
@@ -449,7 +459,7 @@ class BroadWay(AttentionTechnique):
         return rows
 
     def settings(self) -> dict[str, Any]:
-        """Everything that reproduces this technique (for sidecars)."""
+        """Everything that reproduces this technique (for sidecars; :meth:`from_settings` reads it back)."""
         return {
             "preset": self.preset, "alpha": self.alpha, "beta": self.beta, "tau": self.tau,
             "step_fraction": self.step_fraction, "num_active_steps": self.num_active_steps,
@@ -457,3 +467,4 @@ class BroadWay(AttentionTechnique):
             "interpolation": self.interpolation, "clamp_negative": self.clamp_negative,
             "temporal_self_guidance": self.temporal_self_guidance, "motion_enhancement": self.motion_enhancement,
         }  # fmt: skip
+

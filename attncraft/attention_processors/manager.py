@@ -153,12 +153,18 @@ class AttentionManager:
         self._apply()
         self.tracker.attach(self.unet)
         self._update_deferred_hook()
+        try:
+            technique.on_install(self)
+        except BaseException:
+            self.remove(technique)  # on_remove undoes whatever on_install attached before it failed
+            raise
         return technique
 
     def remove(self, technique: AttentionTechnique) -> None:
         """Deactivate ``technique``; layers left without techniques get their base processor back."""
         if technique not in self._techniques:
             return
+        technique.on_remove(self)
         self._techniques.remove(technique)
         self._rediscover_if_rebuilt()
         self._apply()

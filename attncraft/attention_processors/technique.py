@@ -21,6 +21,9 @@ observers such as :class:`~.store.AttentionStore`, so observers see the final ma
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
@@ -72,6 +75,16 @@ class AttentionTechnique:
         return cls.edit_scores is not AttentionTechnique.edit_scores or cls.edit_probs is not AttentionTechnique.edit_probs
 
     # -- lifecycle -------------------------------------------------------------------------
+    def on_install(self, manager) -> None:
+        """Called once the technique's processors are in place on a model (``manager`` is its
+        :class:`~.manager.AttentionManager`, ``manager.unet`` the model). A technique that needs
+        more than attention processors (forward hooks on other modules, trainable parts that must
+        fit the model) attaches or checks them here; an exception undoes the installation (through
+        :meth:`on_remove`, which must therefore also clean up after a partial ``on_install``)."""
+
+    def on_remove(self, manager) -> None:
+        """Called when the technique is removed from ``manager``'s model: undo :meth:`on_install`."""
+
     def on_run_start(self, context: AttentionContext) -> None:
         """Called at the start of every sampling run (new generation, each FreeInit iteration)."""
 
@@ -105,6 +118,24 @@ class AttentionTechnique:
         """
         for call, layer_probs in zip(calls, probs.unbind(0)):
             self.edit_probs(call, layer_probs)
+
+    # -- settings ----------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Any) -> AttentionTechnique:
+        """The technique a ``settings()`` dict describes (e.g. a sidecar's entry): its keys are
+        constructor arguments, checked again by the constructor. An unknown key, or something that
+        is not a mapping, is an :class:`~attncraft.errors.InputError` naming it."""
+        from attncraft.errors import InputError
+
+        if not isinstance(settings, dict):
+            raise InputError(f"{cls.name} settings must be a mapping, got {type(settings).__name__}",
+                             "pass the dict that the technique's settings() returns")
+        accepted = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+                    if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            raise InputError(f"unknown {cls.name} setting {unknown[0]!r}", f"use only: {', '.join(accepted)}")
+        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"

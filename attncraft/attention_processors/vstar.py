@@ -154,8 +154,9 @@ class TemporalAttentionRegularization(AttentionTechnique):
             self.preset: str | None = preset
             self.sigmas = dict(VSTAR_PRESETS[preset])
         else:
-            self.preset = None
             self.sigmas = parse_sigmas(sigmas)
+            # a preset is named only when the sigmas are its own (so settings() round-trips)
+            self.preset = preset if VSTAR_PRESETS.get(preset) == self.sigmas else None
         self.strength = check_finite("VSTAR strength", strength, 0.0, example=1)
         self.until_time = None if until_time is None else check_int_range("VSTAR until_time", until_time, -1, example=13)
         self.until_fraction = check_finite("VSTAR until fraction", until_fraction, 0.0, 1.0)
@@ -193,7 +194,7 @@ class TemporalAttentionRegularization(AttentionTechnique):
         return regularize_scores(scores, band, self.strength, self.clamp_rowmax)
 
     def settings(self) -> dict[str, Any]:
-        """Everything that reproduces this technique (for sidecars)."""
+        """Everything that reproduces this technique (for sidecars; :meth:`from_settings` reads it back)."""
         return {
             "preset": self.preset, "sigmas": {str(k): v for k, v in sorted(self.sigmas.items())},
             "strength": self.strength, "until_time": self.until_time, "until_fraction": self.until_fraction,

@@ -18,6 +18,7 @@ import typer
 
 from attncraft.cli import image as image_cmd
 from attncraft.cli import video as video_cmd
+from attncraft.cli import realcustom as realcustom_cmd
 from attncraft.errors import AttncraftError
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ def _root() -> None:
 
 app.command("image")(image_cmd.image)
 app.command("video")(video_cmd.video)
+app.command("customize")(realcustom_cmd.customize)
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.

@@ -1,4 +1,4 @@
-"""BroadWay as options of a video command (``--broadway``, ``--broadway-alpha/beta/tau/preset``).
+"""BroadWay as options of a video command (``--broadway``, ``--broadway-alpha/beta/tau/preset/reference``).
 
 The options are declared here once and added to a command's signature; :func:`broadway_from_options`
 turns their values into the technique, with every error naming the option to change, before any
@@ -21,6 +21,11 @@ BroadwayTauOption = typer.Option(
     help="Half-width of the enhanced band around Nyquist (at most frames/2 - 1), or all_nondc (default: the preset's).",
 )  # fmt: skip
 
+BroadwayReferenceOption = typer.Option(
+    None, "--broadway-reference",
+    help="Up block whose temporal maps guide (default: 1 on UNets with 3+ up blocks such as SD 1.5, else 0, as on Shapes).",
+)  # fmt: skip
+
 
 def broadway_from_options(
     enabled: bool,
@@ -29,17 +34,21 @@ def broadway_from_options(
     beta: float | None = None,
     tau: str | int | None = None,
     num_frames: int | None = None,
+    reference_block: int | None = None,
 ):
     """The :class:`~attncraft.attention_processors.broadway.BroadWay` the options ask for, or None.
 
-    Tuning options without ``--broadway`` are an error (they would silently do nothing).
+    Tuning options without ``--broadway`` are an error (they would silently do nothing). Without
+    ``reference_block`` the technique carries the published ``up_blocks.1``; a command resolves it
+    from the loaded model (:func:`~attncraft.attention_processors.broadway.default_reference_block`).
     """
     from attncraft.attention_processors.broadway import ALL_NON_DC, BROADWAY_PRESETS, BroadWay
     from attncraft.errors import InputError
     from attncraft.validation import check_finite, check_int_range
 
     if not enabled:
-        given = [name for name, value in (("--broadway-alpha", alpha), ("--broadway-beta", beta), ("--broadway-tau", tau)) if value is not None]
+        given = [name for name, value in (("--broadway-alpha", alpha), ("--broadway-beta", beta), ("--broadway-tau", tau),
+                                          ("--broadway-reference", reference_block)) if value is not None]  # fmt: skip
         if given or preset != "animatediff":
             raise InputError(f"{(given or ['--broadway-preset'])[0]} needs --broadway", "add --broadway, or drop the option")
         return None
@@ -51,7 +60,9 @@ def broadway_from_options(
         beta = check_finite("--broadway-beta", beta, 0.0, example=1.5)
     if tau is not None and str(tau) != ALL_NON_DC:
         tau = check_int_range("--broadway-tau", tau, 0, example=7)
-    technique = BroadWay(preset, alpha=alpha, beta=beta, tau=tau)
+    if reference_block is not None:
+        reference_block = check_int_range("--broadway-reference", reference_block, 0, example=1)
+    technique = BroadWay(preset, alpha=alpha, beta=beta, tau=tau, reference_block=1 if reference_block is None else reference_block)
     if num_frames is not None:
         technique.check_frames(num_frames)
     return technique

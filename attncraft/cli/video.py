@@ -1,9 +1,18 @@
-"""``attncraft video PROMPT``: text-to-video on AnimateDiff, with per-frame states.
+"""``attncraft video PROMPT``: text-to-video on AnimateDiff, with per-frame states and a trained CTGM
+(``--ctgm FILE``).
 
 Writes the video (``--format mp4|gif|webp``), a contact sheet of all frames (``<name>_frames.png``)
 and a JSON sidecar (``<video>.json``) with every setting that reproduces it;
 ``attncraft video --from-sidecar FILE`` re-runs those settings (FILE: the video, its sidecar or its
 contact sheet). ``attncraft world score VIDEO`` reads the video back against its prompt.
+
+Temporal techniques (:mod:`attncraft.cli.broadway`, :mod:`attncraft.cli.vstar`): ``--broadway``
+(temporal self-guidance + Fourier motion enhancement), ``--vstar`` (temporal attention
+regularization), composed on one run as TAR -> softmax -> TSG -> FME; ``--synopsis rule|llm`` (with
+``--llm PATH_OR_ID``) turns the prompt into per-frame states when no ``--state`` is given (explicit
+states always win). All of it is checked before any model is loaded, and stored in the sidecar:
+``--from-sidecar`` runs the same techniques on the same states (the language model is not needed
+again).
 """
 
 from __future__ import annotations
@@ -15,6 +24,14 @@ from typing import Any
 
 import typer
 
+from attncraft.cli.broadway import (
+    BroadwayAlphaOption,
+    BroadwayBetaOption,
+    BroadwayOption,
+    BroadwayPresetOption,
+    BroadwayReferenceOption,
+    BroadwayTauOption,
+)
 from attncraft.cli.common import (
     DeviceOption,
     DtypeOption,
@@ -25,6 +42,7 @@ from attncraft.cli.common import (
     console,
     quiet_libraries,
 )
+from attncraft.cli.vstar import LlmOption, SynopsisOption, VstarOption, VstarPresetOption, VstarSigmaOption
 from attncraft.batch.jobs import register_job
 from attncraft.errors import InputError
 
@@ -67,6 +85,43 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _technique_options(broadway, broadway_preset, broadway_alpha, broadway_beta, broadway_tau, broadway_reference,
+                       vstar, vstar_preset, vstar_sigma, synopsis, llm, frames, free_noise):
+    """(BroadWay or None, TAR or None, synopsis method or None) from the options, every value checked."""
+    from attncraft.cli.broadway import broadway_from_options
+    from attncraft.cli.vstar import check_synopsis_options, vstar_from_options
+
+    technique = broadway_from_options(broadway, broadway_preset, broadway_alpha, broadway_beta, broadway_tau,
+                                      num_frames=None if free_noise else frames, reference_block=broadway_reference)
+    if technique is not None and free_noise:
+        raise InputError("--broadway needs temporal attention over the whole clip, and --free-noise runs it on windows of frames",
+                         "drop --free-noise (at most the adapter's frame limit), or drop --broadway")
+    tar = vstar_from_options(vstar, vstar_preset, vstar_sigma)
+    return technique, tar, check_synopsis_options(synopsis, llm)
+
+
+def technique_lines(settings, unet) -> list[str]:
+    """What the run switches on, one line each, with the steps each technique acts on (for the console)."""
+    from attncraft.attention_processors.broadway import BroadWay
+
+    lines = []
+    if settings.synopsis:
+        lines.append(f"synopsis ({settings.synopsis['method']}): {len(settings.synopsis['states'])} states")
+    n = settings.num_inference_steps
+    for technique in settings.techniques(unet):
+        if isinstance(technique, BroadWay):
+            k = technique.active_steps(n)
+            window = f"steps 0..{k - 1} of {n}" if k else f"no step of {n} (add --steps)"
+            lines.append(f"broadway: alpha {technique.alpha:g}, beta {technique.beta:g}, tau {technique.tau}, guided "
+                         f"from up_blocks.{technique.reference_block}, {window}")  # fmt: skip
+        else:
+            last = technique.last_active_step(n)
+            sigmas = ", ".join(f"level {level} sigma {sigma:g}" for level, sigma in sorted(technique.sigmas.items()))
+            window = f"steps 0..{min(last, n - 1)} of {n}" if last >= 0 else f"no step of {n}"
+            lines.append(f"vstar: temporal attention regularization, {sigmas}, {window}")
+    return lines
+
+
 
 @dataclass
 class VideoPlan:
@@ -77,11 +132,19 @@ class VideoPlan:
     """The settings of --from-sidecar, or None."""
     prompt: str | None
     overrides: dict[str, Any] = field(default_factory=dict)
+    schedule: Any = None
+    broadway: Any = None
+    broadway_reference: int | None = None
+    tar: Any = None
+    synopsis_method: str | None = None
 
 
-def check_video_options(prompt=None, state=None, states_file=None, frames=None, fps=None, steps=None, guidance=None, seed=0,
-                        size=None, negative=None, scheduler=None, free_noise=False, free_noise_context=16,
-                        free_noise_stride=4, from_sidecar=None, fmt="mp4", **_other) -> VideoPlan:
+def check_video_options(prompt=None, state=None, states_file=None, frames=None, fps=None, steps=None, guidance=None,
+                        seed=0, size=None, negative=None, scheduler=None, free_noise=False, free_noise_context=16,
+                        free_noise_stride=4, broadway=False, broadway_preset="animatediff", broadway_alpha=None,
+                        broadway_beta=None, broadway_tau=None, broadway_reference=None, vstar=False, vstar_preset="64D4",
+                        vstar_sigma=None, synopsis=None, llm=None, ctgm=None, ctgm_parts=None, from_sidecar=None,
+                        fmt="mp4", **_other) -> VideoPlan:
     """Every check of ``attncraft video`` that needs no model (the video batch job runs them too)."""
     from attncraft.pipelines.text_to_image import check_values
     from attncraft.validation import check_finite, check_int_range, read_text_lines
@@ -91,10 +154,20 @@ def check_video_options(prompt=None, state=None, states_file=None, frames=None, 
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
     overrides: dict[str, Any] = {}
+    technique_options = {
+        "--broadway": broadway, "--broadway-preset": broadway_preset != "animatediff", "--broadway-alpha": broadway_alpha,
+        "--broadway-beta": broadway_beta, "--broadway-tau": broadway_tau, "--broadway-reference": broadway_reference,
+        "--vstar": vstar, "--vstar-preset": vstar_preset != "64D4", "--vstar-sigma": vstar_sigma,
+        "--synopsis": synopsis, "--llm": llm,
+    }  # fmt: skip
     if from_sidecar is not None:
         if prompt is not None or state or states_file is not None:
             raise InputError("--from-sidecar re-runs stored settings and takes no prompt or states",
                              "drop the prompt / --state / --states-file")
+        given = [name for name, value in technique_options.items() if value not in (None, False)]
+        if given:
+            raise InputError(f"--from-sidecar re-runs the stored techniques and states and takes no {given[0]}",
+                             f"drop {given[0]}, or run without --from-sidecar")
         return VideoPlan(fmt, read_settings_file(from_sidecar), None)
     lines = list(state or [])
     if states_file is not None:
@@ -106,12 +179,18 @@ def check_video_options(prompt=None, state=None, states_file=None, frames=None, 
         if schedule is None:
             raise InputError("no prompt given", 'pass a prompt, e.g. attncraft video "a red circle moves right"')
         prompt = ", then ".join(schedule.texts)
-    # what needs no model is checked before one is loaded
+    # what needs no model is checked before one is loaded: values, techniques, the synopsis options
     check_values(prompt, negative, steps, guidance, seed)
+    if frames is not None:
+        frames = check_int_range("--frames", frames, 1, example=16)
+    broadway_technique, tar, method = _technique_options(
+        broadway, broadway_preset, broadway_alpha, broadway_beta, broadway_tau, broadway_reference,
+        vstar, vstar_preset, vstar_sigma, synopsis, llm, frames, free_noise,
+    )
     if schedule is not None:
         overrides.update(states=list(schedule.texts), state_frames=list(schedule.frames) if schedule.frames else None)
     if frames is not None:
-        overrides["num_frames"] = check_int_range("--frames", frames, 1, example=16)
+        overrides["num_frames"] = frames
     if steps is not None:
         overrides["num_inference_steps"] = steps
     if size is not None:
@@ -125,18 +204,44 @@ def check_video_options(prompt=None, state=None, states_file=None, frames=None, 
     overrides.update(seed=seed, negative_prompt=negative)
     if free_noise:
         overrides.update(free_noise=True, free_noise_context=free_noise_context, free_noise_stride=free_noise_stride)
-    return VideoPlan(fmt, None, prompt, overrides)
+    if ctgm is not None or ctgm_parts is not None:
+        from attncraft.pipelines.text_to_video import check_ctgm_settings
+
+        parts = [p.strip() for p in ctgm_parts.split(",") if p.strip()] if ctgm_parts else None
+        if ctgm is None:
+            raise InputError("--ctgm-parts without --ctgm", "pass --ctgm too, or drop --ctgm-parts")
+        check_ctgm_settings(ctgm, parts)  # the file is read (no tensors) before any model is loaded
+        overrides.update(ctgm=ctgm, ctgm_components=parts)
+    return VideoPlan(fmt, None, prompt, overrides, schedule, broadway_technique, broadway_reference, tar, method)
+
+
+def make_synopsis(plan: VideoPlan, llm: str | None = None):
+    """The video synopsis of ``--synopsis`` (states from the prompt), applied to the plan; or None."""
+    method = plan.synopsis_method
+    if method is None:
+        return None
+    if plan.schedule is not None:  # explicit states always win
+        console.print(f"--synopsis {method}: not used, the given states are", markup=False, highlight=False)
+        return None
+    from attncraft.cli.vstar import synopsis_from_options
+
+    made = synopsis_from_options(plan.prompt, method, llm, None)
+    if len(made.states) >= 2:
+        plan.overrides.update(states=list(made.states), state_frames=None)
+    else:
+        console.print(f"--synopsis {method}: the prompt is one state, used on every frame", markup=False,
+                      highlight=False)  # fmt: skip
+    return made
 
 
 def load_video_model(options: dict[str, Any], device: str = "auto", plan: VideoPlan | None = None):
     """The AnimateDiff pipeline of a run: the one the --from-sidecar settings name, else the options'."""
     quiet_libraries()
     from attncraft.loading import load_text_to_video
+    from attncraft.pipelines.text_to_video import TextToVideoSettings
 
     plan = plan if plan is not None else check_video_options(**options)
     if plan.stored is not None:
-        from attncraft.pipelines.text_to_video import TextToVideoSettings
-
         stored = TextToVideoSettings.from_dict(plan.stored)
         return load_text_to_video(stored.model, stored.adapter, device=device, dtype=options["dtype"],
                                   config=stored.extra.get("config"), adapter_config=stored.extra.get("adapter_config"),
@@ -146,9 +251,14 @@ def load_video_model(options: dict[str, Any], device: str = "auto", plan: VideoP
                               trust_pickle=options["trust_pickle"])
 
 
-def video_settings(loaded, plan: VideoPlan, config: str | None = None, adapter_config: str | None = None):
-    """The settings of a run of ``plan`` on ``loaded`` (model defaults filled in), checked."""
-    from attncraft.pipelines.text_to_video import TextToVideoSettings, default_video_settings, validate_video
+def video_settings(loaded, plan: VideoPlan, config: str | None = None, adapter_config: str | None = None, made=None):
+    """The settings of a run of ``plan`` on ``loaded`` (model defaults and techniques filled in), checked."""
+    from attncraft.pipelines.text_to_video import (
+        TextToVideoSettings,
+        default_video_settings,
+        resolve_broadway,
+        validate_video,
+    )
 
     if plan.stored is not None:
         settings = TextToVideoSettings.from_dict(plan.stored)
@@ -157,6 +267,15 @@ def video_settings(loaded, plan: VideoPlan, config: str | None = None, adapter_c
         for key, value in plan.overrides.items():
             setattr(settings, key, value)
         settings.extra.update({k: v for k, v in (("config", config), ("adapter_config", adapter_config)) if v})
+        if made is not None:
+            settings.synopsis = {"method": plan.synopsis_method, **made.to_dict()}
+        if plan.broadway is not None:
+            spec = plan.broadway.settings()
+            if plan.broadway_reference is None:  # the model's own reference block
+                spec["reference_block"] = None
+            settings.broadway = resolve_broadway(loaded.pipeline.unet, spec).settings()
+        if plan.tar is not None:
+            settings.vstar = plan.tar.settings()
     settings.model_label = loaded.label
     validate_video(settings, loaded)
     return settings
@@ -182,6 +301,19 @@ def video(
     free_noise: bool = typer.Option(False, "--free-noise", help="FreeNoise sliding windows, for more frames than the adapter takes in one pass."),
     free_noise_context: int = typer.Option(16, "--free-noise-context", help="FreeNoise window length in frames."),
     free_noise_stride: int = typer.Option(4, "--free-noise-stride", help="FreeNoise window stride in frames."),
+    broadway: bool = BroadwayOption,
+    broadway_preset: str = BroadwayPresetOption,
+    broadway_alpha: float = BroadwayAlphaOption,
+    broadway_beta: float = BroadwayBetaOption,
+    broadway_tau: str = BroadwayTauOption,
+    broadway_reference: int = BroadwayReferenceOption,
+    vstar: bool = VstarOption,
+    vstar_preset: str = VstarPresetOption,
+    vstar_sigma: str = VstarSigmaOption,
+    synopsis: str = SynopsisOption,
+    llm: str = LlmOption,
+    ctgm: str = typer.Option(None, "--ctgm", help="A trained CTGM (FancyVideo's cross-frame textual guidance): its .safetensors file, or 'shapes' / 'shapes-all' for the Shapes ones."),
+    ctgm_parts: str = typer.Option(None, "--ctgm-parts", help="Only these parts of the CTGM, comma-separated: tii_self, tii_cross, tii_text, tar, tfb (default: all its mode has)."),
     from_sidecar: Path = typer.Option(None, "--from-sidecar", help="Re-run the settings stored with a video (its sidecar, the video, or its contact sheet)."),
     fmt: str = typer.Option("mp4", "--format", help="mp4, gif or webp (lossless)."),
     out: Path = OutOption,
@@ -195,14 +327,19 @@ def video(
     from attncraft.pipelines.text_to_video import generate_video, save_video, video_frames_uint8
     from attncraft.progress import progress_task
 
-    plan = check_video_options(prompt, state, states_file, frames, fps, steps, guidance, seed, size, negative, scheduler,
-                               free_noise, free_noise_context, free_noise_stride, from_sidecar, fmt)
+    plan = check_video_options(
+        prompt, state, states_file, frames, fps, steps, guidance, seed, size, negative, scheduler, free_noise,
+        free_noise_context, free_noise_stride, broadway, broadway_preset, broadway_alpha, broadway_beta, broadway_tau,
+        broadway_reference, vstar, vstar_preset, vstar_sigma, synopsis, llm, ctgm, ctgm_parts, from_sidecar, fmt)
     fmt = plan.fmt
     out = prepare_output_dir(out)
+    made = make_synopsis(plan, llm)
     loaded = load_video_model(dict(model=model, adapter=adapter, config=config, adapter_config=adapter_config,
                                    trust_pickle=trust_pickle, dtype=dtype), device, plan)
-    settings = video_settings(loaded, plan, config, adapter_config)
+    settings = video_settings(loaded, plan, config, adapter_config, made)
     console.print(f"model: {loaded.label}")
+    for line in technique_lines(settings, loaded.pipeline.unet):
+        console.print(line, markup=False, highlight=False)
     if settings.states:
         anchors = settings.schedule().anchors(settings.num_frames)
         for frame, text in zip(anchors, settings.states):
@@ -224,7 +361,8 @@ def video(
 def _prepare_video_job(loaded, job):
     o = job.options
     plan = check_video_options(**o)
-    return plan, video_settings(loaded, plan, o["config"], o["adapter_config"])
+    made = make_synopsis(plan, o["llm"])
+    return plan, video_settings(loaded, plan, o["config"], o["adapter_config"], made)
 
 
 def _run_video_jobs(loaded, jobs) -> None:

@@ -21,7 +21,27 @@ per-frame tensor and may replace it.
 
 Attention techniques: ``pipe(..., techniques=[...])`` installs attncraft techniques for this call
 (:func:`~attncraft.attention_processors.apply_techniques`, run start declared with the step count);
-``with apply_techniques(pipe, ...)`` around any call works too.
+``with apply_techniques(pipe, ...)`` around any call works too. The two temporal techniques have
+their own call arguments (:func:`temporal_techniques`): ``broadway=True`` (BroadWay's AnimateDiff
+preset, guided from :func:`~attncraft.attention_processors.broadway.default_reference_block` of this
+UNet: ``up_blocks.1`` on SD 1.5), a preset name, a dict of ``BroadWay`` arguments or a ``BroadWay``;
+``vstar=True`` (TAR preset ``64D4``), a preset name, a dict or a ``TemporalAttentionRegularization``.
+On one run they compose in a fixed order, whatever order they are given in: on a temporal layer both
+select, TAR edits the logits, then the softmax, then BroadWay's temporal self-guidance, then its
+Fourier motion enhancement (TAR -> softmax -> TSG -> FME; BroadWay's guidance map is the reference
+block's map after TAR). Video synopsis prompting (the prompt's states) is a prompt schedule:
+``pipe(PromptSchedule.from_states(make_synopsis(prompt).states))``.
+
+CTGM (FancyVideo's cross-frame textual guidance, :mod:`attncraft.attention_processors.ctgm`):
+``pipe(..., ctgm="ctgm.safetensors")`` (or a ``CTGM`` module, or ``"shapes"`` for the trained Shapes
+one; ``ctgm_components=[...]`` switches parts off) runs the trained CTGM in this call. The file is
+loaded once, strictly and checked against this UNet, and kept while it does not change. It composes
+with the other techniques of the call and with per-frame schedules: in every spatial transformer
+CTGM's TII turns the (per-frame) text into its own per-frame condition, keeping frame 0's; in
+cross-attention its TAR refines the scores and its TFB the output; the temporal techniques act in
+the motion modules after that, VSTAR's TAR on the logits, then BroadWay on the probabilities. So
+one run with all three has the order TII -> cross-attention (TAR, softmax, TFB) -> motion module
+(VSTAR TAR, softmax, BroadWay TSG, FME), whatever order they are passed in.
 
 Frames: the motion modules' sinusoidal frame positions stop at the adapter's
 ``motion_max_seq_length`` (32 for the published adapters). More frames in one pass are refused before
@@ -56,6 +76,8 @@ from attncraft.video.prompts import PromptSchedule, as_schedule, interpolate_emb
 
 __all__ = [
     "TextToVideoPipeline",
+    "resolve_broadway",
+    "temporal_techniques",
     "TextToVideoSettings",
     "check_frame_count",
     "default_video_settings",
@@ -109,6 +131,74 @@ def check_frame_count(pipe, num_frames: Any) -> int:
             "(attncraft video --free-noise; Python: pipe.enable_free_noise())",
         )
     return num_frames
+
+
+# --------------------------------------------------------------------------------------------------
+# BroadWay and VSTAR as call arguments
+# --------------------------------------------------------------------------------------------------
+
+
+def _technique_from(spec: Any, cls: type, what: str, example: str, fill: Callable[[dict], None] | None = None) -> Any:
+    """``cls`` from True (its defaults), a preset name, a dict of its arguments, or an instance (as is)."""
+    if isinstance(spec, cls):
+        return spec
+    if spec is True:
+        spec = {}
+    elif isinstance(spec, str):
+        spec = {"preset": spec}
+    elif not isinstance(spec, Mapping):
+        raise InputError(f"{what}= takes True, a preset name, a dict or a {cls.__name__}, got {type(spec).__name__}",
+                         f"pass e.g. {what}=True or {what}={example}")
+    spec = dict(spec)
+    if fill is not None:
+        fill(spec)
+    return cls.from_settings(spec)
+
+
+def resolve_broadway(unet: Any, spec: Any) -> Any:
+    """A ``BroadWay`` from ``spec``: True, a preset name, a dict of its arguments (a sidecar's
+    ``broadway`` entry) or a ``BroadWay`` (returned as is). Without a ``reference_block`` the
+    reference is :func:`~attncraft.attention_processors.broadway.default_reference_block` of ``unet``."""
+    from attncraft.attention_processors.broadway import BroadWay, default_reference_block
+
+    def reference(settings: dict) -> None:
+        if settings.get("reference_block") is None:
+            settings["reference_block"] = default_reference_block(unet)
+
+    return _technique_from(spec, BroadWay, "broadway", "{'beta': 2.0}", reference)
+
+
+def resolve_vstar(spec: Any) -> Any:
+    """A ``TemporalAttentionRegularization`` from True, a preset name, a dict of its arguments or one."""
+    from attncraft.attention_processors.vstar import TemporalAttentionRegularization
+
+    return _technique_from(spec, TemporalAttentionRegularization, "vstar", "'64D1_32D8'")
+
+
+def temporal_techniques(unet: Any, broadway: Any = None, vstar: Any = None) -> list[Any]:
+    """The techniques of the ``broadway=`` / ``vstar=`` arguments (None or False: off), TAR first.
+
+    The list order does not matter for the result (the processor runs logit edits before probability
+    edits); it is the order of the composition: TAR -> softmax -> TSG -> FME.
+    """
+    out = []
+    if vstar is not None and vstar is not False:
+        out.append(resolve_vstar(vstar))
+    if broadway is not None and broadway is not False:
+        out.append(resolve_broadway(unet, broadway))
+    return out
+
+
+def check_techniques_fit(techniques: Sequence[Any], num_frames: int, frame_windows: bool = False) -> None:
+    """Before any work: each technique's frame check (BroadWay's tau against the frame count). Under
+    FreeNoise's windows (``frame_windows``) the attention manager refuses, at installation, the
+    techniques that need attention over the whole clip, and the windows' length is what counts."""
+    if frame_windows:
+        return
+    for technique in techniques:
+        check = getattr(technique, "check_frames", None)
+        if check is not None:
+            check(num_frames)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,7 +274,12 @@ class TextToVideoPipeline(AnimateDiffPipeline):
     * ``prompt``: also ``{frame: text}``, a :class:`~attncraft.video.prompts.PromptSchedule`, or a list
       of those (one per video); a plain list of strings is a batch, as in diffusers;
     * ``techniques``: attncraft :class:`~attncraft.attention_processors.AttentionTechnique` objects
-      active for this call only.
+      active for this call only;
+    * ``broadway`` / ``vstar``: BroadWay and VSTAR's temporal attention regularization for this call
+      (True, a preset name, a dict of arguments, or the technique; see :func:`temporal_techniques`).
+      With both, the order on a layer is TAR -> softmax -> TSG -> FME, whatever the argument order.
+    * ``ctgm``: a trained CTGM for this call (a file path, ``"shapes"``, a ``CTGM`` or its technique),
+      ``ctgm_components``: the parts of it to run (default: all its mode has); see the module doc.
 
     The frame count is checked against the adapter's limit before any work (see module doc).
     ``save_pretrained`` writes a stock ``AnimateDiffPipeline`` folder (the per-frame prompts are code,
@@ -193,13 +288,21 @@ class TextToVideoPipeline(AnimateDiffPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: Any = None, num_frames: int | None = 16, *args: Any,
-                 techniques: Sequence[Any] | None = None, **kwargs: Any):
+                 techniques: Sequence[Any] | None = None, broadway: Any = None, vstar: Any = None,
+                 ctgm: Any = None, ctgm_components: Sequence[str] | None = None, **kwargs: Any):
         bound = _STOCK_SIGNATURE.bind(self, prompt, num_frames, *args, **kwargs)
         call = {k: v for k, v in bound.arguments.items() if k not in ("self", "kwargs")}
         call.update(bound.arguments.get("kwargs", {}))
         frames = check_frame_count(self, call["num_frames"] if call.get("num_frames") is not None else 16)
         call["num_frames"] = frames
-        techniques = tuple(techniques or ())
+        techniques = (*(techniques or ()), *temporal_techniques(self.unet, broadway, vstar))
+        if ctgm is not None:
+            from attncraft.attention_processors.ctgm import ctgm_technique
+
+            techniques += (ctgm_technique(self, ctgm, ctgm_components),)
+        elif ctgm_components is not None:
+            raise InputError("ctgm_components without ctgm", "pass ctgm=... too, or drop ctgm_components")
+        check_techniques_fit(techniques, frames, free_noise_enabled(self))
         with contextlib.ExitStack() as stack:
             if techniques:
                 from attncraft.attention_processors import apply_techniques
@@ -326,9 +429,19 @@ class TextToVideoSettings:
     free_noise: bool = False
     free_noise_context: int = 16
     free_noise_stride: int = 4
+    ctgm: str | None = None
+    """A trained CTGM (file or ``shapes``); its fingerprint and mode are recorded in ``extra["ctgm"]``."""
+    ctgm_components: list[str] | None = None
     model: str = "shapes"
     adapter: str | None = "shapes"
     model_label: str = ""
+    broadway: dict[str, Any] | None = None
+    """BroadWay's settings (``BroadWay.settings()``), or None: off."""
+    vstar: dict[str, Any] | None = None
+    """VSTAR temporal attention regularization's settings, or None: off."""
+    synopsis: dict[str, Any] | None = None
+    """Where ``states`` came from when a video synopsis made them (method, source, states, the
+    language model and its answer); a record: ``states`` is what the model reads."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def schedule(self) -> PromptSchedule:
@@ -336,6 +449,10 @@ class TextToVideoSettings:
             frames = tuple(self.state_frames) if self.state_frames is not None else None
             return PromptSchedule(tuple(self.states), frames)
         return PromptSchedule.single(self.prompt)
+
+    def techniques(self, unet: Any) -> list[Any]:
+        """The attention techniques these settings switch on (BroadWay, VSTAR TAR)."""
+        return temporal_techniques(unet, self.broadway, self.vstar)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -415,8 +532,30 @@ def validate_video(settings: TextToVideoSettings, loaded: LoadedPipeline) -> Non
             raise InputError("per-frame states need an SD 1.x/2.x base model (TextToVideoPipeline)",
                              "use a single prompt with SDXL motion adapters")
         settings.schedule().anchors(settings.num_frames)
+    check_techniques_fit(settings.techniques(pipe.unet), settings.num_frames, settings.free_noise)
     if settings.scheduler is not None and settings.scheduler not in SCHEDULERS:
         raise InputError(f"unknown scheduler {settings.scheduler!r}", f"pass one of {', '.join(SCHEDULERS)}")
+    if settings.ctgm is not None:
+        check_ctgm_settings(settings.ctgm, settings.ctgm_components, settings.extra.get("ctgm"))
+    elif settings.ctgm_components:
+        raise InputError("--ctgm-parts without --ctgm", "pass --ctgm too, or drop --ctgm-parts")
+
+
+def check_ctgm_settings(reference: str, components: Sequence[str] | None, recorded: Mapping[str, Any] | None = None) -> None:
+    """One line unless ``reference`` is a readable CTGM file whose mode has ``components``, and, when a
+    sidecar ``recorded`` it, the same file (fingerprint) that made the video; reads no tensors."""
+    from attncraft.attention_processors.ctgm import file_fingerprint, read_ctgm_metadata, resolve_ctgm_file
+
+    path = resolve_ctgm_file(reference)
+    config, _ = read_ctgm_metadata(path)
+    unknown = sorted(set(components or ()) - set(config.components))
+    if unknown:
+        raise InputError(f"the CTGM {reference} ({config.mode}) has no {', '.join(unknown)}",
+                         f"pass --ctgm-parts among {','.join(config.components)}")  # fmt: skip
+    was = (recorded or {}).get("sha256_16")
+    if was and was != file_fingerprint(path):
+        raise InputError(f"the CTGM file {path} is not the one that made this video (sha256 {was}...)",
+                         "pass the original CTGM file with --ctgm")  # fmt: skip
 
 
 def generate_video(
@@ -429,13 +568,15 @@ def generate_video(
     """Generate one video; returns the diffusers pipeline output (``.frames``).
 
     ``on_step(step, total)`` is called after every denoising step; ``techniques`` are attncraft
-    attention techniques active for this call; extra keyword arguments go to the pipeline call.
+    attention techniques active for this call, besides those of ``settings.broadway`` /
+    ``settings.vstar``; extra keyword arguments go to the pipeline call.
     FreeNoise (``settings.free_noise``) is enabled for the call and restored afterwards.
     """
     from attncraft.schedulers import set_scheduler
 
     validate_video(settings, loaded)
     pipe = loaded.pipeline
+    techniques = (*settings.techniques(pipe.unet), *techniques)
     if settings.scheduler:
         set_scheduler(pipe, settings.scheduler)
     device = pipe._execution_device
@@ -449,6 +590,12 @@ def generate_video(
             on_step(done[0], total)
         return kwargs
 
+    if settings.ctgm is not None:
+        from attncraft.attention_processors.ctgm import ctgm_technique
+
+        ctgm = ctgm_technique(pipe, settings.ctgm, settings.ctgm_components)
+        techniques = (*techniques, ctgm)
+        settings.extra["ctgm"] = ctgm.settings()
     prompt: Any = settings.schedule() if settings.states else settings.prompt
     call = dict(
         prompt=prompt, negative_prompt=settings.negative_prompt, num_frames=settings.num_frames,

@@ -36,6 +36,8 @@ TEXT_HIDDEN = 128  # text tower width == UNet cross_attention_dim
 SHAPES_CLIP_DIR: Path = models_dir() / "shapes-clip"
 SHAPES_SD_DIR: Path = models_dir() / "shapes-sd"
 SHAPES_MOTION_DIR: Path = models_dir() / "shapes-motion"
+SHAPES_CTGM_DIR: Path = models_dir() / "shapes-ctgm"
+"""Trained CTGMs of the Shapes motion model (``ctgm-tii-tar.safetensors``, ``ctgm-all.safetensors``)."""
 
 #: File in the shapes-sd folder with the recommended sampling settings, in the format of
 #: ``attncraft.loading.DEFAULTS_FILE`` (width, height, num_inference_steps, guidance_scale); written by

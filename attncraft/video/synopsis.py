@@ -11,7 +11,7 @@ the text-to-video pipeline does that part). Three sources, in order of precedenc
 1. **Explicit states** (``--state`` repeated): used as given, always.
 2. **A local language model** (``--llm PATH_OR_ID``): any transformers causal LM, from a folder, a
    Hub id in the local cache, or a single GGUF file (read through transformers' ``gguf_file``, which
-   needs the ``gguf`` package). The instruction is ours (:data:`INSTRUCTION`, VSTAR's own is not
+   needs the ``gguf`` package: ``pip install 'attncraft[llm]'``). The instruction is ours (:data:`INSTRUCTION`, VSTAR's own is not
    public); decoding is greedy, so the same model and prompt give the same states; the answer is
    parsed by :func:`parse_answer`.
 3. **The rule-based splitter** (:func:`rule_states`), deterministic, for the usual forms.
@@ -395,7 +395,8 @@ def load_language_model(ref: str, device: Any = "cpu", dtype: Any = None) -> tup
             try:
                 import gguf  # noqa: F401
             except ImportError:
-                raise InputError(f"reading the GGUF file {ref!r} needs the 'gguf' package", "pip install gguf, or pass a transformers model folder") from None
+                raise InputError(f"reading the GGUF file {ref!r} needs the 'gguf' package",
+                                 "install it with pip install 'attncraft[llm]', or pass a transformers model folder") from None
             source, kwargs = str(path.parent), {"gguf_file": path.name}
         else:
             source = str(path)

@@ -1,5 +1,6 @@
-"""``benchmarks/measure_broadway_vstar.py``: per-frame text (anchors, interpolation, the UNet's
-layout) and one end-to-end run on a tiny random SD folder with a tiny random motion adapter."""
+"""``benchmarks/measure_broadway_vstar.py``: its sequential prompts, and one end-to-end run on a tiny
+random SD folder with a tiny random motion adapter. Its per-frame text is the text-to-video
+pipeline's prompt schedule (anchors, interpolation and the UNet's layout: ``tests/video``)."""
 
 from __future__ import annotations
 
@@ -22,32 +23,6 @@ def measure():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_states_sit_on_their_anchor_frames_and_are_linear_in_between(measure):
-    states = torch.randn(3, 77, 8, dtype=torch.float64)
-    frames = measure.per_frame_embeddings(states, 32)
-    assert frames.shape == (32, 77, 8)
-    for k, anchor in enumerate((0, 15, 31)):  # int(linspace(0, 31, 3)) truncates 15.5 to 15
-        assert torch.equal(frames[anchor], states[k])
-    second = frames[2:] - 2 * frames[1:-1] + frames[:-2]
-    for f in range(1, 31):
-        if f not in (15,):
-            assert second[f - 1].abs().max() < 1e-12
-    one = measure.per_frame_embeddings(states[:1], 16)
-    assert torch.equal(one, states[:1].expand(16, -1, -1))
-
-
-def test_per_frame_text_replaces_the_pipelines_copy_in_its_layout(measure):
-    uncond, frames = torch.zeros(2, 3, 4), torch.arange(2 * 5 * 3 * 4, dtype=torch.float32).reshape(2, 5, 3, 4)
-    swap = measure.PerFrameText(torch.nn.Identity(), uncond, frames, guided=True)
-    _, kwargs = swap._swap(None, (), {"encoder_hidden_states": torch.ones(20, 3, 4)})
-    states = kwargs["encoder_hidden_states"]
-    assert torch.equal(states[:10], torch.zeros(10, 3, 4))  # uncond, every frame
-    assert torch.equal(states[10 + 5 * 1 + 2], frames[1, 2])  # cond: video 1, frame 2
-    with pytest.raises(RuntimeError, match="does not match"):
-        swap._swap(None, (), {"encoder_hidden_states": torch.ones(10, 3, 4)})
-    swap.handle.remove()
 
 
 def test_sequential_prompts_have_an_object_doing_two_things(measure):
@@ -78,6 +53,7 @@ def test_measurement_runs_end_to_end_on_a_tiny_random_adapter(measure, tmp_path,
     assert plain["energy_before"] == plain["energy_after"] and edited["energy_after"] >= edited["energy_before"] * (1 - 1e-6)
     assert plain["energy_before"] == pytest.approx(edited["energy_before"], rel=0.05)  # unedited maps: close
     assert results["settings"]["broadway"]["num_active_steps"] == 1
+    assert results["settings"]["broadway"]["reference_block"] == 0  # two up blocks: the model's default
     assert all(len(states) >= 2 for states in results["vstar_states"])
     assert (out / "examples.png").is_file()
     table = (out / "measure_broadway_vstar.md").read_text()

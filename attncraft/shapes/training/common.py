@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-#: Wall-clock time at which the process started (set by ``__main__`` before the heavy imports).
-PROCESS_T0: float = time.time()
+#: Wall-clock time at which the command started (set by ``__main__`` before the heavy imports, so a
+#: command's budget includes them). None when the trainers are called in-process (tests, scripts):
+#: each budget then counts from its own start, not from whenever this module was first imported.
+PROCESS_T0: float | None = None
 
 
 @dataclass
@@ -32,9 +34,11 @@ class RunArgs:
     workers: int | None = None  # scene-generation worker processes (None: the config's value)
     clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
     vae_dir: str | None = None  # unet: the trained VAE folder
-    sd_dir: str | None = None  # evaluate / motion: the shapes SD folder
-    adapter_dir: str | None = None  # evaluate --what motion: the motion adapter folder
+    sd_dir: str | None = None  # evaluate / motion / ctgm: the shapes SD folder
+    adapter_dir: str | None = None  # evaluate --what motion / ctgm: the motion adapter; realcustom-eval: the checkpoint
     prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
+    ctgm_mode: str | None = None  # ctgm: the CTGM mode (None: the config's)
+    ctgm_sites: str | None = None  # ctgm: "all" or "part" (None: the config's)
     what: str = "all"  # evaluate: clip | sd | all
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
@@ -46,7 +50,7 @@ class Budget:
     """The command's wall-clock budget: training stops ``reserve_s`` before the end, to save."""
 
     def __init__(self, minutes: float, reserve_s: float, t0: float | None = None):
-        self.t0 = PROCESS_T0 if t0 is None else t0
+        self.t0 = t0 if t0 is not None else PROCESS_T0 if PROCESS_T0 is not None else time.time()
         self.end = self.t0 + 60.0 * minutes
         self.reserve_s = reserve_s
         self.train_t0 = time.time()
@@ -211,6 +215,18 @@ class TrainingSteps:
         log.maybe_print(self.done, self.lr, self.budget, force=True)
         log.flush()
         return time.time() - self.budget.train_t0
+
+
+def descend(optimizer, loss: torch.Tensor, params, grad_clip: float | None, ema: PowerEMA | None = None) -> None:
+    """One optimiser step on ``loss``: clear the gradients, back-propagate, clip their norm at
+    ``grad_clip`` (None: no clipping), step, and update ``ema``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update()
 
 
 def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str, Any]:

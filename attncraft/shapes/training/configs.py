@@ -115,6 +115,37 @@ class MotionTrain:
 
 
 @dataclass
+class CtgmTrain:
+    """CTGM on the Shapes motion model (see :mod:`attncraft.shapes.training.ctgm` for the reasons)."""
+
+    mode: str = "tii+tar"
+    sites: str = "part"
+    batch: int = 32  # clips of `frames` frames per step
+    frames: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_gamma: float = 6.94
+    num_objects: tuple[int, int] = (1, 2)
+    caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
+    image_size: int = 64
+    pool: int = 8192  # clips, as VAE latents
+    chunk: int = 256
+    refresh_every: int = 20
+    workers: int = 4
+    reserve_s: float = 15.0
+    pool_fill_limit_s: float | None = 30.0
+    probe_examples: int = 256
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
 class EvalConfig:
     clip_scenes: int = 1000  # held-out single-object scenes for zero-shot CLIP
     sd_one: int = 500  # one-object prompts
@@ -148,6 +179,7 @@ class StageConfigs:
     vae: VaeTrain = field(default_factory=VaeTrain)
     unet: UnetTrain = field(default_factory=UnetTrain)
     motion: MotionTrain = field(default_factory=MotionTrain)
+    ctgm: CtgmTrain = field(default_factory=CtgmTrain)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -167,6 +199,9 @@ def get_configs(name: str) -> StageConfigs:
             motion=MotionTrain(batch=2, frames=8, long_frames=12, long_fraction=0.25, lr=3e-3, warmup=3,
                                image_size=32, pool=16, chunk=8, refresh_every=6, workers=0, reserve_s=0.0,
                                pool_fill_limit_s=None, probe_examples=4, heads=2, max_steps=12, log_every_s=1e9),
+            ctgm=CtgmTrain(batch=2, frames=3, lr=3e-3, warmup=3, image_size=32, pool=8, chunk=8, refresh_every=6,
+                           workers=0, reserve_s=0.0, pool_fill_limit_s=None, probe_examples=2, max_steps=8,
+                           log_every_s=1e9),
             eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2,
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
                             steps=2, gen_batch=8, score_workers=0, save_grid=False,

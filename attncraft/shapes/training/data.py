@@ -350,3 +350,19 @@ def maybe_refresh(step: int, every: int, pool: DevicePool, stream: ChunkStream,
     if step == 0 or step % every:
         return False
     return refresh_pool(pool, stream, encode)
+
+
+def captioned_batch(pool: DevicePool, batch: int, text_encoder, empty: torch.Tensor, dropout: float,
+                    autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch from ``pool`` (``latents`` and ``tokens`` of several captions per example): the
+    latents (float32) and the text states of one random caption each, replaced by ``empty`` (the
+    empty prompt's states, ``(1, T, D)``) with probability ``dropout`` (for classifier-free guidance)."""
+    device = pool.device
+    idx = pool.sample_index(batch)
+    cap = torch.randint(0, pool.data["tokens"].shape[1], (batch,), device=device)
+    z0 = pool.data["latents"][idx].float()
+    ids = pool.data["tokens"][idx, cap].long()
+    with torch.no_grad(), autocast:
+        cond = text_encoder(ids).last_hidden_state.float()
+    drop = torch.rand(batch, device=device) < dropout
+    return z0, torch.where(drop[:, None, None], empty.expand(batch, -1, -1), cond)

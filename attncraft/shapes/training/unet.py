@@ -35,6 +35,7 @@ from attncraft.shapes.training.data import (
     ChunkStream,
     DevicePool,
     SceneChunks,
+    captioned_batch,
     fill_pool,
     maybe_refresh,
     render_uint8,
@@ -240,14 +241,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
-        idx = pool.sample_index(B)
-        cap = torch.randint(0, n_caps, (B,), device=device)
-        z0 = pool.data["latents"][idx].float()
-        ids = pool.data["tokens"][idx, cap].long()
-        with torch.no_grad(), common.autocast(device):
-            cond = text_encoder(ids).last_hidden_state.float()
-        drop = torch.rand(B, device=device) < cfg.cfg_dropout
-        cond = torch.where(drop[:, None, None], empty.expand(B, -1, -1), cond)
+        z0, cond = captioned_batch(pool, B, text_encoder, empty, cfg.cfg_dropout, common.autocast(device))
         noise = torch.randn_like(z0)
         t = torch.randint(0, n_t, (B,), device=device)
         noisy, target, snr = common.v_targets(z0, noise, t, alphas_cumprod)
@@ -256,11 +250,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
             pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update()
+        common.descend(opt, loss, unet.parameters(), cfg.grad_clip, ema)
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
         log.maybe_print(step + 1, lr, budget)
     train_s = steps.finish(log)
