@@ -451,14 +451,19 @@ class RayBackend(Backend):
             try:
                 events.append(Event("result", handle, self.ray.get(future)))
             except self.ray.exceptions.RayError as exc:
-                # the actor is gone: what it finished before is kept, the rest goes back to the queue
-                for other in [f for f, (h, _u) in self.futures.items() if h is handle]:
-                    self.futures.pop(other)
+                # The actor is gone, and every unit it had not answered fails with it. An actor runs
+                # its units in the order they were sent, so the first unanswered one was running:
+                # its jobs fail; what it answered is kept; the later ones go back to the queue.
+                mine = [(f, u) for f, (h, u) in self.futures.items() if h is handle] + [(future, unit)]
+                mine.sort(key=lambda item: handle.inflight.index(item[1]) if item[1] in handle.inflight else 0)
+                running = None
+                for other, other_unit in mine:
+                    self.futures.pop(other, None)
                     try:
-                        events.append(Event("result", handle, self.ray.get(other, timeout=0)))
-                    except Exception:  # noqa: BLE001 - not finished: dispatch() queues it again
-                        pass
-                events.append(Event("died", handle, reason=short_reason(exc, 160), unit=unit))
+                        events.append(Event("result", handle, self.ray.get(other, timeout=1)))
+                    except Exception:  # noqa: BLE001 - unanswered
+                        running = running or other_unit
+                events.append(Event("died", handle, reason=short_reason(exc, 160), unit=running or unit))
         return events
 
     def restart(self, handle: Handle) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import typer
@@ -69,6 +70,7 @@ def run(model, jobs) -> None:
     for job in jobs:
         o = job.options
         if o["die_if"] is not None and Path(o["die_if"]).exists():
+            time.sleep(0.5)  # dies while working, not in the instant the previous answer leaves
             os.kill(os.getpid(), signal.SIGKILL)
         if o["fail"]:
             raise RuntimeError(f"job {o['label']} was asked to fail <b>")

@@ -53,7 +53,7 @@ def test_ray_workers_write_what_the_local_runner_writes(tmp_path, local_ray):
     on_ray, local = tmp_path / "ray", tmp_path / "local"
     summary = run_batch(jobs, on_ray, backend="ray", workers=2, device="cpu", batch_size=2, extra_modules=MODULES)
     assert summary.backend == "2 Ray workers (1 CPU each) on a local Ray instance"
-    assert summary.done == 5 and len(summary.failed) == 2
+    assert summary.done == 5 and len(summary.failed) == 2, summary.failed
     errors = {f["source"]: f["error"] for f in summary.failed}
     assert errors["m.jsonl:3"] == "RuntimeError: job broken was asked to fail <b>"
     assert errors["m.jsonl:4"].startswith("the worker Ray worker") and "died while running this job" in errors["m.jsonl:4"]
