@@ -704,3 +704,21 @@ def load_text_to_video(
     label = f"{base.label} + {motion.label}"
     return LoadedPipeline(pipe, base.reference, label, family, base.source, defaults,
                           adapter=motion.reference, adapter_label=motion.label)
+
+
+def pipeline_as(cls, pipe):
+    """``pipe``'s components as a pipeline of class ``cls`` (diffusers' ``from_pipe``): nothing is
+    copied or re-cast (``from_pipe`` alone would cast every module to float32, in place, and warn)."""
+    import logging
+
+    if isinstance(pipe, cls):
+        return pipe
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        out = cls.from_pipe(pipe, dtype=pipe.unet.dtype)
+    finally:
+        logger.setLevel(level)
+    out.set_progress_bar_config(disable=True)
+    return out

@@ -16,6 +16,7 @@ import sys
 
 import typer
 
+from attncraft.cli import edit as edit_cmd
 from attncraft.cli import image as image_cmd
 from attncraft.cli import video as video_cmd
 from attncraft.cli import realcustom as realcustom_cmd
@@ -36,6 +37,7 @@ def _root() -> None:
 
 
 app.command("image")(image_cmd.image)
+app.command("edit")(edit_cmd.edit)
 app.command("video")(video_cmd.video)
 app.command("customize")(realcustom_cmd.customize)
 

@@ -4,7 +4,14 @@
 * :mod:`.text_to_video` - AnimateDiff text-to-video with per-frame prompt schedules
   (:class:`TextToVideoPipeline`), reproducible video outputs;
 * :mod:`.realcustom` - :class:`RealCustomPipeline` (SD 1.x/2.x, Shapes SD) and
-  :class:`RealCustomXLPipeline` (SDXL), imported on first use (they import the diffusers pipelines).
+  :class:`RealCustomXLPipeline` (SDXL);
+* :mod:`.prompt_to_prompt` - :class:`PromptToPromptPipeline` (SDXL: ``PromptToPromptXLPipeline``):
+  Prompt-to-Prompt edits of generated images;
+* :mod:`.inversion` - DDIM and null-text inversion, the saved :class:`Inversion`;
+* :mod:`.dpl` - :class:`RealImageEditPipeline` (SDXL: ``RealImageEditXLPipeline``): invert a real
+  image, optionally with DPL's dynamic tokens, and edit it with Prompt-to-Prompt.
+
+The technique pipelines are imported on first use (they import the diffusers pipelines).
 """
 
 from attncraft.pipelines.text_to_image import TextToImageSettings, default_settings, generate, save_images
@@ -16,11 +23,26 @@ from attncraft.pipelines.text_to_video import (
     save_video,
 )
 
-_LAZY = {"RealCustomPipeline": "realcustom", "RealCustomXLPipeline": "realcustom"}
+_LAZY = {
+    "RealCustomPipeline": "realcustom",
+    "RealCustomXLPipeline": "realcustom",
+    "PromptToPromptPipeline": "prompt_to_prompt",
+    "PromptToPromptXLPipeline": "prompt_to_prompt",
+    "RealImageEditPipeline": "dpl",
+    "RealImageEditXLPipeline": "dpl",
+    "Inversion": "inversion",
+    "NullTextSettings": "inversion",
+}
 
 __all__ = [
+    "Inversion",
+    "NullTextSettings",
+    "PromptToPromptPipeline",
+    "PromptToPromptXLPipeline",
     "RealCustomPipeline",
     "RealCustomXLPipeline",
+    "RealImageEditPipeline",
+    "RealImageEditXLPipeline",
     "TextToImageSettings",
     "TextToVideoPipeline",
     "TextToVideoSettings",

@@ -7,16 +7,8 @@ import sys
 
 import pytest
 
-from attncraft.cli.app import main
 from attncraft.outputs import read_png_settings
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from cli_runner import run_cli
 
 
 def test_help_lists_commands(capsys):
