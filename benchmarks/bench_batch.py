@@ -15,22 +15,16 @@ Three measurements, one script (each prints a Markdown block for ``benchmarks/RE
   is timed end to end (the loop's load included, the runner's worker start and load included) and
   without the model load. Target: the runner within 5 % of the loop, or faster by batching. The
   loop's images and the unbatched runner's are compared pixel for pixel.
-* GPU scaling (``--scaling 1,2,4 --gpus 0,1,2,3``): the same N jobs (default 64) with the per-GPU
-  runner (``--backend local``) and, if Ray is installed, the Ray backend (one GPU actor per worker),
-  on the first 1, 2, 4 GPUs; jobs per minute, speedup over 1 GPU, where the wall time goes (worker
-  start and model load, denoising, the rest: Python, PNG encoding and the coordinator), and whether
-  every run wrote the same PNG bytes as the 1-GPU local run.
+* GPU scaling over 1, 2, 4 GPUs: ``benchmarks/bench_batch_scaling.py`` (same model, jobs and
+  helpers as this script).
 
 ``--tiny``: the GPU measurements on a tiny random SD at 32x32, 2 steps, on the CPU (a smoke test of
 the script itself; the numbers mean nothing).
 
-GPU command (one H200, about 2-3 minutes)::
+GPU command (one H200, about 2 minutes with 24 jobs; ``--model-dir`` keeps the random-weight model
+folder for the scaling script, which builds it if it is missing)::
 
-    python benchmarks/bench_batch.py --out $OUT/bench-batch      # leaves $OUT/bench-batch/RESULTS-batch.md
-
-Multi-GPU (the scaling measurement; Ray is measured where it is installed)::
-
-    python benchmarks/bench_batch.py --gpus 0,1,2,3 --scaling 1,2,4 --backends local,ray --jobs 64 --out $OUT/bench-batch
+    python benchmarks/bench_batch.py --jobs 24 --model-dir /tmp/sd15-random --out $OUT/bench   # $OUT/bench/RESULTS-batch.md
 """
 
 from __future__ import annotations
@@ -148,7 +142,7 @@ def run_shapes_cpu(args, command: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# SD 1.5 size on the GPU: the runner against a plain loop, and scaling over GPUs
+# SD 1.5 size on the GPU: the runner against a plain loop
 # --------------------------------------------------------------------------------------------------
 
 
@@ -326,63 +320,6 @@ def run_single_gpu(args, command: str, folder: Path, side: int, steps: int, devi
     return lines
 
 
-def run_scaling(args, command: str, folder: Path, side: int, steps: int, device: str, dtype: str) -> list[str]:
-    work = Path(args.work)
-    gpus = [int(g) for g in args.gpus.split(",")] if not args.tiny else list(range(8))
-    jobs = gpu_jobs(args.jobs, folder, side, steps, dtype)
-    manifest = write_manifest(work / "scaling-jobs.jsonl", jobs)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    notes = []
-    if "ray" in backends:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            backends.remove("ray")
-            notes.append("Ray is not installed on this machine: the Ray backend was not measured.")
-    rows = []
-    reference = None
-    for n in [int(x) for x in args.scaling.split(",")]:
-        if n > len(gpus):
-            notes.append(f"{n} GPUs asked for, {len(gpus)} given in --gpus: skipped.")
-            continue
-        for backend in backends:
-            out = work / f"scaling-{backend}-{n}"
-            if backend == "ray":
-                import ray
-
-                ray.init(num_gpus=0 if args.tiny else n, num_cpus=n if args.tiny else None, include_dashboard=False,
-                         log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-            try:
-                # Ray: n actors of one GPU each, placed by Ray on the GPUs it was given; --tiny: n CPU workers
-                r = runner(manifest, out, backend=backend, gpus=None if args.tiny else gpus[:n], device=device,
-                           batch_size=args.batch_size, workers=n)
-            finally:
-                if backend == "ray":
-                    ray.shutdown()
-            reference = reference or out
-            r.update(n=n, backend_name=backend, equal=same_bytes(reference, out))
-            rows.append(r)
-    base = {}
-    lines = header("batch runner scaling over GPUs of one host", command, _device_name(device))
-    what = ("tiny random SD on CPU workers (smoke test: numbers mean nothing)" if args.tiny else
-            "SD 1.5 architecture, **random weights**")
-    lines += [f"{len(jobs)} jobs ({what}, {dtype}, {side}x{side}, {steps} steps), "
-              f"batch size {args.batch_size}; outputs compared byte for byte with the first run. Per worker: the mean "
-              "over workers of model load and of denoising + saving; the rest is worker start-up (process or actor, "
-              "imports), Python and the coordinator, and workers idle at the end.", "",
-              f"| backend | {'workers' if args.tiny else 'GPUs'} | wall | jobs / min | speedup | model load (per worker) | "
-              "denoise + save (per worker) | rest | same PNGs |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        rate = len(jobs) / r["wall"] * 60
-        base.setdefault(r["backend_name"], rate)
-        load, busy = r["load"] / r["n"], r["jobs"] / r["n"]
-        lines.append(f"| {r['backend_name']} | {r['n']} | {r['wall']:.1f} s | {rate:.1f} | {rate / base[r['backend_name']]:.2f}x | "
-                     f"{load:.1f} s | {busy:.1f} s | {max(r['wall'] - load - busy, 0):.1f} s | {'yes' if r['equal'] else 'NO'} |")
-    lines += ["", *notes, ""] if notes else [""]
-    return lines
-
-
 def _device_name(device: str) -> str:
     import torch
 
@@ -391,61 +328,89 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
+def gpu_arguments(parser: argparse.ArgumentParser, out_name: str) -> None:
+    """The options the one-GPU comparison and the scaling script share."""
+    parser.add_argument("--tiny", action="store_true", help="Tiny random SD on the CPU (smoke test).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Jobs per pipeline call of the batched variant.")
+    parser.add_argument("--gpus", default="0", help="GPUs to use, e.g. 0,1,2,3.")
+    parser.add_argument("--dtype", default="fp16", help="dtype of the GPU jobs.")
+    parser.add_argument("--model-dir", default=None,
+                        help="Folder of the random-weight model: built there if it holds none, reused if it does "
+                             "(default: a temporary folder, removed at the end).")
+    parser.add_argument("--out", default=None, help=f"Folder for {out_name} (the Markdown block; nothing else).")
+    parser.add_argument("--work", default=None, help="Work folder for the jobs' outputs (default: a new temporary folder).")
+
+
+def run_gpu_measurement(args, measure, default_jobs: int, out_name: str) -> None:
+    """Build (or reuse) the random-weight model, call ``measure(args, command, folder, side, steps,
+    device, dtype)`` for its Markdown lines, print them and write them to ``--out``/``out_name``."""
+    import torch
+
+    from attncraft.cli.common import quiet_libraries
+
+    quiet_libraries()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("ATTNCRAFT_PROGRESS", "0")
+    command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    device = "cpu" if args.tiny else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: pass --tiny for the CPU smoke test")
+    dtype = "float32" if args.tiny else {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[args.dtype]
+    job_dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
+    args.jobs = args.jobs or (8 if args.tiny else default_jobs)
+    own_work = args.work is None
+    args.work = args.work or tempfile.mkdtemp(prefix="bench-batch-")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    own_model = args.model_dir is None
+    model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="sd15-random-"))
+    info = model_dir / "bench-model.json"
+    start = time.perf_counter()
+    if info.is_file() and json.loads(info.read_text()).get("tiny") == args.tiny:
+        side, steps = json.loads(info.read_text())["side_steps"]
+        built = f"random-weight model folder reused from {model_dir}"
+    else:
+        side, steps = build_model_folder(model_dir, args.tiny, device)
+        info.write_text(json.dumps({"tiny": args.tiny, "side_steps": [side, steps]}))
+        built = f"random-weight model folder built and saved in {time.perf_counter() - start:.1f} s, not counted"
+    try:
+        lines = measure(args, command, model_dir, side, steps, device, job_dtype)
+    finally:
+        if own_model:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        if own_work:
+            shutil.rmtree(args.work, ignore_errors=True)
+    lines.append(f"({built})")
+    write_results(lines, args.out, out_name)
+
+
+def write_results(lines: list[str], out: str | None, name: str) -> None:
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:  # the Markdown block only: the images stay in --work
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / name).write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes-cpu", action="store_true", help="Shapes SD on the CPU: runner vs separate CLI calls.")
     parser.add_argument("--separate", type=int, default=8, help="--shapes-cpu: separate calls actually timed (0: all).")
-    parser.add_argument("--tiny", action="store_true", help="Tiny random SD on the CPU (smoke test).")
-    parser.add_argument("--jobs", type=int, default=None, help="Jobs (default 64 for --shapes-cpu and --scaling, 32 on one GPU, 8 with --tiny).")
-    parser.add_argument("--batch-size", type=int, default=8, help="Jobs per pipeline call of the batched variant.")
+    parser.add_argument("--jobs", type=int, default=None, help="Jobs (default 64 for --shapes-cpu, 32 on one GPU, 8 with --tiny).")
     parser.add_argument("--rounds", type=int, default=1, help="Interleaved rounds (one GPU).")
-    parser.add_argument("--gpus", default="0", help="GPUs to use, e.g. 0,1,2,3.")
-    parser.add_argument("--scaling", default=None, help="Measure scaling over these GPU counts, e.g. 1,2,4.")
-    parser.add_argument("--backends", default="local,ray", help="Backends for --scaling.")
-    parser.add_argument("--dtype", default="fp16", help="dtype of the GPU jobs.")
-    parser.add_argument("--out", default=None, help="Folder for RESULTS-batch.md (the Markdown block; nothing else).")
-    parser.add_argument("--work", default=None, help="Work folder for the jobs' outputs (default: a new temporary folder).")
+    gpu_arguments(parser, "RESULTS-batch.md")
     args = parser.parse_args()
-    command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
-    own_work = args.work is None
-    args.work = args.work or tempfile.mkdtemp(prefix="bench-batch-")
-    Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.shapes_cpu:
         args.jobs = args.jobs or 64
-        lines = run_shapes_cpu(args, command)
-    else:
-        import torch
-
-        from attncraft.cli.common import quiet_libraries
-
-        quiet_libraries()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("ATTNCRAFT_PROGRESS", "0")
-        device = "cpu" if args.tiny else "cuda"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("no CUDA device: pass --tiny for the CPU smoke test, or --shapes-cpu")
-        dtype = "float32" if args.tiny else {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[args.dtype]
-        args.jobs = args.jobs or (8 if args.tiny else (64 if args.scaling else 32))
-        model_dir = Path(tempfile.mkdtemp(prefix="sd15-random-"))
-        start = time.perf_counter()
-        side, steps = build_model_folder(model_dir, args.tiny, device)
-        built = time.perf_counter() - start
-        job_dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
+        own_work = args.work is None
+        args.work = args.work or tempfile.mkdtemp(prefix="bench-batch-")
         try:
-            if args.scaling:
-                lines = run_scaling(args, command, model_dir, side, steps, device, job_dtype)
-            else:
-                lines = run_single_gpu(args, command, model_dir, side, steps, device, job_dtype)
+            lines = run_shapes_cpu(args, "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:]))
         finally:
-            shutil.rmtree(model_dir, ignore_errors=True)
-        lines.append(f"(random-weight model folder built and saved in {built:.1f} s, not counted)")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if own_work:
-        shutil.rmtree(args.work, ignore_errors=True)
-    if args.out:  # the Markdown block only: the images stay in --work
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "RESULTS-batch.md").write_text(text)
+            if own_work:
+                shutil.rmtree(args.work, ignore_errors=True)
+        write_results(lines, args.out, "RESULTS-batch.md")
+    else:
+        run_gpu_measurement(args, run_single_gpu, 32, "RESULTS-batch.md")
 
 
 if __name__ == "__main__":
