@@ -18,8 +18,8 @@ Schema (``attncraft batch schema [COMMAND]`` prints every command's keys, types 
           prompt: a red circle
           sweep: {seed: [0, 1, 2]}
 
-A **job** is an object with ``command`` (a registered job type: ``image``, ``video``, ``mesh``, and
-those other command modules register) and that command's own options as keys, exactly as on its command line
+A **job** is an object with ``command`` (a registered job type: ``image``, ``customize``, ``edit``,
+``video``, ``mesh``, and those other command modules register) and that command's own options as keys, exactly as on its command line
 without the dashes (``steps`` for ``--steps``, ``attention-backend`` or ``attention_backend``,
 ``geoloss: false`` for ``--no-geoloss``; positional arguments by name, e.g. ``prompt``). Values have
 the option's type (a whole number for ``--steps``, true/false for flags, a list for repeatable

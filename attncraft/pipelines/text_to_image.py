@@ -21,7 +21,7 @@ from attncraft import __version__
 from attncraft.errors import InputError
 from attncraft.loading import LoadedPipeline
 from attncraft.outputs import save_png_with_settings
-from attncraft.schedulers import SCHEDULERS, set_scheduler
+from attncraft.schedulers import SCHEDULERS, use_scheduler
 from attncraft.validation import check_finite, check_int_range, check_seed, check_text, check_token_count
 
 MAX_COUNT = 64
@@ -182,8 +182,7 @@ def generate_many(
     if any(batch_signature(s) != batch_signature(first) for s in settings_list[1:]):
         raise ValueError("generate_many needs settings that differ only in prompt, negative prompt, seed and count")
     pipe = loaded.pipeline
-    if first.scheduler:
-        set_scheduler(pipe, first.scheduler)
+    use_scheduler(pipe, first.scheduler)
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
     prompts, negatives, generators = [], [], []

@@ -72,3 +72,52 @@ def test_a_video_job_writes_what_the_command_writes(tmp_path, capsys):
     assert np.array_equal(read_video(folder / name), read_video(cli_video))
     side = json.loads((tmp_path / "batch" / f"{job.stem}.json").read_text())
     assert side["attncraft"]["num_frames"] == 4 and side["files"] == [job.stem]
+
+
+def test_edit_jobs_share_one_pipeline_and_write_what_the_command_writes(tmp_path, capsys):
+    fast = {"steps": 2, "null-steps": 1, "method": "ddim"}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"command": "edit", **fast, "sweep": {"seed": [1, 2]}}])
+    jobs = load_manifest(manifest)
+    code, _, err = run_cli(["batch", "run", manifest, "--out", tmp_path / "batch", "--device", "cpu", "--no-report"], capsys)
+    assert code == 0, err
+    assert "in 2 calls" in err
+    # the second job ran on the pipeline the first one used: still exactly what the command draws alone
+    code, stdout, err = run_cli(["edit", "--steps", "2", "--null-steps", "1", "--method", "ddim", "--seed", "2",
+                                 "--device", "cpu", "--out", tmp_path / "cli"], capsys)
+    assert code == 0, err
+    cli = {p.split("/")[-1]: p for p in stdout.split()}
+    folder = tmp_path / "batch" / jobs[1].stem
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cli)
+    for name in ("source.png", "reconstruction.png", "edited.png"):
+        assert np.array_equal(pixels(folder / name), pixels(cli[name])), name
+    cli_meta, job_meta = read_png_settings(cli["edited.png"]), read_png_settings(folder / "edited.png")
+    assert {k: v for k, v in job_meta.items() if k != "inversion"} == {k: v for k, v in cli_meta.items() if k != "inversion"}
+    side = json.loads((tmp_path / "batch" / f"{jobs[1].stem}.json").read_text())
+    assert side["files"] == [jobs[1].stem] and side["attncraft"]["seed"] == 2 and side["attncraft"]["task"] == "edit"
+    assert side["attncraft"]["source"] != side["attncraft"]["target"]
+
+
+def test_customize_jobs_write_what_the_command_writes_whatever_scheduler_ran_before(tmp_path, capsys):
+    from attncraft.shapes.world import Scene, SceneObject, render_scenes
+
+    subject = tmp_path / "subject.png"
+    image = render_scenes([Scene((SceneObject("star", "red", pattern="striped"),))]).images[0]
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(subject)
+    prompt = "a big star on the left on a gray background"
+    job = {"command": "customize", "prompt": prompt, "subject": str(subject), "word": "star", "steps": 2, "seed": 3}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{**job, "scheduler": "euler"}, {**job, "count": 2}])
+    jobs = load_manifest(manifest)
+    code, _, err = run_cli(["batch", "run", manifest, "--out", tmp_path / "batch", "--device", "cpu", "--no-report"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["customize", prompt, "--subject", subject, "--word", "star", "--steps", "2", "--seed", "3",
+                                 "--count", "2", "--device", "cpu", "--out", tmp_path / "cli"], capsys)
+    assert code == 0, err
+    out = tmp_path / "batch"
+    assert sorted(p.name for p in out.glob(f"{jobs[0].stem}*.png")) == [f"{jobs[0].stem}.png", f"{jobs[0].stem}_masks.png"]
+    for i, cli_png in enumerate(stdout.split()):  # the default scheduler again after the euler job
+        png = out / f"{jobs[1].stem}_{i}.png"
+        assert np.array_equal(pixels(png), pixels(cli_png))
+        assert read_png_settings(png) == read_png_settings(cli_png)
+        assert np.array_equal(pixels(out / f"{jobs[1].stem}_{i}_masks.png"), pixels(cli_png.replace(".png", "_masks.png")))
+    assert read_png_settings(out / f"{jobs[0].stem}.png")["scheduler"] == "euler"
+    assert not np.array_equal(pixels(out / f"{jobs[0].stem}.png"), pixels(out / f"{jobs[1].stem}_0.png"))

@@ -83,6 +83,14 @@ def test_job_ids_are_the_documented_hash():
     ('["image", "x"]', "m:1: a job must be an object with a 'command' key, got list"),
     ('{"command": "mesh", "prompt": "a vase", "turntable": "avi"}', "m:1: turntable: unknown turntable format 'avi'"),
     ('{"command": "solid", "label": "x", "size": 4}', "m:1: size: --size must be between 8 and 512, got 4"),
+    ('{"command": "edit", "mode": "swap"}', "m:1: mode: unknown --mode 'swap'; pass one of replace, refine, reweight"),
+    ('{"command": "edit", "reweight": ["circle"]}', "m:1: reweight: --reweight 'circle' is not WORD=SCALE"),
+    ('{"command": "edit", "image": "nope.png"}', "m:1: image: the image 'nope.png' does not exist"),
+    ('{"command": "customize", "prompt": "a red circle", "subject": "s.png", "word": "star"}',
+     "m:1: word: the word 'star' is not in the prompt 'a red circle'"),
+    ('{"command": "customize", "prompt": "a red star", "subject": "nope.png", "word": "star"}',
+     "m:1: subject: the subject image 'nope.png' does not exist"),
+    ('{"command": "customize", "prompt": "a red star", "word": "star"}', "m:1: subject: is required (--subject of attncraft customize)"),
 ])
 def test_every_problem_names_its_line_and_field(line, expected):
     found = problems_of("# a comment\n\n" + line)
@@ -121,7 +129,7 @@ def test_yaml_problems_point_at_the_key_line():
     assert problems_of("jobs:\n  - command: image\n    prompt: [unclosed\n", "yaml")[0].startswith("m:4: not valid YAML")
     assert problems_of("jobs:\n  - {command: image, prompt: a, prompt: b}\n", "yaml")[0] == "m:2: prompt: the key 'prompt' appears twice"
     assert problems_of("defaults:\n  imgae: {steps: 2}\njobs:\n  - {command: image, prompt: a}\n", "yaml") == [
-        "m:2: defaults.imgae: unknown command 'imgae'; did you mean 'image'?; pass one of image, mesh, solid, video"]
+        "m:2: defaults.imgae: unknown command 'imgae'; did you mean 'image'?; pass one of customize, edit, image, mesh, solid, video"]
 
 
 def test_job_errors_are_the_command_line_errors(tmp_path, capsys):
