@@ -192,7 +192,10 @@ def stylize(
                           allow_partial=allow_partial, memory_check=not skip_memory_check, trust_pickle=trust_pickle,
                           iterations=iterations, views=views, resolution=resolution, learning_rate=lr, seed=seed,
                           field=field, geoloss=geoloss, background=rgb)
-    _echo(f"final CLIP score {result.final_score:.4f} after {iterations} iterations ({result.seconds:.1f} s)")
+    from attncraft.mesh.metrics import stylize_summary
+
+    for line in stylize_summary(result):
+        _echo(line)
     dev = result.settings["device"]
     out_dir = reserve_dir(parent, f"{name or stem}-{_slug(prompt_text)}", overwrite=overwrite)
     paths = result.save(out_dir, name or stem, formats=fmt_list, turntable=None if turntable_kind == "none" else turntable_kind,
@@ -211,7 +214,7 @@ def bench(
     iterations: int = typer.Option(1200, "--iterations", "-n", help="Optimisation steps per prompt."),
     mesh_names: list[str] = typer.Option(None, "--mesh", help="Only these meshes (repeatable)."),
     max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each mesh."),
-    threshold: float = typer.Option(0.22, "--threshold", help="ITS target similarity (raw cosine)."),
+    threshold: float = typer.Option(0.22, "--threshold", help="ITS target similarity (raw cosine; 0.22 belongs to open_clip ViT-B-32: for another CLIP calibrate it, as benchmarks/bench_xmesh_claim.py does)."),
     eval_every: int = typer.Option(10, "--eval-every", help="ITS evaluation interval in iterations."),
     its: bool = typer.Option(True, "--its/--no-its", help="Compute ITS (costs a 24-view scoring every --eval-every)."),
     reference_quirks: bool = typer.Option(False, "--reference-quirks", help="Reproduce the reference's unnormalised ITS images."),
@@ -286,6 +289,10 @@ def _run_mesh_jobs(loaded: _LoadedGuide, jobs) -> None:
         score = result.final_score_or_none
         if score is not None:
             job.metrics["clip_score"] = score
+        if result.eval_score is not None:
+            job.metrics["eval_score"] = result.eval_score
+        job.metrics.update({k: v for k, v in (result.ground_truth or {}).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
         job.settings = {**result.settings, "prompt": result.prompt, "clip": result.clip_label, "mesh": result.mesh_source}
 
 

@@ -7,17 +7,22 @@ as ``train.sh`` passes them.
 
 * **MES** (Multi-view Expert Score, the repository's "Test MSE"): render the stylised mesh from 24
   views (azimuth 0..315 deg step 45 x elevation -30/0/+30 deg, fovy 45 deg, r 2.5, 224^2, white
-  background, SH lighting), quantise to 8 bits (the reference scores saved PNGs), and average
-  ``100 * cos(image, text)`` (both L2-normalised) over the views; then average over the prompts of a
-  mesh, then over meshes.
-* **ITS** (Iteration for Target Score): during the optimisation, every ``eval_every`` = 10 iterations
-  (0, 10, ...), the same 24 views are scored as a raw mean cosine (no x100); ITS is the first
-  iteration whose similarity exceeds ``threshold`` (0.22), or 2000 if it never does. Averaged like MES.
+  background, SH lighting), pass them through the reference's PNG path (8-bit truncation as
+  ``ToPILImage`` does, PIL bicubic resize to the CLIP's input size:
+  :func:`attncraft.mesh.evaluation.reference_png_path`), and average ``100 * cos(image, text)`` (both
+  L2-normalised) over the views; then average over the prompts of a mesh, then over meshes.
+* **ITS** (Iteration for Target Score): during the optimisation, after updates 0, 10, 20, ...
+  (the reference exports after ``optim.step()`` and labels the export with the iteration), the same
+  24 views are scored as a raw mean cosine (no x100); ITS is the first label whose similarity exceeds
+  ``threshold`` (0.22), or 2000 if none does. Averaged like MES. The score of the untouched mesh is
+  kept separately (``its_initial`` in the run records).
 
 Where this deviates from the released evaluation code (spec §9), on purpose:
 
 * the per-iteration outputs that ITS needs are produced (they are commented out in the reference);
-* the threshold is a float (the reference's ``type=int`` flag truncates command-line values);
+* the threshold is a float: the reference declares ``--threshold`` with ``type=int`` and default
+  0.22, so its default works but argparse rejects any fractional value given on the command line
+  (``int("0.25")`` fails: "invalid int value"); only whole numbers could be passed;
 * ITS images are CLIP-normalised like MES images (the reference skips it); ``reference_quirks=True``
   restores the un-normalised ITS input;
 * the evaluated geometry is the trained one (v + d); ``reference_eval_geometry=True`` uses the
@@ -165,9 +170,12 @@ class ViewScorer:
 
         images = render_views(vertices, faces, colors, self.elev, self.azim, self.resolution, EVAL_FOVY, EVAL_RADIUS,
                               renderer=self.renderer, device=self.device, batch=24)
-        if quantize:
-            images = torch.round(images * 255.0) / 255.0
         text = self.guide.encode_text(prompt)
+        if quantize:  # the reference's PNG files: 8-bit truncation, bicubic resize (module docstring)
+            from attncraft.mesh.evaluation import reference_png_path
+
+            return self.guide.view_scores(reference_png_path(images, self.guide.image_size), text,
+                                          normalize_images=normalize).cpu()
         return self.guide.view_scores(images.permute(0, 3, 1, 2), text, normalize_images=normalize).cpu()
 
 
@@ -405,7 +413,8 @@ def run_benchmark(
                        "detail": ""}
                 text = to_strict_json({"key": key, "fingerprint": fingerprint, "mesh_sha256": mesh_digest,
                                        "prompt": prompt, "mes": mes, "its": its, "view_similarities": sims.tolist(),
-                                       "its_curve": result.eval_history, "row": row}, indent=1)
+                                       "its_curve": result.eval_history, "its_initial": result.eval_initial,
+                                       "row": row}, indent=1)
                 with atomic_path(record) as tmp:
                     tmp.write_text(text)
                 report.computed += 1

@@ -17,7 +17,10 @@ Augmentations (spec §4.2), re-implemented on tensors (no torchvision dependency
 
 Crop-resize and perspective are composed into **one** ``grid_sample`` per image (the reference
 resamples twice; composing avoids a second bilinear blur and is otherwise the same warp), and pixels
-that the perspective maps outside the crop get the fill value 1 (white), as in torchvision.
+that the perspective maps outside the crop get the fill colour. The reference fills with 1 (white),
+its background; here the fill is the render's background colour (deviation: on a gray background a
+white fill would put white wedges around every warped view, which the CLIP scores as content), so
+the white default is unchanged bit for bit.
 As in the reference, all views of one augmentation share the same random parameters (decision 4).
 
 Loss (spec §4.3): ``L = -cos(mean_v E(aug_1(I)), t) - sum_{k<=4} cos(mean_v E(naug_k(I)), t)
@@ -337,20 +340,37 @@ def augmentation_grids(plan: AugmentPlan, in_size: tuple[int, int], out_size: in
     return grids, valid
 
 
+def fill_value(fill) -> float | torch.Tensor:
+    """A fill colour as used by :func:`apply_augmentations`: a float when all channels are equal
+    (white, grays: the arithmetic is then exactly the scalar one), else a (3, 1, 1) tensor."""
+    if isinstance(fill, (int, float)):
+        return float(fill)
+    values = [float(v) for v in fill]
+    if len(values) != 3:
+        raise ValueError(f"a fill colour has 3 channels, got {len(values)}")
+    if values[0] == values[1] == values[2]:
+        return values[0]
+    return torch.tensor(values).view(3, 1, 1)
+
+
 def apply_augmentations(groups: torch.Tensor, plan: AugmentPlan, out_size: int, generator: torch.Generator | None,
-                        fill: float = 1.0, perspective_p: float = 0.8, distortion: float = 0.5,
+                        fill=1.0, perspective_p: float = 0.8, distortion: float = 0.5,
                         offset: float | None = None) -> torch.Tensor:
     """``groups`` (G, V, 3, H, W) in [0, 1] -> (A * V, 3, S, S) augmented images, grouped by augmentation.
 
     Views are folded into channels, so one ``grid_sample`` per source group warps all views of all its
     augmentations with their shared grid. Invalid samples (outside the crop after the perspective)
     are sent far outside the image, where zero padding of ``image - fill`` gives exactly ``fill``.
-    ``offset`` (internal) returns ``image - fill`` without adding ``fill`` back, for fused normalisation.
+    ``fill`` is a value or an RGB colour (the render's background). ``offset`` (internal) returns
+    ``image - fill`` without adding ``fill`` back, for fused normalisation.
     """
     num_groups, views, channels, height, width = groups.shape
     grids, masks = augmentation_grids(plan, (height, width), out_size, generator, perspective_p, distortion,
                                       device=groups.device)
     grids = torch.where(masks[..., None], grids, torch.full_like(grids, 4.0)).to(groups.dtype)
+    fill = fill_value(fill)
+    if isinstance(fill, torch.Tensor):
+        fill = fill.to(device=groups.device, dtype=groups.dtype)
     shifted = (groups - fill).flatten(1, 2)  # (G, V * 3, H, W)
     source = torch.tensor([s.source for s in plan.specs])
     parts = []
@@ -450,12 +470,15 @@ class ClipGuide:
             self._text_cache[key] = emb.float()
         return self._text_cache[key]
 
-    def encode_images(self, images: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, offset=0.0) -> torch.Tensor:
         """(N, 3, S, S) images in [0, 1] -> raw projected embeddings (N, D) in fp32 (differentiable).
 
-        ``offset``: the images are given as ``image - offset`` (saves one full pass in the loss).
+        ``offset``: the images are given as ``image - offset`` (saves one full pass in the loss); a
+        value or a (3, 1, 1) per-channel tensor.
         """
         inv_std = (1.0 / self.std).to(images.dtype)
+        if isinstance(offset, torch.Tensor):
+            offset = offset.to(device=self.mean.device, dtype=self.mean.dtype).view(1, 3, 1, 1)
         x = torch.addcmul(((offset - self.mean) / self.std).to(images.dtype), images, inv_std)
         with self._autocast():
             pooled = self.model.vision_model(pixel_values=x).pooler_output
@@ -500,10 +523,15 @@ class GuidanceLoss:
 
 
 def guidance_loss(guide: ClipGuide, groups: torch.Tensor, text: torch.Tensor, plan: AugmentPlan,
-                  generator: torch.Generator | None, perspective_p: float = 0.8) -> GuidanceLoss:
-    """The X-Mesh loss for ``groups`` (G, V, 3, H, W) of renders: ONE batched CLIP call for all A x V images."""
+                  generator: torch.Generator | None, perspective_p: float = 0.8, fill=1.0) -> GuidanceLoss:
+    """The X-Mesh loss for ``groups`` (G, V, 3, H, W) of renders: ONE batched CLIP call for all A x V images.
+
+    ``fill``: the perspective fill, the renders' background colour (white in the reference).
+    """
     views = groups.shape[1]
-    shifted = apply_augmentations(groups, plan, guide.image_size, generator, perspective_p=perspective_p, offset=1.0)
-    emb = guide.encode_images(shifted, offset=1.0).view(len(plan.specs), views, -1).mean(dim=1)  # view-averaged
+    fill = fill_value(fill)
+    shifted = apply_augmentations(groups, plan, guide.image_size, generator, fill=fill, perspective_p=perspective_p,
+                                  offset=1.0)
+    emb = guide.encode_images(shifted, offset=fill).view(len(plan.specs), views, -1).mean(dim=1)  # view-averaged
     cos = F.cosine_similarity(emb, text.to(emb.dtype).expand_as(emb), dim=-1)
     return GuidanceLoss(-cos.sum(), cos.detach())

@@ -12,13 +12,18 @@ One iteration (spec §4.3), batched:
 4. Adam (lr 5e-4, no weight decay) steps, then StepLR (x0.9 every 100 iterations).
 
 The logged score is -L1 = cos(view-averaged embedding of the full-view augmentation, text), as in the
-reference. Randomness (views, augmentations) comes from a dedicated ``torch.Generator`` seeded with
+reference. It depends on that iteration's random views and perspective draw, so the progress bar and
+the result also report a deterministic **evaluation score** (:func:`attncraft.mesh.evaluation.fixed_view_score`:
+24 fixed views, no augmentation, the run's background), every ``eval_every`` iterations and at the end. Randomness (views, augmentations) comes from a dedicated ``torch.Generator`` seeded with
 ``seed`` (23 for MIT-30), and the field is built from the same seed inside a forked RNG, so a run is
 reproducible without touching the global RNG. (The reference seeds globally with 42 and then 23 and
 sets cuDNN deterministic; global flags are left to the caller here, and CUDA scatter-adds in the
 backward pass are not bit-deterministic anyway.)
 
-Iteration ``i`` in histories means "the field after ``i`` updates" (iteration 0 = the grey mesh).
+Histories are labelled as the reference labels its per-iteration exports: entry ``i`` is the field
+*after update i* (i + 1 updates; ``export_iter_results`` runs after ``optim.step()``), so an ITS of 0
+means the first update already reached the target. The untouched grey mesh is reported separately
+(``eval_initial``, ``initial_eval_score``).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class StylizeSettings:
     standardize: bool = True
     seed: int = 23
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    eval_every: int = 10  # iterations between two deterministic evaluation scores (0: only at the end)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +148,8 @@ class XMeshOptimization:
                                        background=s.background)
             groups = out.image.view(-1, s.views, s.resolution, s.resolution, 3).permute(0, 1, 4, 2, 3)
         with timer("clip"):
-            gl = guidance_loss(self.guide, groups, self.text, self.plan, self.generator, s.perspective_p)
+            gl = guidance_loss(self.guide, groups, self.text, self.plan, self.generator, s.perspective_p,
+                               fill=s.background)
         with timer("backward"):
             gl.loss.backward()
         with timer("optimizer"):
@@ -157,6 +164,15 @@ class XMeshOptimization:
     @torch.no_grad()
     def current(self, reference_eval_geometry: bool = False) -> StyledMesh:
         return self.model(self.text, reference_eval_geometry=reference_eval_geometry)
+
+    @torch.no_grad()
+    def evaluation_score(self) -> float:
+        """The deterministic score of the current field (fixed views, no augmentation)."""
+        from attncraft.mesh.evaluation import fixed_view_score
+
+        styled = self.current()
+        return fixed_view_score(self.guide, self.renderer, styled.vertices, self.faces, styled.colors.clamp(0, 1),
+                                self.text, self.settings.resolution, self.settings.background)
 
 
 @dataclass
@@ -176,15 +192,25 @@ class StylizeResult:
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
     run: XMeshOptimization | None = None
+    eval_initial: float | None = None  # the evaluator on the untouched mesh (before any update)
+    ground_truth: dict[str, Any] | None = None  # attncraft.mesh.metrics.mesh_metrics, for Shapes-vocabulary prompts
+    eval_score_history: list[tuple[int, float]] = field(default_factory=list)  # fixed views, after update i
+    initial_eval_score: float | None = None  # fixed views, untouched mesh
 
     @property
     def final_score(self) -> float:
+        """The training score of the last iteration (one random draw of views and augmentations)."""
         return self.score_history[-1][1] if self.score_history else float("nan")
 
     @property
     def final_score_or_none(self) -> float | None:
         """The final score, or None after 0 iterations (sidecars are strict JSON: no NaN)."""
         return self.score_history[-1][1] if self.score_history else None
+
+    @property
+    def eval_score(self) -> float | None:
+        """The deterministic evaluation score of the result (fixed views, no augmentation)."""
+        return self.eval_score_history[-1][1] if self.eval_score_history else self.initial_eval_score
 
     def to_trimesh(self):
         from attncraft.mesh.io import colors_to_uint8
@@ -201,7 +227,11 @@ class StylizeResult:
             "mesh": self.mesh_source, "mesh_notes": self.mesh_notes, "vertices": int(len(self.vertices)),
             "faces": int(len(self.faces)), "final_clip_score": self.final_score_or_none, "seconds": round(self.seconds, 3),
             "score_history": [[i, round(v, 6)] for i, v in self.score_history],
+            "eval_score": self.eval_score, "initial_eval_score": self.initial_eval_score,
+            "eval_score_history": [[i, round(v, 6)] for i, v in self.eval_score_history],
             **({"eval_history": [[i, round(v, 6)] for i, v in self.eval_history]} if self.eval_history else {}),
+            **({"eval_initial": self.eval_initial} if self.eval_initial is not None else {}),
+            **({"ground_truth": self.ground_truth} if self.ground_truth is not None else {}),
         }
 
     def save(self, out_dir, name: str = "stylized", **kwargs) -> dict[str, Any]:
@@ -227,6 +257,7 @@ def validate_settings(settings: StylizeSettings) -> StylizeSettings:
         check_finite(name, getattr(s, name), 0)
     for value in (*s.frontview_center, *s.background):
         check_finite("frontview_center/background", value)
+    check_int_range("eval_every", s.eval_every, 0)
     check_seed(s.seed, name="seed")
     return s
 
@@ -259,18 +290,24 @@ def stylize_mesh(
     allow_partial: bool = False,
     memory_check: bool = True,
     trust_pickle: bool = False,
+    ground_truth: bool = True,
     **overrides: Any,
 ) -> StylizeResult:
     """Stylise ``mesh`` from ``prompt`` with X-Mesh and return a :class:`StylizeResult`.
 
     ``settings`` defaults to the MIT-30 settings; keyword ``overrides`` replace single fields (e.g.
     ``iterations=100``). ``dtype`` is the CLIP compute dtype (autocast; default bf16/fp16 on CUDA, fp32
-    on CPU). ``evaluator(run, iteration)`` is called at iterations 0, ``eval_every``, 2 ``eval_every``, ...
-    (before that iteration's update) with the run (``run.current()`` is the current field output),
-    e.g. for ITS curves. Before any optimisation the memory the run needs is estimated from the
-    mesh size and settings (:mod:`attncraft.mesh.memory`) and a run that does not fit is refused
-    (``memory_check=False`` skips that); ``allow_partial`` accepts a truncated mesh file (what was
-    dropped is noted); ``trust_pickle`` allows a pickled CLIP checkpoint.
+    on CPU). ``evaluator(run, iteration)`` is called with the run (``run.current()`` is the current
+    field output) once with ``iteration=None`` on the untouched mesh (``eval_initial``), then *after*
+    updates 0, ``eval_every``, 2 ``eval_every``, ... (``eval_history``), e.g. for ITS curves.
+    Independently, the deterministic evaluation score is computed before the first update and after
+    every ``settings.eval_every``-th update and the last one (``eval_score_history``). When the prompt
+    asks for a palette colour (the Shapes vocabulary) and ``ground_truth`` is set, the result carries
+    the ground-truth metrics of :func:`attncraft.mesh.metrics.mesh_metrics`. Before any optimisation
+    the memory the run needs is estimated from the mesh size and settings (:mod:`attncraft.mesh.memory`)
+    and a run that does not fit is refused (``memory_check=False`` skips that); ``allow_partial``
+    accepts a truncated mesh file (what was dropped is noted); ``trust_pickle`` allows a pickled CLIP
+    checkpoint.
     """
     from attncraft.devices import resolve_device, resolve_dtype
     from attncraft.errors import InputError
@@ -304,27 +341,40 @@ def stylize_mesh(
     log(f"memory: {describe(need, have)}")
     run = XMeshOptimization(data, prompt, guide, rend, settings, dev)
     evals: list[tuple[int, float]] = []
+    eval_scores: list[tuple[int, float]] = []
     start = time.perf_counter()
+    eval_initial = float(evaluator(run, None)) if evaluator is not None and eval_every else None
+    initial_eval_score = run.evaluation_score()
+    last_eval = [initial_eval_score]
 
-    def maybe_eval(i: int) -> None:
+    def after_update(i: int) -> None:
         if evaluator is not None and eval_every and i % eval_every == 0:
             evals.append((i, float(evaluator(run, i))))
+        last = i == settings.iterations - 1
+        if last or (settings.eval_every and i % settings.eval_every == 0):
+            eval_scores.append((i, run.evaluation_score()))
+            last_eval[0] = eval_scores[-1][1]
 
     for i in progress_bar(range(settings.iterations), "stylize", total=settings.iterations, enabled=progress,
-                          postfix=lambda: f"clip {run.last_score:.4f}"):
-        maybe_eval(i)
+                          postfix=lambda: f"train {run.last_score:.4f}  eval {last_eval[0]:.4f}"):
         score = run.step()
         if not math.isfinite(score):
             raise InputError(f"the optimisation diverged at iteration {i} (score {score})",
                              "lower --lr or check the mesh for extreme geometry")
+        after_update(i)
         if callback is not None:
             callback(run)
     seconds = time.perf_counter() - start
     final = run.current()
+    colors = final.colors.clamp(0, 1).float().cpu().numpy()
+    vertices = final.vertices.float().cpu().numpy()
+    from attncraft.mesh.metrics import mesh_metrics
+
     return StylizeResult(
-        vertices=final.vertices.float().cpu().numpy(), faces=data.faces.copy(),
-        colors=final.colors.clamp(0, 1).float().cpu().numpy(), prompt=" ".join(prompt.split()),
+        vertices=vertices, faces=data.faces.copy(), colors=colors, prompt=" ".join(prompt.split()),
         settings={**settings.to_dict(), "device": str(dev), "clip_dtype": str(autocast).replace("torch.", "")},
         clip_label=guide.label, renderer_label=rlabel, mesh_source=data.source, mesh_notes=list(data.notes),
         score_history=list(run.score_history), eval_history=evals, seconds=seconds, run=run,
+        eval_initial=eval_initial, eval_score_history=eval_scores, initial_eval_score=initial_eval_score,
+        ground_truth=mesh_metrics(vertices, data.faces, colors, prompt) if ground_truth else None,
     )

@@ -1,7 +1,11 @@
 """The reader: a deterministic parser from a Shapes image (or video) back to a scene.
 
 It uses no learned model, only the world's own definitions (palette and shape SDFs), so that it can
-judge any generator, including the models trained on this world:
+judge any generator, including the models trained on this world. It is built to judge content, not
+pixel-perfect rendering: the outputs it scores (edits, customizations, video frames, generated
+images) are often a little soft, resampled or recompressed, and a referee that fails them for that
+measures the wrong thing (``benchmarks/bench_reader_damage.py`` measures it under blur, JPEG and
+resizing). And it must say no to what is no scene of the world at all.
 
 1. **Colour segmentation** - every pixel takes the nearest palette entry (an object colour is the
    segment from the colour to its pattern shade, a background a point) if it is closer than a
@@ -9,18 +13,27 @@ judge any generator, including the models trained on this world:
    re-labels pixels that share their class with fewer than 2 neighbours (noise); the background is
    the most frequent background class.
 2. **Connected components** of same-colour pixels (4-connectivity); those smaller than a minimum
-   area or without an interior (thin lines: the blended rim of another object) are dropped, holes
-   are filled, and the anti-aliased rim is settled by unmixing each rim pixel into object colour
-   and background: it belongs to the object when it is at least half object, which is exactly the
-   renderer's mask rule (``coverage >= 0.5``). The unmixed coverage also gives a soft mask.
-3. **Shape by template matching** - the soft mask is compared (soft IoU) with every shape of the
-   world, drawn anti-aliased with the world's own SDFs at the same area and centroid, over rotations
-   (coarse to fine, down to 3 degrees). The best template gives shape, radius and angle; it is
-   robust to blur and noise because it uses the whole silhouette, not corners.
+   area or without an interior (thin lines: the blended rim of another object) are dropped. Every
+   pixel within three pixels of a component is unmixed into object colour and background
+   (:func:`_coverage`, in a luma-weighted metric: JPEG keeps luma sharp and colour at half
+   resolution) into a **soft coverage** map; the mask is the renderer's rule, ``coverage >= 0.5``.
+   The soft map keeps a blurred edge whole, so its sum (the area) and centroid survive blur.
+3. **Shape by template matching** - the soft map is compared with every shape of the world, drawn
+   anti-aliased with the world's own SDFs at the same area and centroid, over rotations (coarse to
+   fine, down to 3 degrees) and over Gaussian blurs (:data:`BLUR_SIGMAS`: a soft image is compared
+   with equally soft templates). The best template (least squares) gives shape, radius, angle and
+   the image's blur; it uses the whole silhouette, not corners.
 4. **Attributes** - position = nearest grid anchor of the centroid; size = radius against the
-   midpoint of the small and big radii; pattern by correlating the "pattern" pixels with the
-   world's stripes, dots and checks drawn on the fitted pose (see :func:`_pattern`).
-5. **Video** - objects are read per frame and linked frame to frame by optimal assignment on
+   midpoint of the small and big radii; pattern by correlating each pixel's shade amount with the
+   world's stripes, dots and checks drawn on the fitted pose and blurred like the fitted template,
+   after the background mixed into the rim is taken out (see :func:`_pattern`).
+5. **Plausibility** - a region is no object when it fills or spans too much of the canvas, is cut by
+   the canvas edge, has a hole, has a radius no object has, or matches no shape well enough; an
+   image is no scene when less than half of it is background. Such regions are not objects: they
+   are listed in :attr:`ReadScene.rejected` with the reasons, and the scores
+   (:mod:`attncraft.shapes.scoring`) carry them (``plausible`` = 0 and ``reasons``), so a red canvas
+   is not "a big red square in the center".
+6. **Video** - objects are read per frame and linked frame to frame by optimal assignment on
    centroid distance (gated), giving tracks with per-frame position, radius, angle and colour.
 
 Why hand-written connected components: scipy (``ndimage.label``) is not a dependency and one small
@@ -46,6 +59,7 @@ from attncraft.shapes.world import ANCHORS, PATTERN_PERIOD, POSITIONS, SHAPES, S
 
 __all__ = [
     "DetectedObject",
+    "Rejected",
     "ReadScene",
     "Track",
     "ReadVideo",
@@ -68,6 +82,33 @@ ANGLE_STEP = 6.0
 """Rotation step (degrees) of the template search before its last refinement (which halves it)."""
 SIZE_SPLIT = 0.5 * (SIZE_RADIUS["small"] + SIZE_RADIUS["big"])
 """Radius (fraction of the canvas) between small and big."""
+
+# Plausibility: what an object of the world can look like (see :func:`_region_reasons`, :func:`_finish`).
+MAX_AREA_FRACTION = 0.1
+"""Largest area of an object (fraction of the canvas): a big circle, the largest object of the world,
+covers 4.1 %; a region of more is background-like (a canvas of one colour, a half-and-half canvas)."""
+MAX_SPAN_FRACTION = 0.45
+"""Largest width or height of an object (fraction of the canvas; a big object spans at most 27 %)."""
+MAX_HOLE_PIXELS = 8
+MAX_HOLE_FRACTION = 0.15
+"""A region whose mask encloses more than this many pixels (and this fraction of its area) that are
+not the object has a hole: a ring, a frame, a letter O; no shape of the world has one (a generated
+checkered object may show a few dark checks, 7 % of its area at most in the shipped model's images)."""
+MIN_BACKGROUND_FRACTION = 0.5
+"""Least share of the canvas in the scene's background colour (three big objects leave it 85 %): an
+image with less is no scene of the world on a background (noise, a gradient, a photograph)."""
+MAX_EDGE_PIXELS = 2
+"""Most pixels an object may have on the canvas border (the world keeps every object 2 px inside it
+at 64x64); a region cut by the border continues beyond the picture: a stripe, a band, a frame."""
+RADIUS_RANGE = (0.5 * SIZE_RADIUS["small"], 1.5 * SIZE_RADIUS["big"])
+"""Smallest and largest fitted radius of an object (fraction of the canvas): half a small one and
+half again a big one."""
+MIN_SHAPE_IOU = 0.6
+"""Least soft IoU between a region and its best shape template (blurred as the image is). Lowest values
+measured on 300 world renders: 0.83 clean, 0.77 blurred, 0.82 resized, 0.66 after JPEG 75 or 50
+(patterned objects whose colour and background differ mostly in chroma, which JPEG keeps at a quarter
+of the pixels); on 240 images of the shipped Shapes SD 0.75. An L or a crescent scores under 0.5; a
+lumpy blob 0.6-0.7 with its nearest shape (a rounded triangle is a fair reading of it)."""
 
 SYMMETRY: dict[str, float] = {"circle": 360.0, "square": 90.0, "triangle": 120.0, "star": 72.0, "heart": 360.0, "cross": 90.0}
 """Rotational symmetry period of each shape, in degrees (a circle has every angle)."""
@@ -98,6 +139,10 @@ class DetectedObject:
     mask: np.ndarray = field(repr=False)
     pattern_fraction: float = 0.0
     pattern_score: float = 0.0
+    blur: float = 0.0
+    pattern_gain: float = 0.0
+    pattern_candidate: str = "plain"
+    """Standard deviation (pixels) of the Gaussian blur of the best shape template (0: sharp)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("color", "shape", "size", "position", "pattern")}
@@ -109,13 +154,60 @@ class DetectedObject:
 
 
 @dataclass
+class Rejected:
+    """A region the reader refused to take for an object (see :func:`_plausibility`): what it was
+    read as, as far as it got, and why not."""
+
+    color: str
+    x: float
+    y: float
+    area: int
+    reasons: list[str]
+    shape: str | None = None
+    radius: float | None = None
+    shape_iou: float | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        what = f"{self.color} {self.shape or 'region'} at ({self.x:.2f}, {self.y:.2f})"
+        return f"{what}: " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"color": self.color, "x": round(self.x, 4), "y": round(self.y, 4), "area": int(self.area)}
+        if self.shape is not None:
+            d.update(shape=self.shape, radius=round(float(self.radius or 0.0), 4), shape_iou=round(float(self.shape_iou or 0.0), 3))
+        d["reasons"] = list(self.reasons)
+        return d
+
+
+@dataclass
 class ReadScene:
+    """What the reader found: ``objects`` (largest first), the background, the canvas size, and the
+    regions it ``rejected`` as no object of the world (too big, too small, filling the canvas, cut by
+    its edge, or matching no shape): an image with such a region depicts something else as well."""
+
     objects: list[DetectedObject]
     background: str | None
     size: tuple[int, int]
+    rejected: list[Rejected] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
+    """What is wrong with the image as a whole (too little of it is background)."""
+
+    @property
+    def plausible(self) -> bool:
+        return not self.rejected and not self.issues
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.issues) + [r.describe() for r in self.rejected]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"background": self.background, "objects": [o.to_dict() for o in self.objects]}
+        d: dict[str, Any] = {"background": self.background, "objects": [o.to_dict() for o in self.objects]}
+        if self.rejected:
+            d["rejected"] = [r.to_dict() for r in self.rejected]
+        if self.issues:
+            d["issues"] = list(self.issues)
+        return d
 
 
 @dataclass
@@ -359,15 +451,63 @@ def _unit_shapes() -> dict[str, tuple[float, float, float]]:
     return out
 
 
+BLUR_SIGMAS = (0.0, 0.6, 1.0, 1.4)
+"""Gaussian blurs (standard deviation, pixels at 64x64) the shape templates are also tried with:
+a soft image (a blurred, resized or generated one) is compared with equally soft templates, so
+that a blurred cross is not read as the rounder square."""
+
+
+@lru_cache(maxsize=64)
+def _blur_matrices(sigmas: tuple[float, ...], n: int, replicate: bool) -> torch.Tensor:
+    """(S, n, n) matrices ``G`` such that ``G @ x`` blurs the n-vector ``x`` with a normalised Gaussian
+    of each standard deviation (the identity for 0), with zeros outside ``x`` or (``replicate``) its
+    edge values."""
+    out = torch.zeros(len(sigmas), n, n, dtype=torch.float32)
+    idx = torch.arange(n)
+    for si, sg in enumerate(sigmas):
+        if sg <= 0:
+            out[si] = torch.eye(n)
+            continue
+        half = int(math.ceil(2.5 * sg))
+        offsets = torch.arange(-half, half + 1)
+        g = torch.exp(-(offsets.float() ** 2) / (2 * sg * sg))
+        g = g / g.sum()
+        for o, w in zip(offsets.tolist(), g.tolist()):
+            src = idx + o
+            if replicate:
+                src = src.clamp(0, n - 1)
+            else:
+                keep = (src >= 0) & (src < n)
+                out[si, idx[keep], src[keep]] += w
+                continue
+            out[si].index_put_((idx, src), torch.full((n,), w), accumulate=True)
+    return out
+
+
+def _blur_templates(tmpl: torch.Tensor, sigmas: tuple[float, ...], replicate: bool = False) -> torch.Tensor:
+    """(N, h, w) templates -> (N, S, h, w), each blurred by every Gaussian of ``sigmas`` (separably, as
+    two small matrix products: much faster on a CPU than a convolution with S output channels)."""
+    h, w = tmpl.shape[-2:]
+    gh = _blur_matrices(tuple(sigmas), h, replicate)  # (S, h, h)
+    gw = _blur_matrices(tuple(sigmas), w, replicate)  # (S, w, w)
+    return gh[None] @ tmpl[:, None] @ gw.transpose(1, 2)[None]
+
+
 def _match_shapes(
     masks: list[np.ndarray], centroids: list[tuple[float, float]]
-) -> list[tuple[str, float, float, float, float, float]]:
-    """Best (shape, radius px, angle deg, IoU, origin x px, origin y px) of each component, given as
-    a soft coverage map, by soft IoU (sum of minima over sum of maxima) with anti-aliased templates of
-    the same area and centroid. The origin is the centre of the shape's SDF, in pixels.
+) -> list[tuple[str, float, float, float, float, float, float]]:
+    """Best (shape, radius px, angle deg, soft IoU, origin x px, origin y px, blur px) of each
+    component, given as a soft coverage map, compared with anti-aliased templates of the same area and
+    centroid, each also blurred by :data:`BLUR_SIGMAS`. The origin is the centre of the shape's SDF, in
+    pixels.
+
+    The best template is the one of least squared difference (relative to the map's energy: the
+    "fit"); least squares weighs a blurred edge's tails as little as they deserve, where the soft IoU
+    (sum of minima over sum of maxima, what is reported, and what :data:`MIN_SHAPE_IOU` judges)
+    lets them tip a small blurred cross towards a square.
 
     Coarse to fine: every shape at 18 degree steps, then the three best shapes of each component
-    around their best angle at 6 and then 3 degree steps (about 60 templates instead of 250).
+    around their best angle at 6 and then 3 degree steps (about 60 poses instead of 250).
     """
     if not masks:
         return []
@@ -375,7 +515,10 @@ def _match_shapes(
     H, W = masks[0].shape
     C = len(masks)
     areas = [float(m.sum()) for m in masks]
+    sigmas = tuple(sg * W / 64.0 for sg in BLUR_SIGMAS)
+    coarse_sigmas = (sigmas[0], sigmas[-2])  # sharp and medium: enough to rank the shapes
     half = max(int(math.ceil(math.sqrt(a / min(u[0] for u in unit.values())) * 1.05)) + 2 for a in areas)
+    half += int(math.ceil(2.5 * max(sigmas)))
     c = 2 * half
     crops = np.zeros((C, c, c), dtype=np.float32)
     origins = []
@@ -391,8 +534,9 @@ def _match_shapes(
     org = torch.tensor(origins, dtype=torch.float32)
     area_t = torch.tensor(areas, dtype=torch.float32)
 
-    def evaluate(s: str, rows: torch.Tensor, ang: torch.Tensor):
-        """IoU, origin x, origin y of shape ``s`` for components ``rows`` at angles ``ang`` (R, T)."""
+    def evaluate(s: str, rows: torch.Tensor, ang: torch.Tensor, sigmas: tuple[float, ...] = sigmas, with_iou: bool = False):
+        """Fit, origin x, origin y, radius (and soft IoU) of shape ``s`` for components ``rows`` at
+        angles ``ang`` (R, T), every angle at every blur: (R, T * len(sigmas))."""
         a_unit, ux, uy = unit[s]
         r = torch.sqrt(area_t[rows] / a_unit)  # (R,)
         rad = torch.deg2rad(ang)
@@ -407,9 +551,16 @@ def _match_shapes(
         ly = -(py - oy[:, :, None, None]) / rr
         cs, sn = cos[:, :, None, None], sin[:, :, None, None]
         tmpl = (0.5 - shape_sdf(s, cs * lx + sn * ly, -sn * lx + cs * ly) * rr).clamp(0, 1)  # (R, T, c, c)
+        R_, T_ = tmpl.shape[:2]
+        tmpl = _blur_templates(tmpl.reshape(R_ * T_, c, c), sigmas).reshape(R_, T_ * len(sigmas), c, c)
+        ox = ox.repeat_interleave(len(sigmas), dim=1)
+        oy = oy.repeat_interleave(len(sigmas), dim=1)
         obs = crop_t[rows][:, None]
+        fit = 1.0 - ((tmpl - obs) ** 2).sum(dim=(2, 3)) / (obs**2).sum(dim=(2, 3)).clamp(min=1e-6)
+        if not with_iou:
+            return fit, ox, oy, r
         iou = torch.minimum(tmpl, obs).sum(dim=(2, 3)) / torch.maximum(tmpl, obs).sum(dim=(2, 3)).clamp(min=1e-6)
-        return iou, ox, oy, r
+        return fit, ox, oy, r, iou
 
     everyone = torch.arange(C)
     # best[s] = (iou (C,), angle (C,)) per shape after the coarse pass
@@ -417,34 +568,55 @@ def _match_shapes(
     for s in SHAPES:
         n_ang = 1 if s == "circle" else max(1, int(round(SYMMETRY[s] / (3 * ANGLE_STEP))))
         ang = (torch.arange(n_ang, dtype=torch.float32) * (SYMMETRY[s] / n_ang))[None].expand(C, -1)
-        iou, _, _, _ = evaluate(s, everyone, ang)
-        top, arg = iou.max(dim=1)
-        coarse[s] = (top, ang[0, arg])
+        fit, _, _, _ = evaluate(s, everyone, ang, coarse_sigmas)
+        top, arg = fit.max(dim=1)
+        coarse[s] = (top, ang[0, arg // len(coarse_sigmas)])
     table = torch.stack([coarse[s][0] for s in SHAPES], dim=1)  # (C, S)
     keep = table.topk(min(3, len(SHAPES)), dim=1).indices
-    best = [("circle", 0.0, 0.0, -1.0, 0.0, 0.0)] * C
+    best = [("circle", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)] * C
+    best_fit = [-math.inf] * C
     for si, s in enumerate(SHAPES):
         rows = (keep == si).any(dim=1).nonzero().squeeze(1)
         if len(rows) == 0:
             continue
         ang0 = coarse[s][1][rows]
+        S_ = len(sigmas)
         if s == "circle":
-            iou, ox, oy, r = evaluate(s, rows, ang0[:, None])
+            fit, ox, oy, r, iou = evaluate(s, rows, ang0[:, None], with_iou=True)
             final_ang = ang0[:, None]
         else:
             # refine around the coarse angle: +-6, +-12 degrees, then +-3 around the best
             ang1 = ang0[:, None] + torch.tensor([0.0, -12.0, -6.0, 6.0, 12.0])[None]
-            iou1, _, _, _ = evaluate(s, rows, ang1)
-            mid = ang1.gather(1, iou1.argmax(dim=1, keepdim=True))
+            fit1, _, _, _ = evaluate(s, rows, ang1)
+            mid = ang1.gather(1, fit1.argmax(dim=1, keepdim=True) // S_)
             final_ang = mid + torch.tensor([0.0, -3.0, 3.0])[None]
-            iou, ox, oy, r = evaluate(s, rows, final_ang)
-        top, arg = iou.max(dim=1)
+            fit, ox, oy, r, iou = evaluate(s, rows, final_ang, with_iou=True)
+        top, arg = fit.max(dim=1)
         for k, i in enumerate(rows.tolist()):
-            if float(top[k]) > best[i][3] + 1e-6:
+            if float(top[k]) > best_fit[i] + 1e-6:
                 j = int(arg[k])
-                angle = float(final_ang[k, j]) % SYMMETRY[s]
-                best[i] = (s, float(r[k]), angle, float(top[k]), float(ox[k, j]), float(oy[k, j]))
+                angle = float(final_ang[k, j // S_]) % SYMMETRY[s]
+                best_fit[i] = float(top[k])
+                best[i] = (s, float(r[k]), angle, float(iou[k, j]), float(ox[k, j]), float(oy[k, j]), sigmas[j % S_])
     return best
+
+
+def _template_cover(
+    shape: str, r_px: float, angle: float, origin: tuple[float, float], sigma: float, size: tuple[int, int]
+) -> np.ndarray:
+    """The fitted shape template (anti-aliased, blurred by ``sigma`` pixels) on a (h, w) grid whose
+    pixel (0, 0) has its corner at the origin of the coordinates of ``origin``."""
+    h, w = size
+    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
+    rad = math.radians(angle)
+    lx = (gx - origin[0]) / r_px
+    ly = -(gy - origin[1]) / r_px
+    u = math.cos(rad) * lx + math.sin(rad) * ly
+    v = -math.sin(rad) * lx + math.cos(rad) * ly
+    tmpl = (0.5 - shape_sdf(shape, u, v) * r_px).clamp(0, 1)
+    if sigma > 0:
+        tmpl = _blur_templates(tmpl[None], (float(sigma),))[0, 0]
+    return tmpl.numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,51 +640,111 @@ def _pattern_candidates(pattern: int, angles: list[float]) -> tuple[torch.Tensor
     return t[:, 0], t[:, 1], t[:, 2]
 
 
-def _pattern(
-    mask: np.ndarray, shade: np.ndarray, origin: tuple[float, float], angle: float, shape: str, period: float
-) -> tuple[str, float, float]:
-    """(pattern, shade fraction, best correlation) of one object, by pattern template matching.
+PATTERN_NCC = 0.3
+"""Smallest correlation between an object's shade amounts and a pattern template for a pattern."""
+PATTERN_GAIN = 0.4
+"""Smallest fitted strength of that pattern (1 = the world's full shade contrast, after the blur
+the shape fit found); below it the object is plain, whatever the correlation: compression noise on
+a plain object correlates with some template, but weakly."""
 
-    The object's "pattern shade" pixels (inside its mask, away from the rim) are correlated with the
-    stripes / dots / checks of the world drawn where the world draws them: around the fitted shape's
-    origin, at the fitted angle (and its symmetric copies, since a square's angle is only known
-    modulo 90 degrees). A small search around that pose (+-6 degrees, +-1/6 period) absorbs fitting
-    errors and imprecise generated images; a free search over all phases would confuse a small
-    dotted object (one dot) with a small checkered one (a few squares).
+
+AMOUNT_NOISE = 0.02
+"""Noise (luma-weighted metric units) of a pixel's colour, for weighing what a pixel says of its shade."""
+RIM_ERROR = 0.5
+COVER_ERROR = 0.02
+"""How wrong the fitted template's coverage of a pixel may be: ``COVER_ERROR`` inside the object,
+growing by ``RIM_ERROR * (1 - cover)`` towards the rim (see :func:`_shade_amount`)."""
+
+
+def _shade_amount(pixels: np.ndarray, c: int, bg_rgb: np.ndarray, cover: np.ndarray) -> np.ndarray:
+    """Where each pixel lies on colour ``c``'s segment from the colour (0) to its shade (1), unclipped."""
+    A = _METRIC.T
+    col, sh, bg, px = _COLOR_A[c] @ A, _SHADE_B[c] @ A, bg_rgb.astype(np.float32) @ A, pixels @ A
+    d1, d2 = (col - bg).astype(np.float64), (sh - col).astype(np.float64)
+    cov = np.maximum(cover, 0.3).astype(np.float64)
+    tau2 = (RIM_ERROR * (1.0 - np.clip(cover, 0, 1)) + COVER_ERROR) ** 2
+    s2 = AMOUNT_NOISE**2
+    # w_i = (s2 I + tau_i^2 d1 d1^T)^-1 d2, scaled so that w_i . d2 = 1
+    coef = tau2 * float(d1 @ d2) / (s2 + tau2 * float(d1 @ d1))
+    w = d2[None] - coef[:, None] * d1[None]
+    w /= (w @ d2)[:, None]
+    r = px - bg - cov[:, None] * d1[None]
+    return (r * w).sum(1) / cov
+
+
+def _pattern(
+    amount: np.ndarray, mask: np.ndarray, cover: np.ndarray, origin: tuple[float, float], angle: float, shape: str,
+    period: float, sigma: float,
+) -> tuple[str, float, float, float, str]:
+    """(pattern, shade fraction, best correlation, its gain, best candidate) of one object, by
+    pattern template matching.
+
+    ``amount`` is the object's shade amount per pixel of its box (:func:`_shade_amount`), ``cover``
+    the fitted shape template on the box. The amounts of the well-covered pixels of the mask are
+    correlated with the stripes / dots / checks of the world drawn where the world draws them: around
+    the fitted shape's origin, at the fitted angle (and its symmetric copies, since a square's angle
+    is only known modulo 90 degrees), blurred like the fitted shape template (``sigma`` pixels). A
+    small search around that pose (+-6 degrees, +-1/6 period) absorbs fitting errors and imprecise
+    generated images; a free search over all phases would confuse a small dotted object (one dot)
+    with a small checkered one (a few squares).
+
+    What a pattern must explain is what is left after a constant and the background mixed into the
+    object's rim (``1 - cover``, the reason a blurred plain object is darker or lighter at its edge,
+    which would otherwise pass for a dot at its centre) are fitted away. The best template must then
+    correlate (normalised, at least :data:`PATTERN_NCC`) and be strong enough (least-squares gain,
+    at least :data:`PATTERN_GAIN`): a weak correlation on a plain object is compression noise.
     """
-    inner = _erode(mask)
-    if inner.sum() < 8:
-        inner = mask
-    ys, xs = np.nonzero(inner)
-    z = shade[ys, xs].astype(np.float32)
-    frac = float(z.mean()) if len(z) else 0.0
-    if frac < 0.08 or frac > 0.92 or len(z) < 4:
-        return "plain", frac, 0.0
-    zt = torch.from_numpy(z - z.mean())
-    zn = float(torch.linalg.vector_norm(zt))
-    lx = torch.from_numpy(xs.astype(np.float32) + 0.5 - origin[0])
-    ly = -torch.from_numpy(ys.astype(np.float32) + 0.5 - origin[1])
-    best_name, best_score = "plain", -1.0
+    sel = mask & (cover >= 0.6)
+    if sel.sum() < 8:
+        sel = mask
+    ys, xs = np.nonzero(sel)
+    z = amount[ys, xs].astype(np.float64)
+    frac = float((z >= 0.5).mean()) if len(z) else 0.0
+    if len(z) < 6:
+        return "plain", frac, 0.0, 0.0, "plain"
+    # nuisance: constant and rim mixture; an orthonormal basis of their span
+    nuis = np.stack([np.ones_like(z), 1.0 - cover[ys, xs].astype(np.float64)], axis=1)
+    qn, rn = np.linalg.qr(nuis)
+    qn = qn[:, np.abs(np.diag(rn)) > 1e-6]
+    zr = z - qn @ (qn.T @ z)
+    zn = float(np.linalg.norm(zr))
+    if zn < 1e-9:
+        return "plain", frac, 0.0, 0.0, "plain"
+    Hb, Wb = amount.shape
+    gy, gx = np.mgrid[0:Hb, 0:Wb].astype(np.float32)
+    lx = torch.from_numpy(gx.reshape(-1) + 0.5 - origin[0])
+    ly = -torch.from_numpy(gy.reshape(-1) + 0.5 - origin[1])
+    flat = torch.from_numpy(ys * Wb + xs)
+    qt = torch.from_numpy(qn)
+    zt = torch.from_numpy(zr)
+    best_name, best_score, best_gain = "plain", -1.0, 0.0
     if shape == "circle":  # a circle's silhouette says nothing of its angle: try them all
         angles = [float(a) for a in range(0, 180, 12)]
     else:
         sym = SYMMETRY[shape]
         angles = [angle + k * sym for k in range(int(round(360.0 / sym)))]
     for p, name in ((1, "striped"), (2, "dotted"), (3, "checkered")):
-        a, pu, pv = _pattern_candidates(p, angles)
+        # a pattern looks the same turned by its own period (dots 90 degrees, stripes and checks 180)
+        period_deg = 90.0 if p == 2 else 180.0
+        a, pu, pv = _pattern_candidates(p, sorted({round(x % period_deg, 3) for x in angles}))
         rad = torch.deg2rad(a)[:, None]
         cos, sin = torch.cos(rad), torch.sin(rad)
         u = cos * lx[None] + sin * ly[None] + pu[:, None] * period
         v = -sin * lx[None] + cos * ly[None] + pv[:, None] * period
-        t = pattern_alpha(p, u, v, period)  # (T, n)
-        t = t - t.mean(dim=1, keepdim=True)
-        ncc = (t @ zt) / (torch.linalg.vector_norm(t, dim=1) * zn).clamp(min=1e-6)
-        score = float(ncc.max())
-        if score > best_score:
-            best_name, best_score = name, score
-    if best_score < 0.25:
-        return "plain", frac, best_score
-    return best_name, frac, best_score
+        t = pattern_alpha(p, u, v, period)  # (T, box pixels)
+        if sigma > 0:
+            t = _blur_templates(t.view(-1, Hb, Wb), (float(sigma),), replicate=True).reshape(len(a), -1)
+        t = t[:, flat].double()
+        t = t - (t @ qt) @ qt.T
+        tn = torch.linalg.vector_norm(t, dim=1).clamp(min=1e-9)
+        dot = t @ zt
+        ncc = dot / (tn * zn)
+        k = int(ncc.argmax())
+        if float(ncc[k]) > best_score:
+            best_name, best_score, best_gain = name, float(ncc[k]), float(dot[k] / tn[k] ** 2)
+    if best_score < PATTERN_NCC or best_gain < PATTERN_GAIN:
+        return "plain", frac, best_score, best_gain, best_name
+    return best_name, frac, best_score, best_gain, best_name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,37 +752,91 @@ def _pattern(
 # --------------------------------------------------------------------------------------------------
 
 
+_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]], dtype=np.float32)
+"""RGB -> (Y, Cb, Cr), JPEG's colour space."""
+CHROMA_WEIGHT = 0.25
+"""Weight of the two chroma axes against luma when a pixel's shade amount is measured. JPEG keeps luma
+at full resolution but colour at half (4:2:0) and quantises it harder, so near an edge the chroma of a
+pixel belongs to its neighbours; weighing it down keeps the measure local."""
+_METRIC = (np.diag([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT]) @ _YCBCR).astype(np.float32)
+COVER_RESIDUAL = 0.3
+"""Largest unmixing residual (in the weighted metric) at which a pixel still counts as a mixture
+of the object and the background (beyond it the pixel is something else: coverage 0)."""
+MATTE_REACH = 3
+"""How far (pixels at 64x64, twice that at 128) beyond its colour component an object's soft
+coverage is looked for: a blur of one pixel's standard deviation spreads an edge over about three."""
+COVER_CONTRAST = 0.15
+"""Contrast (luma-weighted metric) an object keeps with its background in :func:`_cover_metric`."""
+COVER_CHROMA = (0.05, 0.25)
+"""Chroma weights (lowest, highest) of the metric an object's coverage is unmixed in (see
+:func:`_cover_metric`); the weight is as low as the object's contrast with its background allows."""
+
+
+def _sin2(d1: np.ndarray, d2: np.ndarray) -> float:
+    """Squared sine of the angle between two colour directions (0: the same direction)."""
+    return 1.0 - float(d1 @ d2) ** 2 / max(float((d1 @ d1) * (d2 @ d2)), 1e-12)
+
+
+def _cover_metric(color: np.ndarray, bg_rgb: np.ndarray, shade_rgb: np.ndarray | None = None) -> np.ndarray:
+    """The (3, 3) metric (from RGB) in which an object of ``color`` is unmixed from ``bg_rgb``.
+
+    Luma is sharp and chroma is not (JPEG stores it at half resolution and quantises it hardest), so
+    chroma gets the lowest weight that still leaves the object a contrast of
+    :data:`COVER_CONTRAST` with its background: a yellow object on navy differs in luma by 0.74 and is
+    read from luma; a blue one on brown differs by 0.02 and is read from its colour, which is all there
+    is to read (a JPEG of such a pair keeps its shape only at the resolution of its chroma). For a
+    patterned object (``shade_rgb`` given) the weight is raised until the background and shade
+    directions are told apart again (a red object on navy and its lighter shade differ from the colour
+    by the same luma; only chroma separates "less object" from "more pattern").
+    """
+    d = _YCBCR @ (color - bg_rgb)
+    dy, dc = abs(float(d[0])), float(np.linalg.norm(d[1:]))
+    cw = math.sqrt(max(0.0, COVER_CONTRAST**2 - dy**2)) / max(dc, 1e-6)
+    cw = min(max(cw, COVER_CHROMA[0]), COVER_CHROMA[1])
+    if shade_rgb is not None:
+        d2 = _YCBCR @ (shade_rgb - color)
+        for w in (cw, 0.25, 0.5, 1.0):
+            if w < cw:
+                continue
+            cw = w
+            scale = np.array([1.0, w, w])
+            if _sin2(scale * d, scale * d2) >= 0.3:
+                break
+    return (np.diag([1.0, cw, cw]) @ _YCBCR).astype(np.float32)
+
+
 def _coverage(
     pixels: np.ndarray, color: np.ndarray, shade_rgb: np.ndarray, bg_rgb: np.ndarray, hint: np.ndarray | None
 ) -> np.ndarray:
-    """How much of each rim pixel is object (0..1).
+    """How much of each pixel is object (0..1, not clipped).
 
     The renderer draws ``bg + cover * (mix(colour, shade, a) - bg)``: two unknowns (cover, cover * a)
-    in three channels, solved by least squares when the colour-to-background and colour-to-shade
-    directions differ enough. When they do not (white over gray: both directions are gray), the
-    pattern amount ``a`` is taken from ``hint`` (the shade fraction of the pixel's neighbours in the
-    object; ``None`` for plain objects, a = 0).
+    in three channels, solved by least squares in the metric of :func:`_cover_metric` when the
+    colour-to-background and colour-to-shade directions differ enough. When they do not (white over
+    gray: both directions are gray), the pattern amount ``a`` is taken from ``hint`` (the shade
+    fraction of the pixel's neighbours in the object; ``None`` for plain objects, a = 0).
     """
+    A = _cover_metric(color, bg_rgb, None if hint is None else shade_rgb).T
+    color, shade_rgb, bg_rgb, pixels = color @ A, shade_rgb @ A, bg_rgb @ A, pixels @ A
     d1 = color - bg_rgb
     q = pixels - bg_rgb
     if hint is None:
         a = (q @ d1) / max(float(d1 @ d1), 1e-6)
         resid = np.linalg.norm(q - a[:, None] * d1[None], axis=1)
-        return np.where(resid < 0.2, a, 0.0)
+        return np.where(resid < COVER_RESIDUAL, a, 0.0)
     d2 = shade_rgb - color
     g = np.array([[d1 @ d1, d1 @ d2], [d1 @ d2, d2 @ d2]], dtype=np.float64)
-    sin2 = 1.0 - (d1 @ d2) ** 2 / max(float((d1 @ d1) * (d2 @ d2)), 1e-12)
-    if sin2 > 0.1:
+    if _sin2(d1, d2) > 0.1:
         rhs = np.stack([q @ d1, q @ d2], axis=1).astype(np.float64)
         sol = rhs @ np.linalg.inv(g).T
         cover, amount = sol[:, 0], np.clip(sol[:, 1], 0.0, None)
         cover = np.maximum(cover, amount)
         resid = np.linalg.norm(q - cover[:, None] * d1[None] - amount[:, None] * d2[None], axis=1)
-        return np.where(resid < 0.2, cover, 0.0)
+        return np.where(resid < COVER_RESIDUAL, cover, 0.0)
     ref = color[None] + hint[:, None] * d2[None] - bg_rgb[None]  # per pixel
     a = (q * ref).sum(1) / np.maximum((ref * ref).sum(1), 1e-6)
     resid = np.linalg.norm(q - a[:, None] * ref, axis=1)
-    return np.where(resid < 0.2, a, 0.0)
+    return np.where(resid < COVER_RESIDUAL, a, 0.0)
 
 
 def _neighbour_mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -564,45 +850,68 @@ def _neighbour_mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 def _matte(
-    img: np.ndarray, m: np.ndarray, obj_cls: np.ndarray, c: int, shade: np.ndarray, bg_rgb: np.ndarray
+    img: np.ndarray, m: np.ndarray, c: int, shade: np.ndarray, bg_rgb: np.ndarray, others: np.ndarray, reach: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Settle the anti-aliased rim of component ``m`` the way the renderer draws its masks: a rim
-    pixel belongs to the object when it is at least half object over the background (``cover >= 0.5``).
+    """Soft coverage and mask of component ``m`` (colour ``c``), the way the renderer draws them.
 
-    The inner rim (component pixels touching the outside) may lose pixels, which happens when
-    colour-plus-background mixtures still look like the colour (a white object's rim is gray, the
-    colour of its own pattern shade); the outer rim, two pixels deep, may gain them.
-
-    Returns the mask and the soft coverage map (what template matching compares with).
+    Every pixel within ``reach`` of the component (and not next to another object) is unmixed into
+    object colour and background (:func:`_coverage`); the component's interior counts as fully
+    covered. The soft coverage is what template matching compares with; it keeps a blurred edge
+    whole, so its sum (the area) and centroid do not change under blur. The mask is the renderer's
+    rule, ``cover >= 0.5``, restricted to the pixels connected to the component, holes filled; the
+    number of hole pixels is returned too (no object of the world has a hole: a ring is no circle).
     """
     interior = _erode(m)
     plain = (shade & interior).sum() < 0.08 * max(1, interior.sum())
     color = np.array(COLOR_RGB[COLORS[c]], dtype=np.float32)
     shade_rgb = np.array(SHADE_RGB[COLORS[c]], dtype=np.float32)
-    hint_map = None if plain else _neighbour_mean(shade.astype(np.float32), interior if interior.any() else m)
-    m = m.copy()
-    rim = m & _dilate(~m)
-    if rim.any():
-        keep = _coverage(img[rim], color, shade_rgb, bg_rgb, None if plain else hint_map[rim]) >= 0.5
-        if keep.sum() + interior.sum() >= 4:
-            m[rim] = keep
-    for _ in range(2):
-        ring = _dilate(m) & ~m & (obj_cls != c)
-        if not ring.any():
-            break
-        hint = None if plain else _neighbour_mean(shade.astype(np.float32), m)[ring]
-        take = _coverage(img[ring], color, shade_rgb, bg_rgb, hint) >= 0.5
-        if not take.any():
-            break
-        m[ring] = take
-    # soft coverage: 1 inside, the unmixed coverage on the rim and one pixel beyond
-    inner = _erode(m)
-    zone = _dilate(m) & ~inner
-    soft = inner.astype(np.float32)
+    zone = _fill_holes(m)
+    for _ in range(reach):
+        zone = _dilate(zone)
+    zone &= ~interior & ~others
+    soft = interior.astype(np.float32)
     if zone.any():
-        hint = None if plain else _neighbour_mean(shade.astype(np.float32), m)[zone]
+        hint = None if plain else _neighbour_mean(shade.astype(np.float32), interior if interior.any() else m)[zone]
         soft[zone] = np.clip(_coverage(img[zone], color, shade_rgb, bg_rgb, hint), 0.0, 1.0)
-    return m, soft
+    mask = soft >= 0.5
+    labels, n = connected_components(mask.astype(np.int64), valid=mask)
+    if n > 1:
+        touching = np.unique(labels[mask & m])
+        mask = np.isin(labels, touching[touching > 0])
+    if mask.sum() < 4:
+        mask = m.copy()
+    filled = _fill_holes(mask)
+    return filled, soft, int(filled.sum() - mask.sum())
+
+
+def _region_reasons(m: np.ndarray) -> list[str]:
+    """Why a colour region (before shape matching) is no object: too big, too wide, cut by the edge."""
+    H, W = m.shape
+    reasons = []
+    area = float(m.sum()) / (H * W)
+    if area > MAX_AREA_FRACTION:
+        reasons.append(f"fills {100 * area:.0f} % of the canvas (an object at most {100 * MAX_AREA_FRACTION:.0f} %)")
+    ys, xs = np.nonzero(m)
+    span = max((int(xs.max()) - int(xs.min()) + 1) / W, (int(ys.max()) - int(ys.min()) + 1) / H)
+    if span > MAX_SPAN_FRACTION:
+        reasons.append(f"spans {100 * span:.0f} % of the canvas (an object at most {100 * MAX_SPAN_FRACTION:.0f} %)")
+    edge = int(m[0].sum() + m[-1].sum() + m[1:-1, 0].sum() + m[1:-1, -1].sum())
+    if edge > MAX_EDGE_PIXELS:
+        reasons.append(f"cut by the canvas edge ({edge} pixels on it)")
+    return reasons
+
+
+def _object_reasons(radius: float, iou: float, shape: str) -> list[str]:
+    """Why a matched region is no object: a radius no object has, or no shape it resembles."""
+    reasons = []
+    lo, hi = RADIUS_RANGE
+    if radius < lo:
+        reasons.append(f"too small (radius {100 * radius:.1f} % of the canvas, at least {100 * lo:.1f} %)")
+    if radius > hi:
+        reasons.append(f"too big (radius {100 * radius:.1f} % of the canvas, at most {100 * hi:.1f} %)")
+    if iou < MIN_SHAPE_IOU:
+        reasons.append(f"matches no shape (best: {shape}, IoU {iou:.2f} < {MIN_SHAPE_IOU})")
+    return reasons
 
 
 def _nearest(value: float) -> int:
@@ -621,6 +930,10 @@ class _Pending:
     colors: list[int]
     centroids: list[tuple[float, float]]
     boxes: list[tuple[tuple[slice, slice], int, int]]
+    crops: list[np.ndarray]
+    bg_rgb: np.ndarray | None = None
+    rejected: list[Rejected] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
 
 
 def _segment(image: Any, threshold: float, min_area: float) -> _Pending:
@@ -638,30 +951,63 @@ def _segment(image: Any, threshold: float, min_area: float) -> _Pending:
     obj_cls = np.where((cls >= 0) & (cls < _N_COLORS), cls, -1)
     labels, n = connected_components(obj_cls)
     min_px = max(4, int(round(min_area * H * W)))
-    out = _Pending((H, W), background, shade, [], [], [], [], [])
+    out = _Pending((H, W), background, shade, [], [], [], [], [], [], bg_rgb)
+    bg_share = float(bg_counts.max()) / (H * W) if bg_counts.sum() > 0 else 0.0
+    if bg_share < MIN_BACKGROUND_FRACTION:
+        out.issues.append(
+            f"only {100 * bg_share:.0f} % of the canvas is background"
+            + (f" ({background})" if background else "")
+            + f"; a scene is at least {100 * MIN_BACKGROUND_FRACTION:.0f} % background"
+        )
     if not n:
         return out
     sizes = np.bincount(labels.reshape(-1), minlength=n + 1)
-    pad = 4
+    reach = max(1, int(round(MATTE_REACH * W / 64)))
+    pad = reach + 2
+    kept = []
     for lab in np.nonzero(sizes >= min_px)[0]:
         if lab == 0:
             continue
         m = labels == lab
+        if int(_erode(m).sum()) < max(3, 0.15 * int(sizes[lab])):
+            continue  # a thin line: the anti-aliased rim of another object, not an object
+        kept.append((lab, m))
+    occupied = np.isin(labels, [lab for lab, _ in kept])
+    objects = []
+    for lab, m in kept:
+        reasons = _region_reasons(m)
+        if reasons:
+            ys, xs = np.nonzero(m)
+            out.rejected.append(Rejected(
+                COLORS[int(obj_cls[m][0])], (float(xs.mean()) + 0.5) / W, (float(ys.mean()) + 0.5) / H, int(m.sum()),
+                reasons, mask=m,
+            ))  # fmt: skip
+        else:
+            objects.append((lab, m))
+    kept = objects
+    for lab, m in kept:
         c = int(obj_cls[m][0])
         # work on the component's padded bounding box: a few hundred pixels instead of the canvas
         ys, xs = np.nonzero(m)
         y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, H)
         x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, W)
         box = (slice(y0, y1), slice(x0, x1))
-        core = int(_erode(m[box]).sum())
-        if core < max(3, 0.15 * int(sizes[lab])):
-            continue  # a thin line: the anti-aliased rim of another object, not an object
-        mc, soft_c = _matte(img[box], _fill_holes(m[box]), obj_cls[box], c, shade[box], bg_rgb)
+        others = _dilate(occupied[box] & ~m[box])
+        mc, soft_c, holes = _matte(img[box], m[box], c, shade[box], bg_rgb, others, reach)
         total = float(soft_c.sum())
         if total < 1e-6:
             continue
         gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-        out.centroids.append((float((soft_c * gx).sum()) / total, float((soft_c * gy).sum()) / total))
+        cx, cy = float((soft_c * gx).sum()) / total, float((soft_c * gy).sum()) / total
+        if holes > max(MAX_HOLE_PIXELS, MAX_HOLE_FRACTION * int(mc.sum())):
+            full_m = np.zeros((H, W), dtype=bool)
+            full_m[box] = mc
+            out.rejected.append(Rejected(
+                COLORS[c], cx / W, cy / H, int(mc.sum()),
+                [f"has a hole ({holes} pixels, {100 * holes / max(1, int(mc.sum())):.0f} % of its area)"], mask=full_m,
+            ))  # fmt: skip
+            continue
+        out.centroids.append((cx, cy))
         full_m = np.zeros((H, W), dtype=bool)
         full_m[box] = mc
         full_s = np.zeros((H, W), dtype=np.float32)
@@ -670,29 +1016,41 @@ def _segment(image: Any, threshold: float, min_area: float) -> _Pending:
         out.softs.append(full_s)
         out.colors.append(c)
         out.boxes.append((box, x0, y0))
+        out.crops.append(img[box])
     return out
 
 
-def _finish(p: _Pending, matches: list[tuple[str, float, float, float, float, float]]) -> ReadScene:
+def _finish(p: _Pending, matches: list[tuple[str, float, float, float, float, float, float]]) -> ReadScene:
     """Steps 3-4: attributes of each matched component."""
     H, W = p.size
     objects = []
-    for m, c, (cx, cy), (box, x0, y0), (shape, r_px, angle, iou, ox, oy) in zip(
-        p.masks, p.colors, p.centroids, p.boxes, matches
+    rejected = list(p.rejected)
+    for m, c, (cx, cy), (box, x0, y0), crop, (shape, r_px, angle, iou, ox, oy, sigma) in zip(
+        p.masks, p.colors, p.centroids, p.boxes, p.crops, matches
     ):
         radius = r_px / W
-        pattern, frac, score = _pattern(m[box], p.shade[box], (ox - x0, oy - y0), angle, shape, PATTERN_PERIOD * W)
         x, y = cx / W, cy / H
+        reasons = _object_reasons(radius, iou, shape)
+        if reasons:
+            rejected.append(Rejected(COLORS[c], x, y, int(m.sum()), reasons, shape, radius, iou, m))
+            continue
+        origin = (ox - x0, oy - y0)
+        cover = _template_cover(shape, r_px, angle, origin, sigma, crop.shape[:2])
+        amount = _shade_amount(crop.reshape(-1, 3), c, p.bg_rgb, cover.reshape(-1)).reshape(cover.shape)
+        pattern, frac, score, gain, cand = _pattern(
+            amount, m[box], cover, origin, angle, shape, PATTERN_PERIOD * W, sigma
+        )
         objects.append(
             DetectedObject(
                 color=COLORS[c], shape=shape, size="big" if radius >= SIZE_SPLIT else "small",
                 position=POSITIONS[3 * _nearest(y) + _nearest(x)], pattern=pattern,
                 x=x, y=y, radius=radius, angle=angle, area=int(m.sum()), shape_iou=iou, mask=m,
-                pattern_fraction=frac, pattern_score=score,
+                pattern_fraction=frac, pattern_score=score, blur=sigma, pattern_gain=gain, pattern_candidate=cand,
             )  # fmt: skip
         )
     objects.sort(key=lambda o: -o.area)
-    return ReadScene(objects=objects, background=p.background, size=(H, W))
+    rejected.sort(key=lambda o: -o.area)
+    return ReadScene(objects=objects, background=p.background, size=(H, W), rejected=rejected, issues=list(p.issues))
 
 
 def read_images(images: Any, threshold: float = COLOR_THRESHOLD, min_area: float = MIN_AREA_FRACTION) -> list[ReadScene]:

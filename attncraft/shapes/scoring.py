@@ -28,7 +28,7 @@ from attncraft.shapes.captions import ParsedMotion, ParsedObject, ParsedScene, p
 from attncraft.shapes.reader import DetectedObject, ReadScene, ReadVideo, Track, assign, read_image, read_images, read_video
 from attncraft.shapes.world import CELL, Scene, SIZE_RADIUS
 
-__all__ = ["expected_scene", "score_image", "score_images", "score_video", "score_videos", "mask_iou"]
+__all__ = ["Scores", "expected_scene", "score_image", "score_images", "score_video", "score_videos", "mask_iou"]
 
 IMAGE_ATTRS = ("color", "shape", "size", "position", "pattern")
 RELATION_MARGIN = 0.05
@@ -39,6 +39,22 @@ ROTATE_MIN = 30.0
 """A rotation counts from 30 degrees on."""
 SIZE_RATIO = 0.5 * (SIZE_RADIUS["big"] / SIZE_RADIUS["small"] - 1.0)
 """Relative radius change (half of small->big) that counts as growing or shrinking."""
+
+
+class Scores(dict):
+    """A score dictionary (attribute -> float in [0, 1]) that also says why the image is implausible.
+
+    ``reasons`` lists, for every region the reader rejected as no object of the world (see
+    :class:`~attncraft.shapes.reader.ReadScene`), what it was and why ("red region at (0.50, 0.50):
+    fills 100 % of the canvas ..."); it is empty when ``scores["plausible"] == 1``. ``rejected`` holds
+    the same regions as dictionaries. Both are plain attributes: the mapping itself stays floats only
+    (means, JSON and tables work on it as before).
+    """
+
+    def __init__(self, *args: Any, reasons: Sequence[str] = (), rejected: Sequence[dict] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reasons = list(reasons)
+        self.rejected = list(rejected)
 
 
 def expected_scene(prompt: str | ParsedScene | Scene) -> ParsedScene:
@@ -146,14 +162,17 @@ def _attribute_scores(
 
 def score_image(
     image: Any, prompt: str | ParsedScene | Scene, assume_plain: bool = True, read: ReadScene | None = None
-) -> dict[str, float]:
+) -> Scores:
     """Per-attribute accuracy of ``image`` against ``prompt``.
 
     Keys: ``count`` (1 if the reader finds as many objects as the prompt names), ``color``, ``shape``,
     ``size``, ``position``, ``pattern`` (fraction of prompt objects, among those whose attribute the
     prompt states, that the matched object gets right; an unmatched prompt object is wrong),
     ``background``, ``relation`` (fraction of stated relations that hold), ``objects`` (fraction of
-    prompt objects with every stated attribute right) and ``exact`` (1 if count and everything hold).
+    prompt objects with every stated attribute right), ``plausible`` (1 if the reader rejected no region
+    as no object of the world: a canvas-filling or background-like region, one too big or too small,
+    cut by the canvas edge, or like no shape; the result's ``reasons`` say which and why) and ``exact``
+    (1 if count and everything hold).
     With ``assume_plain`` an object whose pattern the prompt does not state must be plain, which is
     what :func:`~attncraft.shapes.captions.caption_scene` means by default. ``read`` reuses a
     :func:`~attncraft.shapes.reader.read_image` result of the same image.
@@ -170,8 +189,9 @@ def score_image(
             for i, rel, j in expected.relations
         ]
         scores["relation"] = float(np.mean(holds))
+    scores["plausible"] = float(scene.plausible)
     scores["exact"] = float(all(v == 1.0 for v in scores.values()))
-    return scores
+    return Scores(scores, reasons=scene.reasons, rejected=[r.to_dict() for r in scene.rejected])
 
 
 def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -291,7 +311,7 @@ def _static_ok(track: Track) -> bool:
 
 def score_video(
     frames: Any, prompt: str | ParsedScene | Scene, assume_plain: bool = True, read: ReadVideo | None = None
-) -> dict[str, float]:
+) -> Scores:
     """Per-attribute accuracy of a video ((F, 3, H, W) tensor, (F, H, W, 3) array or list of images)
     against a (motion) prompt.
 
@@ -300,7 +320,8 @@ def score_video(
     per motion kind asked (``move``, ``grow``, ``shrink``, ``rotate``, ``recolor``, ``appear``,
     ``static``), ``order`` (fraction of "A, then B" pairs whose B happens after A) and ``identity``
     (fraction of frames in which each matched track keeps its shape and pattern, and is seen at all
-    from its first appearance on).
+    from its first appearance on), and ``plausible`` (fraction of frames in which the reader rejected no
+    region; ``reasons`` name the frames and regions).
     """
     expected = expected_scene(prompt)
     rv = read if read is not None else read_video(frames)
@@ -340,8 +361,11 @@ def score_video(
     if order:
         scores["order"] = float(np.mean(order))
     scores["identity"] = float(np.mean(identity)) if identity else 0.0
+    scores["plausible"] = float(np.mean([f.plausible for f in rv.frames])) if rv.frames else 1.0
     scores["exact"] = float(all(v == 1.0 for v in scores.values()))
-    return scores
+    reasons = [f"frame {i}: {r}" for i, f in enumerate(rv.frames) for r in f.reasons]
+    rejected = [{"frame": i, **r.to_dict()} for i, f in enumerate(rv.frames) for r in f.rejected]
+    return Scores(scores, reasons=reasons, rejected=rejected)
 
 
 def score_videos(videos: Any, prompts: Sequence[str | ParsedScene | Scene], assume_plain: bool = True) -> dict[str, float]:

@@ -5,9 +5,31 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from attncraft.errors import InputError
 from attncraft.mesh.benchmark import aggregate, discover, its_from_curve, mes_from_similarities, run_benchmark
+
+
+def test_its_crossing_at_iteration_zero_and_exactly_at_the_threshold():
+    assert its_from_curve([(0, 0.30), (10, 0.10)], 0.22) == 0  # the first update already passes
+    assert its_from_curve([(0, 0.22), (10, 0.22), (20, 0.2200001)], 0.22) == 20  # equal is not above
+    assert its_from_curve([(0, 0.22), (10, 0.22)], 0.22) == 2000
+
+
+def test_mes_reads_renders_through_the_reference_png_path():
+    from PIL import Image
+
+    from attncraft.mesh.evaluation import reference_png_path, truncate_to_uint8
+
+    images = torch.rand(3, 40, 40, 3, generator=torch.Generator().manual_seed(0))
+    images[0, 0, 0] = torch.tensor([0.9999, 0.5 / 255 + 1e-4, 1.0])
+    same = reference_png_path(images, 40)
+    assert torch.equal(same, torch.floor(images * 255).permute(0, 3, 1, 2) / 255)  # truncation, not rounding
+    assert truncate_to_uint8(images)[0, 0, 0].tolist() == [254, 0, 255]
+    small = reference_png_path(images, 16)
+    pil = Image.fromarray(truncate_to_uint8(images)[1].numpy()).resize((16, 16), Image.BICUBIC)
+    assert torch.equal(small[1], torch.tensor(list(pil.getdata()), dtype=torch.float32).view(16, 16, 3).permute(2, 0, 1) / 255)
 
 
 def test_mes_and_its_on_synthetic_sequences():

@@ -77,7 +77,8 @@ def test_tiny_stylize_writes_all_outputs(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == [result.name]
     names = sorted(p.name for p in result.iterdir())
     assert names == ["ball.glb", "ball.glb.json", "ball.obj", "ball.ply", "ball_turntable.gif", "ball_views.png"]
-    assert "random weights" in captured.err and "final CLIP score" in captured.err
+    assert "random weights" in captured.err and "evaluation CLIP score" in captured.err
+    assert "ground truth:" in captured.err and "of the visible surface is red" in captured.err
     assert read_sidecar(result / "ball.glb")["prompt"] == "a red ball"
     assert len(captured.out.strip().splitlines()) == 6
 

@@ -39,10 +39,12 @@ class RunArgs:
     prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
     ctgm_mode: str | None = None  # ctgm: the CTGM mode (None: the config's)
     ctgm_sites: str | None = None  # ctgm: "all" or "part" (None: the config's)
-    what: str = "all"  # evaluate: clip | sd | all
+    what: str = "all"  # evaluate: clip | sd | all | motion | relations
+    relation_prompts: int | None = None  # evaluate: prompts per relation word (None: the config's)
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
     lr: float | None = None  # peak learning rate (None: the config's)
+    mesh_fraction: float | None = None  # clip: share of mesh renders per batch (None: the config's)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 

@@ -66,6 +66,8 @@ class SceneChunks(IterableDataset):
         seed_base: int = TRAIN_SEED_BASE,
         keep_text: bool = False,
         motion: bool = False,
+        relation: float | None = None,
+        vertical: float = 0.5,
     ):
         super().__init__()
         self.chunk_size = chunk_size
@@ -75,6 +77,15 @@ class SceneChunks(IterableDataset):
         self.seed_base = seed_base
         self.keep_text = keep_text
         self.motion = motion
+        self.relation = relation  # share of relation captions of multi-object scenes (None: the grammar's)
+        self.vertical = vertical  # share of vertical relations where a horizontal one holds too
+
+    @property
+    def relation_share(self) -> float:
+        """Probability that a caption of a still multi-object scene states a relation."""
+        from attncraft.shapes.captions import RELATION_SHARE
+
+        return RELATION_SHARE if self.relation is None else self.relation
 
     def chunk(self, k: int) -> Chunk:
         from attncraft.shapes.captions import caption_scene
@@ -85,8 +96,10 @@ class SceneChunks(IterableDataset):
             return Chunk(k, scenes, None)
         n_c = len(self.caption_omits)
         base = (self.seed_base + k) * self.chunk_size * n_c
+        rel = self.relation_share
         caps = [
-            [caption_scene(s, seed=base + i * n_c + c, omit=omit) for c, omit in enumerate(self.caption_omits)]
+            [caption_scene(s, seed=base + i * n_c + c, omit=omit, relation=rel, vertical=self.vertical)
+             for c, omit in enumerate(self.caption_omits)]
             for i, s in enumerate(scenes)
         ]
         tokens = tokenize_fast([c for row in caps for c in row]).reshape(len(scenes), n_c, MAX_LENGTH)
