@@ -1,5 +1,6 @@
 """``attncraft video PROMPT``: text-to-video on AnimateDiff, with per-frame states and a trained CTGM
-(``--ctgm FILE``).
+(``--ctgm FILE``); ``--method fancyvideo`` runs the released FancyVideo model instead
+(:mod:`attncraft.cli.fancyvideo`).
 
 Writes the video (``--format mp4|gif|webp``), a contact sheet of all frames (``<name>_frames.png``)
 and a JSON sidecar (``<video>.json``) with every setting that reproduces it;
@@ -24,6 +25,7 @@ from typing import Any
 
 import typer
 
+from attncraft.cli import fancyvideo as fancyvideo_cmd
 from attncraft.cli.broadway import (
     BroadwayAlphaOption,
     BroadwayBetaOption,
@@ -43,7 +45,7 @@ from attncraft.cli.common import (
     quiet_libraries,
 )
 from attncraft.cli.vstar import LlmOption, SynopsisOption, VstarOption, VstarPresetOption, VstarSigmaOption
-from attncraft.batch.jobs import register_job
+from attncraft.batch.jobs import RUNNER_OPTIONS, register_job
 from attncraft.errors import InputError
 
 FORMATS = ("mp4", "gif", "webp")
@@ -286,7 +288,7 @@ def video(
     state: list[str] = typer.Option(None, "--state", help="A per-frame state; repeat it. 'N: text' anchors it at frame N, plain states are spread evenly."),
     states_file: Path = typer.Option(None, "--states-file", help="UTF-8 file with one state a line (same forms as --state)."),
     frames: int = typer.Option(None, "--frames", help="Frames (default: the model's, 16); one pass takes up to the adapter's limit (32)."),
-    fps: float = typer.Option(None, "--fps", help="Frames per second of the written video (default 8)."),
+    fps: float = typer.Option(None, "--fps", help="Frames per second of the written video (default 8); with --method fancyvideo also its fps condition (default 25)."),
     steps: int = typer.Option(None, "--steps", help="Denoising steps (default: the model's recommendation)."),
     guidance: float = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (1 disables it)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
@@ -320,11 +322,34 @@ def video(
     overwrite: bool = OverwriteOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
+    video_method: str = fancyvideo_cmd.MethodOption,
+    image: Path = fancyvideo_cmd.ImageOption,
+    motion_score: float = fancyvideo_cmd.MotionScoreOption,
+    vae: str = fancyvideo_cmd.VaeOption,
+    res_adapter: str = fancyvideo_cmd.ResAdapterOption,
 ) -> None:
     """Generate a video from a text prompt or per-frame states; writes the video, a contact sheet and a sidecar."""
     quiet_libraries()
     from attncraft.outputs import prepare_output_dir
     from attncraft.pipelines.text_to_video import generate_video, save_video, video_frames_uint8
+
+    video_method = fancyvideo_cmd.check_method(video_method, image, motion_score, vae, res_adapter)
+    if video_method == "fancyvideo" or fancyvideo_cmd.is_fancyvideo_sidecar(from_sidecar, read_settings_file):
+        fmt = fmt.lower().lstrip(".")
+        if fmt not in FORMATS:
+            raise InputError(f"unknown --format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
+        if from_sidecar is not None and (prompt is not None or image is not None):
+            raise InputError("--from-sidecar re-runs stored settings and takes no prompt or --image", "drop them")
+        unused = [name for name, given in (
+            ("--state", state), ("--states-file", states_file), ("--free-noise", free_noise), ("--scheduler", scheduler),
+            ("--adapter-config", adapter_config), ("--broadway", broadway), ("--vstar", vstar), ("--synopsis", synopsis),
+            ("--llm", llm), ("--ctgm", ctgm), ("--ctgm-parts", ctgm_parts)) if given]
+        return fancyvideo_cmd.run(
+            prompt, read_settings_file(from_sidecar) if from_sidecar is not None else None, image=image, frames=frames,
+            fps=fps, motion_score=motion_score, steps=steps, guidance=guidance, seed=seed,
+            size=parse_size(size) if size is not None else None, negative=negative, model=model, adapter=adapter,
+            vae=vae, res_adapter=res_adapter, config=config, trust_pickle=trust_pickle, fmt=fmt, out=out,
+            overwrite=overwrite, device=device, dtype=dtype, not_for_fancyvideo=unused)
     from attncraft.progress import progress_task
 
     plan = check_video_options(
@@ -390,11 +415,24 @@ def _reader_scores(path: Path, prompt: str) -> dict[str, float]:
     return score_video(list(load_video_for_reader(path).data), parsed)
 
 
+FANCYVIDEO_OPTIONS = ("video_method", "image", "motion_score", "vae", "res_adapter")
+"""``attncraft video --method fancyvideo`` and its options are not part of the video job (yet): a job
+is an AnimateDiff run, and a manifest key such as ``method`` is refused as unknown."""
+
+
+def _check_video_job(**options) -> VideoPlan:
+    if fancyvideo_cmd.is_fancyvideo_sidecar(options.get("from_sidecar"), read_settings_file):
+        raise InputError("--from-sidecar names a FancyVideo clip, which video jobs do not run",
+                         "re-run it with attncraft video --from-sidecar")
+    return check_video_options(**options)
+
+
 register_job(
     "video", video,
-    check=check_video_options,
+    check=_check_video_job,
     load=load_video_model,
     prepare=_prepare_video_job,
     run=_run_video_jobs,
     model_options=("model", "adapter", "adapter_config", "config", "dtype", "trust_pickle", "from_sidecar"),
+    exclude=(*RUNNER_OPTIONS, *FANCYVIDEO_OPTIONS),
 )

@@ -91,6 +91,7 @@ def test_job_ids_are_the_documented_hash():
     ('{"command": "customize", "prompt": "a red star", "subject": "nope.png", "word": "star"}',
      "m:1: subject: the subject image 'nope.png' does not exist"),
     ('{"command": "customize", "prompt": "a red star", "word": "star"}', "m:1: subject: is required (--subject of attncraft customize)"),
+    ('{"command": "video", "prompt": "a red circle", "method": "fancyvideo"}', "m:1: method: unknown key for command video"),
 ])
 def test_every_problem_names_its_line_and_field(line, expected):
     found = problems_of("# a comment\n\n" + line)
