@@ -45,7 +45,7 @@ app.add_typer(convert_cmd.app, name="convert")
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.
-for _module_name, _group_name in (("world", "world"), ("mesh", "mesh")):
+for _module_name, _group_name in (("world", "world"), ("mesh", "mesh"), ("batch", "batch")):
     try:
         _module = __import__(f"attncraft.cli.{_module_name}", fromlist=["app"])
     except ModuleNotFoundError as _exc:  # pragma: no cover - only while a group is absent

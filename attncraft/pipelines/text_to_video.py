@@ -573,13 +573,12 @@ def generate_video(
     ``settings.vstar``; extra keyword arguments go to the pipeline call.
     FreeNoise (``settings.free_noise``) is enabled for the call and restored afterwards.
     """
-    from attncraft.schedulers import set_scheduler
+    from attncraft.schedulers import use_scheduler
 
     validate_video(settings, loaded)
     pipe = loaded.pipeline
     techniques = (*settings.techniques(pipe.unet), *techniques)
-    if settings.scheduler:
-        set_scheduler(pipe, settings.scheduler)
+    use_scheduler(pipe, settings.scheduler)
     device = pipe._execution_device
     generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(settings.seed)
     total = settings.num_inference_steps * (getattr(pipe, "_free_init_num_iters", 1) if getattr(pipe, "free_init_enabled", False) else 1)
