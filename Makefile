@@ -15,7 +15,7 @@ STAMP := $(VENV)/.attncraft-installed
 DEMO_OUT ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install clean
+.PHONY: demo demo-picture test install clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "error: attncraft needs Python >= 3.11; install it or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -27,13 +27,29 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The main job (text-to-image with the embedded Shapes SD), then a short X-Mesh stylization guided by
-# the embedded Shapes CLIP (settings suited to that 64-pixel CLIP: gray background, no geometry loss).
+# The X-Mesh step of the demo: the default torus painted from "a red torus", guided by the embedded
+# Shapes CLIP at its 64 pixels (settings of the convergence measurement in benchmarks/RESULTS.md;
+# no geometry loss: the prompt is about colour).
+MESH_DEMO = $(BIN)/attncraft mesh stylize "a red torus" --iterations 100 --resolution 64 --views 4 --lr 0.002 --no-geoloss
+
+# The main job (text-to-image with the embedded Shapes SD), a short Shapes video (once the Shapes motion
+# adapter is in assets/models/shapes-motion), then the X-Mesh stylization.
 demo: $(STAMP)
 	$(BIN)/attncraft image "a red circle on the left and a blue square on the right" --count 4 --seed 0 --out $(DEMO_OUT)
-	$(BIN)/attncraft mesh stylize "a red circle on a gray background" --iterations 60 --resolution 64 --views 3 --lr 0.002 \
-		--background gray --no-geoloss --turntable gif --frames 24 --out $(DEMO_OUT)/mesh
+	@if [ -f assets/models/shapes-motion/config.json ]; then \
+		$(BIN)/attncraft video "a big red circle on the left moves right, on a gray background" --seed 0 --format gif \
+			--out $(DEMO_OUT)/video && echo "demo video (GIF, its contact sheet and sidecar): $(DEMO_OUT)/video/"; \
+	else \
+		echo "skipping the demo video: the Shapes motion adapter (assets/models/shapes-motion) is not trained yet"; \
+	fi
+	$(MESH_DEMO) --turntable gif --frames 24 --out $(DEMO_OUT)/mesh
 	@echo "demo outputs are in $(DEMO_OUT)/"
+
+# Regenerates the README's picture of the mesh demo (its contact sheet: 24 fixed views).
+demo-picture: $(STAMP)
+	rm -rf outputs/demo-picture
+	$(MESH_DEMO) --turntable none --formats ply --out outputs/demo-picture
+	cp "$$(find outputs/demo-picture -name '*_views.png' | head -n 1)" docs/images/xmesh-red-torus.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -39,3 +39,31 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}", f"pass one of auto, {', '.join(sorted(DTYPES))}")
     return DTYPES[dtype]
+
+
+def available_memory(device: str | torch.device) -> int | None:
+    """Bytes a new allocation can still get on ``device``: free memory of a CUDA device, the
+    kernel's ``MemAvailable`` (RAM not needed by anyone, page cache included) on the CPU; None
+    where it cannot be known."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            free, _total = torch.cuda.mem_get_info(dev)
+        except (RuntimeError, AssertionError):
+            return None
+        return int(free)
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -34,3 +34,18 @@ class InputError(AttncraftError):
 
 class TechniqueError(AttncraftError):
     """A technique cannot be applied to the loaded model or layers."""
+
+
+def short_reason(exc: BaseException | str, limit: int = 160) -> str:
+    """The gist of a library's exception message for a one-line error: its first line or sentence,
+    whitespace collapsed, cut at a word boundary (never mid-word) with an ellipsis when longer."""
+    text = str(exc).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if ". " in first:
+        first = first.split(". ", 1)[0]
+    first = " ".join(first.split()).rstrip(".:;, ")
+    if not first:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0].rstrip(".:;, ") + "..."
+    return first

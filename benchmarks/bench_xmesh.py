@@ -22,6 +22,13 @@ It prints a Markdown block to paste into ``benchmarks/RESULTS.md``. Quick CPU ch
 GPU run:
 
     python benchmarks/bench_xmesh.py --mesh PATH/horse.obj --device cuda
+    python benchmarks/bench_xmesh.py --mesh .mit30/horse.npz --device cuda --renderer kaolin   # a real kaolin
+
+With ``--renderer kaolin`` (a real kaolin on CUDA; ``tools/gpu/kaolin_xmesh.sh`` builds one) the
+iteration runs on kaolin's DIB-R rasteriser, and the report adds how far the two backends agree on
+the benchmark mesh (coverage, visible face, image difference where the faces agree, and the
+renderer's own forward + backward time for each). Meshes: an OBJ/PLY/... file, an ``.npz`` with
+``vertices`` and ``faces`` (``tools/pack_mit30.py``), ``default`` or ``tiny``.
 
 Only torch, numpy, transformers (and trimesh when available; a minimal OBJ reader otherwise) are
 imported: no imageio, PIL or diffusers.
@@ -57,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="quick CPU check: small mesh, 64 px, tiny CLIP, few iterations")
     p.add_argument("--cpu-demo", type=int, default=3, help="iterations of the CPU demo setting to time (0 = skip)")
     p.add_argument("--cpu-threads", type=int, default=None, help="torch threads for the CPU demo timing")
+    p.add_argument("--renderer", choices=("torch", "kaolin"), default="torch",
+                   help="rasteriser of the timed iteration (kaolin: needs a real kaolin and CUDA)")
     args = p.parse_args(argv)
     defaults = dict(views=5, resolution=224, iterations=30, warmup=8)
     if args.tiny:
@@ -131,6 +140,11 @@ def get_mesh(ref: str, device: str):
             return load_mesh("default", device=device), "default torus"
         v, f = uv_sphere()
         return prepare_mesh(v, f, source="uv sphere"), "uv sphere 24x48 (trimesh missing)"
+    if ref.endswith(".npz"):
+        import numpy as np
+
+        with np.load(ref) as data:
+            return prepare_mesh(data["vertices"], data["faces"], source=ref, device=device), Path(ref).stem
     if have_trimesh:
         return load_mesh(ref, device=device), Path(ref).name
     v, f = read_obj(Path(ref))
@@ -168,7 +182,19 @@ def timed(fn, n, sync):
     return out
 
 
-def build_run(args, device, mesh_ref, clip_ref, resolution, views, autocast):
+def make_renderer(name: str, device):
+    """The requested backend; a missing kaolin is an error here, not a silent fallback."""
+    from attncraft.mesh.renderer import TorchRenderer, get_renderer
+
+    if name == "torch":
+        return TorchRenderer()
+    renderer, message = get_renderer("kaolin", device=device)
+    if renderer.name != "kaolin":
+        sys.exit(f"error: --renderer kaolin: {message}")
+    return renderer
+
+
+def build_run(args, device, mesh_ref, clip_ref, resolution, views, autocast, renderer=None):
     from attncraft.mesh.clip_guidance import ClipGuide, load_clip
     from attncraft.mesh.renderer import TorchRenderer
     from attncraft.mesh.stylize import StylizeSettings, XMeshOptimization
@@ -177,8 +203,37 @@ def build_run(args, device, mesh_ref, clip_ref, resolution, views, autocast):
     model, tok, label = load_clip(clip_ref, device)
     guide = ClipGuide(model, tok, label, autocast_dtype=autocast)
     settings = StylizeSettings(views=views, resolution=resolution)
-    run = XMeshOptimization(mesh, args.prompt, guide, TorchRenderer(), settings, device)
+    run = XMeshOptimization(mesh, args.prompt, guide, renderer or TorchRenderer(), settings, device)
     return run, mesh, mesh_label
+
+
+def backend_agreement(run, sync, repeats: int = 10):
+    """Torch renderer vs the run's renderer on the run's mesh: coverage, visible face, image, and time."""
+    import torch
+
+    from attncraft.mesh.renderer import TorchRenderer
+
+    cams = run.sample_cameras()
+    styled = run.current()
+    res = run.settings.resolution
+    reference = TorchRenderer()
+    a = reference.render(styled.vertices, run.faces, styled.colors, cams, res)
+    b = run.renderer.render(styled.vertices, run.faces, styled.colors, cams, res)
+    same = a.face_index == b.face_index
+    covered = a.mask | b.mask
+    out = {"views": len(cams), "coverage": float((a.mask == b.mask).float().mean()),
+           "same_face": float(same[covered].float().mean()),
+           "image_diff": float((a.image - b.image).abs()[same & covered].mean())}
+    for name, rend in (("torch", reference), ("kaolin", run.renderer)):
+        verts = styled.vertices.detach().clone().requires_grad_()
+        colors = styled.colors.detach().clone().requires_grad_()
+
+        def fb():
+            rend.render(verts, run.faces, colors, cams, res).image.sum().backward()
+
+        timed(fb, 2, sync)
+        out[f"{name}_ms"] = ms(timed(fb, repeats, sync))
+    return out
 
 
 def bench_main(args):
@@ -193,7 +248,8 @@ def bench_main(args):
     autocast = dtypes[args.dtype] if device.type == "cuda" else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    run, mesh, mesh_label = build_run(args, device, args.mesh, args.clip, args.resolution, args.views, autocast)
+    renderer = make_renderer(args.renderer, device)
+    run, mesh, mesh_label = build_run(args, device, args.mesh, args.clip, args.resolution, args.views, autocast, renderer)
     n_aug = len(run.plan.specs)
     for _ in range(args.warmup):
         run.step()
@@ -237,11 +293,12 @@ def bench_main(args):
         timed(fn, 2, sync)
         iso[name] = timed(fn, max(5, args.iterations // 2), sync)
 
+    agreement = backend_agreement(run, sync) if args.renderer != "torch" else None
     cpu_demo = None
     if args.cpu_demo > 0:
         cpu_demo = bench_cpu_demo(args)
 
-    print_report(args, device, run, mesh, mesh_label, n_aug, plain, peak, reserved, timer.times, iso, cpu_demo)
+    print_report(args, device, run, mesh, mesh_label, n_aug, plain, peak, reserved, timer.times, iso, cpu_demo, agreement)
 
 
 def bench_cpu_demo(args):
@@ -262,7 +319,7 @@ def bench_cpu_demo(args):
             "cores": os.cpu_count()}
 
 
-def print_report(args, device, run, mesh, mesh_label, n_aug, plain, peak, reserved, phases, iso, cpu_demo):
+def print_report(args, device, run, mesh, mesh_label, n_aug, plain, peak, reserved, phases, iso, cpu_demo, agreement=None):
     import torch
     import transformers
 
@@ -283,7 +340,8 @@ def print_report(args, device, run, mesh, mesh_label, n_aug, plain, peak, reserv
         f"{n_aug} augmentations x {views} views = {n_aug * views} CLIP images in one CLIP call; one backward; fused Adam",
         f"- CLIP: `{args.clip}` -> {run.guide.label}; RANDOM weights (timing only, scores meaningless); "
         f"autocast {run.guide.autocast_dtype or 'off (fp32)'}",
-        f"- field: X-Mesh (TDAM), {sum(p.numel() for p in run.model.parameters()):,} parameters, fp32; renderer: built-in torch",
+        f"- field: X-Mesh (TDAM), {sum(p.numel() for p in run.model.parameters()):,} parameters, fp32; renderer: "
+        + ("built-in torch" if run.renderer.name == "torch" else f"{run.renderer.name} (DIB-R rasteriser)"),
         "",
         "| measure | value |",
         "|---|---|",
@@ -308,6 +366,13 @@ def print_report(args, device, run, mesh, mesh_label, n_aug, plain, peak, reserv
     lines += ["", "Isolated forward + backward (to split the backward):", "", "| component | ms |", "|---|---:|"]
     for name, values in iso.items():
         lines.append(f"| {name} | {ms(values):.2f} |")
+    if agreement:
+        lines += ["", f"Backend agreement on this mesh ({agreement['views']} training views at {run.settings.resolution} px; "
+                      "the torch renderer against the one timed above):", "",
+                  "| coverage agrees | visible face agrees | mean abs image difference (same face) | torch fwd+bwd | "
+                  f"{run.renderer.name} fwd+bwd |", "|---|---|---|---|---|",
+                  f"| {100 * agreement['coverage']:.5f} % | {100 * agreement['same_face']:.4f} % | {agreement['image_diff']:.2e} | "
+                  f"{agreement['torch_ms']:.2f} ms | {agreement['kaolin_ms']:.2f} ms |"]
     if cpu_demo:
         lines += ["", f"CPU demo setting ({cpu_demo['mesh']}, {cpu_demo['vertices']:,} vertices, {cpu_demo['resolution']} px, "
                       f"tiny random stand-in CLIP) on {cpu_demo['cores']} cores / {cpu_demo['threads']} torch threads: "

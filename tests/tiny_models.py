@@ -95,7 +95,11 @@ def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
-def motion_unet(seed: int = 0) -> UNetMotionModel:
+def motion_unet(seed: int = 0, max_frames: int = 32) -> UNetMotionModel:
+    return motion_unet_and_adapter(seed, max_frames)[0]
+
+
+def motion_unet_and_adapter(seed: int = 0, max_frames: int = 32) -> tuple[UNetMotionModel, MotionAdapter]:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
@@ -104,18 +108,18 @@ def motion_unet(seed: int = 0) -> UNetMotionModel:
     )
     adapter = MotionAdapter(
         block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=2,
-        motion_num_attention_heads=4,
+        motion_num_attention_heads=4, motion_max_seq_length=max_frames,
     )
-    return UNetMotionModel.from_unet2d(unet, adapter)
+    return UNetMotionModel.from_unet2d(unet, adapter), adapter
 
 
-def animatediff_pipeline(seed: int = 0) -> AnimateDiffPipeline:
+def animatediff_pipeline(seed: int = 0, max_frames: int = 32) -> AnimateDiffPipeline:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config())
-    unet = motion_unet(seed)
+    unet, adapter = motion_unet_and_adapter(seed, max_frames)
     pipe = AnimateDiffPipeline(
         vae=vae(seed), text_encoder=text_encoder, tokenizer=load_clip_tokenizer(), unet=unet,
-        motion_adapter=None, scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False),
+        motion_adapter=adapter, scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -130,3 +134,54 @@ def quick_settings(loaded, **overrides):
     for key, value in overrides.items():
         setattr(settings, key, value)
     return settings
+
+
+def image_encoder_config(projection_dim: int = 32):
+    """A tiny ``CLIPVisionModelWithProjection`` configuration (32 px images)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=projection_dim, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=4, num_channels=3,
+    )
+
+
+def write_ip_adapter(unet, folder, seed: int = 0, weight_name: str = "ip-adapter.safetensors",
+                     num_tokens: int = 4, image_embed_dim: int = 32, with_encoder: bool = True):
+    """Write an IP-Adapter for ``unet`` with random weights, in diffusers' layout, to ``folder``.
+
+    ``folder/models/<weight_name>`` holds ``image_proj.*`` (the plain IP-Adapter ``ImageProjection``)
+    and ``ip_adapter.<id>.to_{k,v}_ip.weight`` with ids 1, 3, 5, ... for the cross-attention layers
+    in ``unet.attn_processors`` order (motion modules excluded), as diffusers' loader reads them;
+    ``folder/models/image_encoder`` a tiny ``CLIPVisionModelWithProjection``. Load it with
+    ``pipe.load_ip_adapter(folder, subfolder="models", weight_name=weight_name)``.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    root = Path(folder) / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    tensors = {
+        "image_proj.proj.weight": torch.randn(num_tokens * cross, image_embed_dim, generator=g) / image_embed_dim**0.5,
+        "image_proj.proj.bias": torch.zeros(num_tokens * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    modules = dict(unet.named_modules())
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor") or "motion_modules" in name:
+            continue
+        hidden = modules[name[: -len(".processor")]].to_k.out_features
+        for part in ("to_k_ip", "to_v_ip"):
+            tensors[f"ip_adapter.{key_id}.{part}.weight"] = torch.randn(hidden, cross, generator=g) / cross**0.5
+        key_id += 2
+    save_file(tensors, str(root / weight_name))
+    if with_encoder:
+        torch.manual_seed(seed)
+        CLIPVisionModelWithProjection(image_encoder_config(image_embed_dim)).save_pretrained(root / "image_encoder")
+    return Path(folder)

@@ -11,6 +11,7 @@ Tensors that are not on CUDA take SDPA even with the xformers backend.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import torch
@@ -46,9 +47,50 @@ def xformers_problem() -> str | None:
         probe = torch.zeros(1, 1, 8, 64, device=_probe_device(), dtype=torch.float16)
         _xformers_attention(xops, probe, probe, probe, None)
     except Exception as exc:  # noqa: BLE001 - whatever stops the kernel stops the backend
-        return (f"xformers {getattr(xformers, '__version__', '?')} is installed but its attention kernels do not run "
+        version = getattr(xformers, "__version__", "?")
+        missing = _missing_library(_extension_load_error())
+        if missing is not None:
+            return (f"xformers {version} is installed but its CUDA kernels cannot load: they need {missing}, "
+                    f"which torch {torch.__version__} does not ship")
+        return (f"xformers {version} is installed but its attention kernels do not run "
                 f"with torch {torch.__version__} ({_first_line(exc)})")
     return None
+
+
+_RUNTIME_PACKAGES = {"libcudart.so.12": "nvidia-cuda-runtime-cu12"}
+"""Shared libraries xformers' kernels link against that a pip package provides beside it. xformers'
+extension finds them through its relative search path, so installing the package into the same
+environment is enough (no ``LD_LIBRARY_PATH``)."""
+
+
+def _extension_load_error() -> BaseException | None:
+    """The exception xformers caught when its C++/CUDA extension failed to load, if it kept one."""
+    try:
+        from xformers import _cpp_lib
+    except Exception:  # noqa: BLE001 - an xformers without that module: nothing more to say
+        return None
+    error = getattr(_cpp_lib, "_cpp_library_load_exception", None)
+    while error is not None and error.__cause__ is not None and not _missing_library(error):
+        error = error.__cause__
+    return error
+
+
+def _missing_library(error: BaseException | None) -> str | None:
+    """The shared library named in a loader error (``libX.so.N: cannot open shared object file``)."""
+    if error is None:
+        return None
+    text = f"{error} {error.__cause__ or ''}"
+    match = re.search(r"(lib[\w.+-]+\.so(?:\.\d+)*): cannot open shared object file", text)
+    return match.group(1) if match else None
+
+
+def _install_fix(problem: str) -> str:
+    for library, package in _RUNTIME_PACKAGES.items():
+        if library in problem:
+            return (f"install it with pip install {package} (or pip install 'attncraft[xformers]', which includes it), "
+                    "or use --attention-backend sdpa")
+    return ("install an xformers build made for this torch and CUDA (pip install 'attncraft[xformers]') "
+            "on a CUDA machine, or use --attention-backend sdpa")
 
 
 def _first_line(exc: Exception) -> str:
@@ -65,11 +107,7 @@ def check_backend(name: str) -> str:
     if name == "xformers":
         problem = xformers_problem()
         if problem is not None:
-            raise InputError(
-                problem,
-                "install an xformers build made for this torch and CUDA (pip install 'attncraft[xformers]') "
-                "on a CUDA machine, or use --attention-backend sdpa",
-            )
+            raise InputError(problem, _install_fix(problem))
     return name
 
 

@@ -77,6 +77,17 @@ class AttentionContext:
         except (AttributeError, TypeError):
             return False
 
+    def inference_steps(self) -> int | None:
+        """Denoising steps of the current run: :attr:`num_inference_steps` when a pipeline set it,
+        else the attached pipeline's scheduler's (diffusers schedulers keep ``num_inference_steps``
+        after ``set_timesteps``, which pipelines call before the loop; FreeInit's fast sampling sets
+        it per iteration); ``None`` when neither is known."""
+        if self.num_inference_steps is not None:
+            return self.num_inference_steps
+        pipe = self._pipeline_ref() if self._pipeline_ref is not None else None
+        steps = getattr(getattr(pipe, "scheduler", None), "num_inference_steps", None)
+        return int(steps) if isinstance(steps, int) and steps > 0 else None
+
     def start_run(self) -> None:
         self.run_index += 1
         self.step_index = -1
@@ -100,11 +111,15 @@ class AttentionCall:
     hidden_states: torch.Tensor
     """The (normalised) input the query was computed from, (batch, tokens, channels)."""
     encoder_hidden_states: torch.Tensor | None
-    """The text (or other) states keys/values come from in cross-attention, else None."""
+    """The text (or other) states keys/values come from in cross-attention, else None (without the
+    IP-Adapter image tokens, which are in :attr:`ip_hidden_states`)."""
     query: torch.Tensor | None = None
     """(batch, heads, tokens, head_dim), set before the score hooks run."""
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
+    ip_hidden_states: list[torch.Tensor] | None = None
+    """IP-Adapter image tokens of this call, one tensor per adapter, on layers that carry the image
+    branch (:class:`~.processor.AttncraftIPAdapterAttnProcessor`); None elsewhere."""
 
     @property
     def step_index(self) -> int:

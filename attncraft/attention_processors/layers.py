@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from diffusers.models.attention import FreeNoiseTransformerBlock
 from torch import nn
 
 AttentionKind = Literal["self", "cross", "temporal"]
@@ -30,8 +31,8 @@ Place = Literal["down", "mid", "up"]
 
 _NAME_RE = re.compile(
     r"^(?:(?P<place>down|up)_blocks\.(?P<block>\d+)|(?P<mid>mid_block))"
-    r"\.(?P<container>attentions|motion_modules)\.(?P<index>\d+)"
-    r"\.transformer_blocks\.(?P<tblock>\d+)\.(?P<attn>attn\d)$"
+    r"\.(?P<container>attentions|motion_modules)\.(?P<index>\d+)(?:\.module)?"
+    r"\.transformer_blocks\.(?P<tblock>\d+)(?:\.module)?\.(?P<attn>attn\d)$"
 )
 
 
@@ -48,6 +49,10 @@ class LayerInfo:
     heads: int
     attention_index: int | None = None
     transformer_index: int | None = None
+    frame_windows: bool = False
+    """The layer runs on sliding windows of frames (FreeNoise), see the module docstring."""
+    split_batches: bool = False
+    """The layer runs on slices of its batch (FreeNoise split inference)."""
 
     @property
     def processor_key(self) -> str:
@@ -77,13 +82,16 @@ def _num_down_blocks(model: nn.Module) -> int | None:
     return len(blocks) if blocks is not None else None
 
 
-def describe_layer(name: str, module: nn.Module, num_down_blocks: int | None) -> LayerInfo:
+def describe_layer(
+    name: str, module: nn.Module, num_down_blocks: int | None, frame_windows: bool = False, split_batches: bool = False
+) -> LayerInfo:
     """Build the :class:`LayerInfo` of the attention module ``module`` found at ``name``."""
     heads = int(getattr(module, "heads", 1))
     match = _NAME_RE.match(name)
     if match is None:
         kind: AttentionKind = "cross" if getattr(module, "is_cross_attention", False) else "self"
-        return LayerInfo(name=name, kind=kind, place=None, block_index=None, level=None, heads=heads)
+        return LayerInfo(name=name, kind=kind, place=None, block_index=None, level=None, heads=heads,
+                         frame_windows=frame_windows, split_batches=split_batches)
     temporal = match["container"] == "motion_modules"
     if temporal:
         kind = "temporal"
@@ -109,6 +117,8 @@ def describe_layer(name: str, module: nn.Module, num_down_blocks: int | None) ->
         heads=heads,
         attention_index=int(match["index"]),
         transformer_index=int(match["tblock"]),
+        frame_windows=frame_windows,
+        split_batches=split_batches,
     )
 
 
@@ -117,7 +127,22 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if hasattr(module, "set_processor") and hasattr(module, "processor")}
 
 
+def _surroundings(model: nn.Module, name: str) -> tuple[bool, bool]:
+    """(frame_windows, split_batches) of the attention module at ``name``: what its parents are."""
+    split = False
+    parent = model
+    for part in name.split(".")[:-1]:
+        parent = parent._modules[part]
+        split = split or type(parent).__name__ == "SplitInferenceModule"
+    return isinstance(parent, FreeNoiseTransformerBlock), split
+
+
+def describe_modules(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, LayerInfo]:
+    """:class:`LayerInfo` of each of ``modules`` (as returned by :func:`attention_modules`)."""
+    n_down = _num_down_blocks(model)
+    return {name: describe_layer(name, module, n_down, *_surroundings(model, name)) for name, module in modules.items()}
+
+
 def discover_layers(model: nn.Module) -> dict[str, LayerInfo]:
     """Describe every attention layer of ``model`` (keyed by module path, in registration order)."""
-    n_down = _num_down_blocks(model)
-    return {name: describe_layer(name, module, n_down) for name, module in attention_modules(model).items()}
+    return describe_modules(model, attention_modules(model))

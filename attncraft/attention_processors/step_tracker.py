@@ -71,6 +71,9 @@ class StepTracker:
     def attach(self, unet: nn.Module) -> None:
         if self._handle is None:
             self._handle = unet.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+            # the first call after (re-)attaching starts a run: the last run seen may have ended on
+            # the timestep the next one starts with (a one-step run after any other run)
+            self._force_new_run = True
 
     def detach(self) -> None:
         if self._handle is not None:
@@ -124,6 +127,6 @@ class StepTracker:
         ctx.unet_calls += 1
 
     def _start_step_zero(self) -> None:
+        self._begin_run()  # may raise (a technique that no longer fits the model): the next call retries
         self._force_new_run = False
-        self._begin_run()
         self.context.step_index = 0

@@ -21,6 +21,9 @@ observers such as :class:`~.store.AttentionStore`, so observers see the final ma
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
@@ -46,6 +49,15 @@ class AttentionTechnique:
     computed when the UNet returns, batched with the other such layers of the same shape
     (:mod:`.deferred_maps`), and delivered through :meth:`observe_maps`. Leave it False for a
     technique that reads a map in one layer to act in a later layer of the same call."""
+    supports_frame_windows: bool = True
+    """False for a technique that needs each temporal call to span the whole clip. FreeNoise
+    (``pipe.enable_free_noise()``) runs temporal layers on sliding windows of frames (then
+    ``call.num_frames`` is the window's length, ``call.context.num_frames`` the clip's); the manager
+    refuses such a technique on such layers with a :class:`~attncraft.errors.TechniqueError`."""
+    supports_split_batches: bool = False
+    """True for a technique that treats every row of a call alike. FreeNoise split inference
+    (``pipe.enable_free_noise_split_inference()``) runs layers on slices of their batch, so the CFG
+    halves of a call are not its halves; the manager refuses other techniques on such layers."""
 
     def __init__(self, selector: LayerSelector | None = None):
         self.selector = selector if selector is not None else self.default_selector()
@@ -63,8 +75,29 @@ class AttentionTechnique:
         return cls.edit_scores is not AttentionTechnique.edit_scores or cls.edit_probs is not AttentionTechnique.edit_probs
 
     # -- lifecycle -------------------------------------------------------------------------
+    def on_install(self, manager) -> None:
+        """Called once the technique's processors are in place on a model (``manager`` is its
+        :class:`~.manager.AttentionManager`, ``manager.unet`` the model). A technique that needs
+        more than attention processors (forward hooks on other modules, trainable parts that must
+        fit the model) attaches or checks them here; an exception undoes the installation (through
+        :meth:`on_remove`, which must therefore also clean up after a partial ``on_install``)."""
+
+    def on_remove(self, manager) -> None:
+        """Called when the technique is removed from ``manager``'s model: undo :meth:`on_install`."""
+
     def on_run_start(self, context: AttentionContext) -> None:
         """Called at the start of every sampling run (new generation, each FreeInit iteration)."""
+
+    def is_active(self, context: AttentionContext) -> bool:
+        """Whether the technique acts in the current UNet call (default: always).
+
+        Techniques that act on a window of denoising steps, or whose settings make them neutral,
+        override it. The processor asks once per call on each layer: a technique that answers False
+        runs none of its hooks there, and a layer left with no active technique takes the stock
+        fused path, so outside the window the output is exactly the output without the technique
+        and costs what the core costs.
+        """
+        return True
 
     # -- hooks -----------------------------------------------------------------------------
     def edit_scores(self, call: AttentionCall, scores: torch.Tensor) -> torch.Tensor:
@@ -85,6 +118,24 @@ class AttentionTechnique:
         """
         for call, layer_probs in zip(calls, probs.unbind(0)):
             self.edit_probs(call, layer_probs)
+
+    # -- settings ----------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Any) -> AttentionTechnique:
+        """The technique a ``settings()`` dict describes (e.g. a sidecar's entry): its keys are
+        constructor arguments, checked again by the constructor. An unknown key, or something that
+        is not a mapping, is an :class:`~attncraft.errors.InputError` naming it."""
+        from attncraft.errors import InputError
+
+        if not isinstance(settings, dict):
+            raise InputError(f"{cls.name} settings must be a mapping, got {type(settings).__name__}",
+                             "pass the dict that the technique's settings() returns")
+        accepted = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+                    if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            raise InputError(f"unknown {cls.name} setting {unknown[0]!r}", f"use only: {', '.join(accepted)}")
+        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"

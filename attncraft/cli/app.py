@@ -1,6 +1,6 @@
 """Root of the ``attncraft`` command line.
 
-Each command group lives in its own module (``image.py``, ``world.py``, ``mesh.py``, ...) and is
+Each command group lives in its own module (``image.py``, ``video.py``, ``world.py``, ``mesh.py``, ...) and is
 registered here. Command modules import torch/diffusers inside their functions so that ``--help``
 stays fast.
 
@@ -16,7 +16,10 @@ import sys
 
 import typer
 
+from attncraft.cli import edit as edit_cmd
 from attncraft.cli import image as image_cmd
+from attncraft.cli import video as video_cmd
+from attncraft.cli import realcustom as realcustom_cmd
 from attncraft.errors import AttncraftError
 
 app = typer.Typer(
@@ -34,6 +37,9 @@ def _root() -> None:
 
 
 app.command("image")(image_cmd.image)
+app.command("edit")(edit_cmd.edit)
+app.command("video")(video_cmd.video)
+app.command("customize")(realcustom_cmd.customize)
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.

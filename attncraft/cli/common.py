@@ -21,6 +21,15 @@ AttentionBackendOption = typer.Option(
     help="Fused attention kernel: sdpa (PyTorch, default) or xformers (CUDA only; the optional xformers extra).",
 )
 OutOption = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if needed).")
+OverwriteOption = typer.Option(
+    False, "--overwrite",
+    help="Replace existing results of the same name. Without it nothing is replaced: new results get the next free name (-2, -3...).",
+)
+TrustPickleOption = typer.Option(
+    False, "--trust-pickle",
+    help="Allow pickled checkpoints (.bin/.ckpt/.pt), which can run code when opened. "
+         "Better: convert a trusted one once with 'python -m attncraft.checkpoints PATH'.",
+)
 
 
 def quiet_libraries() -> None:

@@ -12,6 +12,8 @@ from attncraft.cli.common import (
     DtypeOption,
     ModelOption,
     OutOption,
+    OverwriteOption,
+    TrustPickleOption,
     console,
     quiet_libraries,
 )
@@ -33,29 +35,29 @@ def image(
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     attention_backend: str = AttentionBackendOption,
+    overwrite: bool = OverwriteOption,
+    trust_pickle: bool = TrustPickleOption,
 ) -> None:
     """Generate images from a text prompt; each PNG stores the settings that reproduce it."""
     quiet_libraries()
     from attncraft.attention_processors import get_manager
     from attncraft.attention_processors.backends import check_backend
-    from attncraft.errors import InputError
     from attncraft.loading import load_text_to_image
-    from attncraft.pipelines.text_to_image import default_settings, generate, save_images, validate
+    from attncraft.outputs import prepare_output_dir
+    from attncraft.pipelines.text_to_image import check_values, generate, save_images, settings_from_options, validate
     from attncraft.progress import progress_task
 
-    if steps is not None and steps < 1:
-        raise InputError(f"--steps must be at least 1, got {steps}", "pass e.g. --steps 25")
-    check_backend(attention_backend)  # before loading the model: a backend that cannot run fails at once
-    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config)
+    # everything that can be checked without the model, then the output folder, then the model
+    check_values(prompt, negative, steps, guidance, seed, count, width, height)
+    check_backend(attention_backend)  # a backend that cannot run fails at once
+    out = prepare_output_dir(out)
+    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle)
     if attention_backend != "sdpa":
         # the core processor on every layer, running the chosen kernel (no technique involved)
         get_manager(loaded.pipeline, backend=attention_backend).install_core()
-    settings = default_settings(loaded, prompt)
-    for name, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("width", width),
-                        ("height", height), ("scheduler", scheduler)):
-        if value is not None:
-            setattr(settings, name, value)
-    settings.seed, settings.count, settings.negative_prompt = seed, count, negative
+    settings = settings_from_options(loaded, prompt, seed=seed, count=count, negative_prompt=negative,
+                                     num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                                     scheduler=scheduler)
     settings.extra["attention_backend"] = attention_backend
     validate(settings, loaded)
     console.print(f"model: {loaded.label}")
@@ -63,7 +65,7 @@ def image(
     # one pipeline call denoises the whole batch, so the bar counts denoising steps
     with progress_task("denoising", settings.num_inference_steps) as update:
         result = generate(loaded, settings, on_step=lambda i, n: update(i))
-    paths = save_images(result.images, settings, out)
+    paths = save_images(result.images, settings, out, overwrite=overwrite)
     console.print(f"wrote {len(paths)} image{'s' if len(paths) != 1 else ''} to {out}/")
     for path in paths:
         typer.echo(str(path))

@@ -1,10 +1,17 @@
 """``attncraft mesh``: X-Mesh text-driven mesh stylisation and the MIT-30 benchmark runner.
 
 * ``attncraft mesh stylize [MESH] [PROMPT]`` -- MESH is a .obj/.ply/.glb/.gltf/.off/.stl file or
-  ``default`` (a procedural torus); with a single argument that is not a mesh file, it is the prompt.
-  Writes GLB/PLY/OBJ with vertex colours, a turntable video, a 24-view contact sheet and a JSON sidecar.
+  ``default`` (a procedural torus); with a single argument that is a prompt (not path-like: it has
+  spaces, or no separator and no mesh extension), the default mesh is stylised. A path-like argument
+  that does not exist is an error, never a prompt. Writes GLB/PLY/OBJ with vertex colours, a
+  turntable video, a 24-view contact sheet and a JSON sidecar into a result folder
+  ``--out/<name>-<prompt>`` reserved for this run (``-2``, ``-3``... if taken; ``--overwrite`` reuses it).
 * ``attncraft mesh bench DIR`` -- runs every mesh/prompt of a MIT-30-style folder and writes MES/ITS
-  tables (Markdown and CSV); interrupted runs resume.
+  tables (Markdown and CSV); interrupted runs resume, results are kept per content key.
+
+Every argument, the mesh file and the output folder are checked before CLIP is loaded or anything
+is optimised; the memory a run needs is estimated from the mesh size and refused if it does not fit
+(``--skip-memory-check`` runs it anyway).
 
 torch and the mesh modules are imported inside the commands so ``--help`` stays fast.
 """
@@ -17,10 +24,17 @@ from pathlib import Path
 import typer
 
 from attncraft.errors import InputError
+from attncraft.validation import check_finite, check_input_file, check_int_range, check_seed, check_text, looks_like_path
 
-from attncraft.cli.common import DeviceOption, DtypeOption, console, quiet_libraries
+from attncraft.cli.common import DeviceOption, DtypeOption, TrustPickleOption, console, quiet_libraries
 
 app = typer.Typer(help="Text-driven mesh stylisation (X-Mesh) and its MIT-30 benchmark.", no_args_is_help=True)
+
+MAX_ITERATIONS = 100_000
+AllowPartialOption = typer.Option(
+    False, "--allow-partial", help="Use a mesh file that looks truncated (fewer faces than it declares), noting what was dropped.")
+SkipMemoryOption = typer.Option(
+    False, "--skip-memory-check", help="Run even if the estimated memory exceeds what the device has available.")
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
 CLIP_HELP = ("CLIP for guidance: 'default' (the shapes CLIP, or a random stand-in until it exists), "
@@ -33,18 +47,29 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def _split_args(mesh: str | None, prompt: str | None) -> tuple[str, str | None]:
-    """``stylize "a red vase"`` means the default mesh with that prompt; a mesh-like argument is a mesh."""
+    """``stylize "a red vase"`` means the default mesh with that prompt; a path-like argument
+    (``chair.obj``, ``path/to/Sofa``) is a mesh, checked to exist by :func:`_check_mesh_path`."""
     if mesh is None:
         return "default", prompt
     if prompt is None and mesh.strip().lower() != "default":
-        path = Path(mesh).expanduser()
-        if path.suffix.lower() not in MESH_SUFFIXES and not path.exists():
+        if not looks_like_path(mesh, MESH_SUFFIXES):
             return "default", mesh
     return mesh, prompt
 
 
+def _check_mesh_path(mesh_ref: str, prompt_given: bool) -> None:
+    if mesh_ref == "default":
+        return
+    path = Path(mesh_ref).expanduser()
+    if not path.exists():
+        fix = "check the path" if prompt_given else (
+            f'check the path; to stylise the default mesh with this text as the prompt, pass: mesh stylize default "{mesh_ref}"')
+        raise InputError(f"the mesh file {mesh_ref!r} does not exist", fix)
+    check_input_file(path, "mesh file")
+
+
 def _echo(message: str) -> None:
-    console.print(message, markup=False, highlight=False)
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 _BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5), "black": (0.0, 0.0, 0.0)}
@@ -58,9 +83,19 @@ def _background(text: str) -> tuple[float, float, float]:
         rgb = tuple(float(v) for v in text.split(","))
     except ValueError:
         rgb = ()
-    if len(rgb) != 3 or not all(0.0 <= v <= 1.0 for v in rgb):
+    if len(rgb) != 3 or not all(0.0 <= v <= 1.0 for v in rgb):  # NaN fails the comparison too
         raise InputError(f"--background {text!r} is not a colour", "pass white, gray, black or R,G,B with values in 0-1")
     return rgb  # type: ignore[return-value]
+
+
+def _check_run_options(iterations: int, views: int, resolution: int, seed: int, lr: float | None = None) -> None:
+    """The options both commands share, under the names the user typed (before anything is loaded)."""
+    check_int_range("--iterations", iterations, 1, MAX_ITERATIONS, example=1200)
+    check_int_range("--views", views, 1, 64, example=5)
+    check_int_range("--resolution", resolution, 8, 4096, example=224)
+    check_seed(seed)
+    if lr is not None:
+        check_finite("--lr", lr, 0, low_inclusive=False, example=5e-4)
 
 
 @app.command("stylize")
@@ -80,23 +115,36 @@ def stylize(
     refine: str = typer.Option(None, "--refine", help="Refine coarse meshes first: split, subdivide or isotropic (pymeshlab)."),
     target_edge: float = typer.Option(None, "--target-edge", help="Target edge length for --refine split/isotropic (unit sphere)."),
     max_vertices: int = typer.Option(None, "--max-vertices", help="Largest mesh accepted (default: 200k on CPU, 2M on CUDA)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: outputs/mesh/<mesh>-<prompt>)."),
+    out: Path = typer.Option(Path("outputs") / "mesh", "--out", "-o",
+                             help="Folder in which the result folder <name>-<prompt> is created (-2, -3... if taken)."),
     name: str = typer.Option(None, "--name", help="Base name of the output files (default: the mesh name)."),
     formats: str = typer.Option("glb,ply,obj", "--formats", help="Mesh formats to write, comma-separated."),
     turntable: str = typer.Option("mp4", "--turntable", help="Turntable video: mp4, gif or none."),
     frames: int = typer.Option(48, "--frames", help="Turntable frames."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse the result folder <name>-<prompt> if it exists, replacing its files."),
+    allow_partial: bool = AllowPartialOption,
+    skip_memory_check: bool = SkipMemoryOption,
+    trust_pickle: bool = TrustPickleOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
 ) -> None:
     """Stylise a mesh from a text prompt (colour + displacement per vertex, guided by CLIP)."""
     quiet_libraries()
-    from attncraft.errors import InputError
     from attncraft.mesh.stylize import DEFAULT_PROMPT, stylize_mesh
+    from attncraft.outputs import prepare_output_dir, reserve_dir
 
     mesh_ref, prompt_text = _split_args(mesh, prompt)
-    prompt_text = DEFAULT_PROMPT if prompt_text is None else prompt_text
-    if not prompt_text.strip():
-        raise InputError("the prompt is empty", 'pass a text prompt, e.g. "a wooden chair"')
+    _check_mesh_path(mesh_ref, prompt is not None)
+    prompt_text = check_text("prompt", DEFAULT_PROMPT if prompt_text is None else prompt_text)
+    _check_run_options(iterations, views, resolution, seed, lr)
+    if target_edge is not None:
+        check_finite("--target-edge", target_edge, 0, low_inclusive=False, example=0.03)
+    if max_vertices is not None:
+        check_int_range("--max-vertices", max_vertices, 3)
+    if name is not None:
+        check_text("--name", name)
+        if Path(name).name != name or name in (".", ".."):
+            raise InputError(f"--name {name!r} is not a file name", "pass a name without folders, e.g. --name chair")
     turntable_kind = turntable.lower().strip(".")
     if turntable_kind not in ("mp4", "gif", "none"):
         raise InputError(f"unknown turntable format {turntable!r}", "pass --turntable mp4, gif or none")
@@ -106,16 +154,24 @@ def stylize(
         raise InputError(f"unknown mesh format(s) {', '.join(bad)}", "pass --formats with glb, ply and/or obj")
     if field not in ("xmesh", "text2mesh"):
         raise InputError(f"unknown style field {field!r}", "pass --field xmesh or --field text2mesh")
+    if turntable_kind != "none":
+        check_int_range("--frames", frames, 1, 1000, example=48)
+    rgb = _background(background)
     stem = "default" if mesh_ref == "default" else Path(mesh_ref).stem
-    out_dir = out or Path("outputs") / "mesh" / f"{stem}-{_slug(prompt_text)}"
+    parent = prepare_output_dir(out)  # before any work: a file, a read-only folder or a full disk fails now
     result = stylize_mesh(mesh_ref, prompt_text, clip=clip, device=device, dtype=dtype, renderer=renderer,
                           max_vertices=max_vertices, refine=refine, target_edge=target_edge, log=_echo,
+                          allow_partial=allow_partial, memory_check=not skip_memory_check, trust_pickle=trust_pickle,
                           iterations=iterations, views=views, resolution=resolution, learning_rate=lr, seed=seed,
-                          field=field, geoloss=geoloss, background=_background(background))
-    _echo(f"final CLIP score {result.final_score:.4f} after {iterations} iterations ({result.seconds:.1f} s)")
+                          field=field, geoloss=geoloss, background=rgb)
+    from attncraft.mesh.metrics import stylize_summary
+
+    for line in stylize_summary(result):
+        _echo(line)
     dev = result.settings["device"]
+    out_dir = reserve_dir(parent, f"{name or stem}-{_slug(prompt_text)}", overwrite=overwrite)
     paths = result.save(out_dir, name or stem, formats=fmt_list, turntable=None if turntable_kind == "none" else turntable_kind,
-                        frames=frames, device=dev)
+                        frames=frames, device=dev, overwrite=overwrite)
     _echo(f"wrote {len(paths)} files to {out_dir}/")
     for path in paths.values():
         typer.echo(str(path))
@@ -130,7 +186,7 @@ def bench(
     iterations: int = typer.Option(1200, "--iterations", "-n", help="Optimisation steps per prompt."),
     mesh_names: list[str] = typer.Option(None, "--mesh", help="Only these meshes (repeatable)."),
     max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each mesh."),
-    threshold: float = typer.Option(0.22, "--threshold", help="ITS target similarity (raw cosine)."),
+    threshold: float = typer.Option(0.22, "--threshold", help="ITS target similarity (raw cosine; 0.22 belongs to open_clip ViT-B-32: for another CLIP calibrate it, as benchmarks/bench_xmesh_claim.py does)."),
     eval_every: int = typer.Option(10, "--eval-every", help="ITS evaluation interval in iterations."),
     its: bool = typer.Option(True, "--its/--no-its", help="Compute ITS (costs a 24-view scoring every --eval-every)."),
     reference_quirks: bool = typer.Option(False, "--reference-quirks", help="Reproduce the reference's unnormalised ITS images."),
@@ -140,6 +196,10 @@ def bench(
     eval_resolution: int = typer.Option(224, "--eval-resolution", help="Resolution of the 24 evaluation views."),
     seed: int = typer.Option(23, "--seed", help="Seed of every run."),
     max_vertices: int = typer.Option(None, "--max-vertices", help="Largest mesh accepted."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute results already in --out and replace them."),
+    allow_partial: bool = AllowPartialOption,
+    skip_memory_check: bool = SkipMemoryOption,
+    trust_pickle: bool = TrustPickleOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
 ) -> None:
@@ -147,7 +207,12 @@ def bench(
     quiet_libraries()
     from attncraft.mesh.benchmark import run_benchmark
 
+    _check_run_options(iterations, views, resolution, seed)
+    if max_vertices is not None:
+        check_int_range("--max-vertices", max_vertices, 3)
     report = run_benchmark(folder, out, clip=clip, score_clip=score_clip, meshes=mesh_names or None,
+                           overwrite=overwrite, allow_partial=allow_partial, memory_check=not skip_memory_check,
+                           trust_pickle=trust_pickle,
                            max_prompts=max_prompts, threshold=threshold, eval_every=eval_every, compute_its=its,
                            reference_quirks=reference_quirks, reference_eval_geometry=reference_geometry,
                            eval_resolution=eval_resolution, device=device, dtype=dtype, max_vertices=max_vertices,

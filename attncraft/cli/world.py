@@ -4,9 +4,12 @@
   writes one PNG per scene (settings, caption and scene in its text chunks), a ground-truth JSON
   (scene, caption, per-object boxes and areas) and a mask PNG (pixel value k = object k, 0 =
   background); with ``--video`` a GIF per scene with a JSON sidecar holding the per-frame ground truth.
+  Each scene is one result: its PNG (or GIF) takes the first free name ``scene_000``,
+  ``scene_000-2``... and its mask and JSON are named after it; ``--overwrite`` replaces instead.
 * ``attncraft world score FILE [--prompt TEXT] [--json]`` reads an image (PNG/JPEG) or a video
-  (GIF/MP4) with the deterministic reader and prints per-attribute scores against the prompt; the
+  (GIF/MP4/animated WebP) with the deterministic reader and prints per-attribute scores against the prompt; the
   prompt defaults to the caption stored in the file's settings (PNG text chunk or JSON sidecar).
+  Inputs larger than the reader's working size are downscaled first (:mod:`attncraft.shapes.inputs`).
 
 torch and the world modules are imported inside the commands so that ``--help`` stays fast.
 """
@@ -19,13 +22,16 @@ from typing import Any
 
 import typer
 
-from attncraft.cli.common import console
-from attncraft.errors import InputError
+from attncraft.cli.common import OverwriteOption, console
+from attncraft.errors import InputError, short_reason
 
 app = typer.Typer(help="The Shapes world: render scenes with ground truth, score images and videos.", no_args_is_help=True)
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".mov", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SCENE_COMPANIONS = ("_mask.png", ".json")
+"""Files named after each rendered scene's PNG (``scene_000.png`` -> ``scene_000_mask.png``...)."""
+MAX_SCENES = 100_000
 
 
 def _object_boxes(masks: Any) -> list[dict[str, Any]]:
@@ -69,10 +75,15 @@ def render(
     patterns: bool = typer.Option(True, "--patterns/--no-patterns", help="Allow striped/dotted/checkered objects."),
     fps: int = typer.Option(8, "--fps", help="Frames per second of the GIFs."),
     out: Path = typer.Option(Path("outputs/world"), "--out", "-o", help="Output folder (created if needed)."),
+    overwrite: bool = OverwriteOption,
 ) -> None:
     """Render seeded scenes with their captions and ground truth."""
-    if count < 1:
-        raise InputError(f"--count must be at least 1 (got {count})", "pass --count 1 or more")
+    from attncraft.validation import check_int_range, check_seed
+
+    check_int_range("--count", count, 1, MAX_SCENES)
+    check_seed(seed, count)
+    if video:
+        check_int_range("--fps", fps, 1, 100, example=8)
     if not 32 <= size <= 1024:
         raise InputError(f"--size {size} is out of range", "use --size 64 or --size 128 (32..1024 accepted)")
     if video and not 2 <= frames <= 64:
@@ -85,12 +96,12 @@ def render(
     except ValueError:
         raise InputError(f"--objects {objects!r} is not a count or range within 1-3", "use e.g. --objects 2 or --objects 1-3") from None
 
-    from attncraft.outputs import atomic_path, save_png_with_settings, write_sidecar
+    from attncraft.outputs import atomic_path, prepare_output_dir, save_png_with_settings, to_strict_json, write_sidecar
     from attncraft.shapes.captions import caption_scene
     from attncraft.shapes.world import render_scenes, render_video, sample_scenes
 
+    out = prepare_output_dir(out)  # before any work; also removes temporaries of killed runs
     scenes = sample_scenes(count, seed=seed, num_objects=num_objects, patterns=patterns, motion=video)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     if video:
         from attncraft.video import write_video
@@ -100,8 +111,7 @@ def render(
             caption = caption_scene(scene, seed=seed * 1000 + i)
             settings = {"command": "world render --video", "seed": seed, "index": i, "size": size,
                         "frames": frames, "fps": fps, "caption": caption}  # fmt: skip
-            path = out / f"scene_{i:03d}.gif"
-            write_video(path, result.images[i], fps=fps)
+            path = write_video(out / f"scene_{i:03d}.gif", result.images[i], fps=fps, overwrite=overwrite)
             per_frame = [
                 [{"x": round(s.x, 4), "y": round(s.y, 4), "radius": round(s.radius, 4), "angle": round(s.angle, 2),
                   "color": s.color, "visible": s.visible, **box}  # fmt: skip
@@ -116,15 +126,16 @@ def render(
             caption = caption_scene(scene, seed=seed * 1000 + i)
             settings = {"command": "world render", "seed": seed, "index": i, "size": size, "caption": caption,
                         "scene": scene.to_dict()}  # fmt: skip
-            path = out / f"scene_{i:03d}.png"
-            save_png_with_settings(_to_pil(result.images[i]), path, settings)
-            mask_path = out / f"scene_{i:03d}_mask.png"
+            # the PNG reserves the result's name; its mask and ground truth are named after it
+            path = save_png_with_settings(_to_pil(result.images[i]), out / f"scene_{i:03d}.png", settings,
+                                          overwrite=overwrite, companions=SCENE_COMPANIONS)
+            mask_path = path.with_name(f"{path.stem}_mask.png")
             with atomic_path(mask_path) as tmp:
                 _label_image(result.masks[i, : len(scene.objects)]).save(tmp, format="PNG")
             truth = {"caption": caption, "scene": scene.to_dict(), "size": size, "mask": mask_path.name,
                      "objects": _object_boxes(result.masks[i, : len(scene.objects)])}  # fmt: skip
-            with atomic_path(out / f"scene_{i:03d}.json") as tmp:
-                tmp.write_text(json.dumps(truth, indent=2) + "\n")
+            with atomic_path(path.with_name(f"{path.stem}.json")) as tmp:
+                tmp.write_text(to_strict_json(truth, indent=2) + "\n")
             written.append((path, caption))
 
     from rich.table import Table
@@ -135,6 +146,11 @@ def render(
     for path, caption in written:
         table.add_row(path.name, caption)
     console.print(table)
+
+
+def _note(line: str | None) -> None:
+    if line:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _stored_caption(path: Path) -> str | None:
@@ -152,10 +168,17 @@ def _stored_caption(path: Path) -> str | None:
     return None
 
 
-def _load_frames(path: Path) -> list[Any]:
-    from attncraft.video import read_video
+def _is_video(path: Path) -> bool:
+    """GIF/MP4/... by extension; a WebP file is a video when it holds several frames."""
+    if path.suffix.lower() == ".webp":
+        from PIL import Image, UnidentifiedImageError
 
-    return list(read_video(path))
+        try:
+            with Image.open(path) as im:
+                return getattr(im, "n_frames", 1) > 1
+        except (UnidentifiedImageError, OSError):
+            return False
+    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 @app.command("score")
@@ -165,16 +188,18 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print the scores (and what the reader saw) as JSON."),
 ) -> None:
     """Score an image or video against a prompt with the deterministic Shapes reader."""
-    if not file.exists():
-        raise InputError(f"{file} does not exist", "pass the path of a PNG/JPEG image or a GIF/MP4 video")
-    if not file.is_file():
-        raise InputError(f"{file} is not a file", "pass the path of a PNG/JPEG image or a GIF/MP4 video")
+    from attncraft.validation import check_input_file, check_text
+
+    check_input_file(file, "image or video")
+    if prompt is not None:
+        check_text("prompt", prompt)
     if prompt is None:
         prompt = _stored_caption(file)
         if prompt is None:
             raise InputError(f"{file} stores no caption", 'pass the prompt with --prompt "a red circle on the left"')
 
     from attncraft.shapes.captions import CaptionError, parse_caption
+    from attncraft.shapes.inputs import load_image_for_reader, load_video_for_reader
     from attncraft.shapes.reader import read_image, read_video
     from attncraft.shapes.scoring import score_image, score_video
 
@@ -188,10 +213,11 @@ def score(
             f"describe objects with the Shapes vocabulary, e.g. 'a red circle on the left' (shapes: {', '.join(SHAPES)})",
         ) from None
 
-    suffix = file.suffix.lower()
     try:
-        if suffix in VIDEO_SUFFIXES:
-            frames = _load_frames(file)
+        if _is_video(file):
+            loaded = load_video_for_reader(file)
+            _note(loaded.note(file))
+            frames = list(loaded.data)
             if len(frames) < 2:
                 raise InputError(f"{file} holds {len(frames)} frame(s)", "score a video of at least 2 frames, or a PNG image")
             sizes = {f.shape[:2] for f in frames}
@@ -201,20 +227,14 @@ def score(
             scores = score_video(frames, parsed, read=read)
             seen: Any = [[o.to_dict() for o in t.objects[:1]] + [{"frames": len(t.frames)}] for t in read.tracks]
         else:
-            from PIL import Image, UnidentifiedImageError
-
-            try:
-                with Image.open(file) as im:
-                    image = im.convert("RGB")
-            except (UnidentifiedImageError, OSError):
-                raise InputError(f"{file} is not a readable image", "pass a PNG/JPEG image or a GIF/MP4 video") from None
-            if min(image.size) < 16:
-                raise InputError(f"{file} is {image.size[0]}x{image.size[1]} pixels", "score images of at least 16x16 pixels")
+            loaded = load_image_for_reader(file)
+            _note(loaded.note(file))
+            image = loaded.data
             scene = read_image(image)
             scores = score_image(image, parsed, read=scene)
             seen = scene.to_dict()
     except (OSError, RuntimeError) as exc:
-        raise InputError(f"cannot read {file}: {' '.join(str(exc).split())}", "pass a PNG/JPEG image or a GIF/MP4 video") from None
+        raise InputError(f"cannot read {file}: {short_reason(exc)}", "pass a PNG/JPEG image or a GIF/MP4 video") from None
 
     if as_json:
         typer.echo(json.dumps({"file": str(file), "prompt": prompt, "scores": scores, "parsed": parsed.to_dict(),

@@ -7,17 +7,22 @@ as ``train.sh`` passes them.
 
 * **MES** (Multi-view Expert Score, the repository's "Test MSE"): render the stylised mesh from 24
   views (azimuth 0..315 deg step 45 x elevation -30/0/+30 deg, fovy 45 deg, r 2.5, 224^2, white
-  background, SH lighting), quantise to 8 bits (the reference scores saved PNGs), and average
-  ``100 * cos(image, text)`` (both L2-normalised) over the views; then average over the prompts of a
-  mesh, then over meshes.
-* **ITS** (Iteration for Target Score): during the optimisation, every ``eval_every`` = 10 iterations
-  (0, 10, ...), the same 24 views are scored as a raw mean cosine (no x100); ITS is the first
-  iteration whose similarity exceeds ``threshold`` (0.22), or 2000 if it never does. Averaged like MES.
+  background, SH lighting), pass them through the reference's PNG path (8-bit truncation as
+  ``ToPILImage`` does, PIL bicubic resize to the CLIP's input size:
+  :func:`attncraft.mesh.evaluation.reference_png_path`), and average ``100 * cos(image, text)`` (both
+  L2-normalised) over the views; then average over the prompts of a mesh, then over meshes.
+* **ITS** (Iteration for Target Score): during the optimisation, after updates 0, 10, 20, ...
+  (the reference exports after ``optim.step()`` and labels the export with the iteration), the same
+  24 views are scored as a raw mean cosine (no x100); ITS is the first label whose similarity exceeds
+  ``threshold`` (0.22), or 2000 if none does. Averaged like MES. The score of the untouched mesh is
+  kept separately (``its_initial`` in the run records).
 
 Where this deviates from the released evaluation code (spec §9), on purpose:
 
 * the per-iteration outputs that ITS needs are produced (they are commented out in the reference);
-* the threshold is a float (the reference's ``type=int`` flag truncates command-line values);
+* the threshold is a float: the reference declares ``--threshold`` with ``type=int`` and default
+  0.22, so its default works but argparse rejects any fractional value given on the command line
+  (``int("0.25")`` fails: "invalid int value"); only whole numbers could be passed;
 * ITS images are CLIP-normalised like MES images (the reference skips it); ``reference_quirks=True``
   restores the un-normalised ITS input;
 * the evaluated geometry is the trained one (v + d); ``reference_eval_geometry=True`` uses the
@@ -25,10 +30,18 @@ Where this deviates from the released evaluation code (spec §9), on purpose:
 * the scoring CLIP is selectable (the reference uses open_clip ViT-B-32 laion400m_e31, which must be
   supplied locally as a transformers CLIP folder); by default it is the training CLIP.
 
-Resumability: each mesh/prompt result is written atomically to ``runs/NAME/pNN.json`` together with
-a fingerprint of the settings; a later run with the same settings loads it instead of recomputing.
-Tables are (re)written after every finished run: ``results.csv`` (one row per mesh/prompt),
-``summary.csv`` and ``results.md`` (per mesh and overall).
+Resumability: each mesh/prompt result is written atomically to ``runs/NAME/pNN-KEY.json`` (and the
+stylised mesh to ``pNN-KEY.ply``), where KEY hashes everything the result depends on: the mesh
+file's content, the prompt, every setting of the optimisation and the evaluation, the weights of
+both CLIPs, the renderer, the device type and the compute dtype. A later run finds a result by its
+key and loads it instead of recomputing; a changed mesh (even under the same name), prompt, setting
+or model gets a new key and is computed, and results of other keys are kept, never replaced.
+``overwrite=True`` (``--overwrite``) recomputes and replaces the results of the current keys.
+Tables are derived from the results and (re)written after every finished run: ``results.csv`` (one
+row per mesh/prompt), ``summary.csv`` and ``results.md`` (per mesh and overall).
+
+Prompt files are UTF-8 text, one prompt a line (blank lines and ``#`` comments skipped); a binary or
+mis-encoded file is refused before anything runs (:func:`attncraft.validation.read_text_lines`).
 """
 
 from __future__ import annotations
@@ -49,7 +62,8 @@ import torch
 from attncraft.errors import AttncraftError, InputError
 from attncraft.mesh.camera import EVAL_FOVY, EVAL_RADIUS, mes_views
 from attncraft.mesh.clip_guidance import ClipGuide
-from attncraft.outputs import atomic_path
+from attncraft.outputs import atomic_path, prepare_output_dir, to_strict_json
+from attncraft.validation import check_finite, check_int_range, read_text_lines
 
 ITS_CAP = 2000
 ITS_THRESHOLD = 0.22
@@ -96,9 +110,9 @@ def aggregate(rows: Sequence[dict[str, Any]], key: str) -> tuple[dict[str, float
 
 
 def read_prompts(path: Path) -> list[str]:
-    """One prompt per non-empty line, whitespace collapsed (as ``train.sh``'s unquoted arguments)."""
-    return [" ".join(line.split()) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if line.strip()]
+    """One prompt per non-empty line, whitespace collapsed (as ``train.sh``'s unquoted arguments);
+    the file must be UTF-8 text (:func:`~attncraft.validation.read_text_lines`)."""
+    return [" ".join(line.split()) for line in read_text_lines(path, "prompt file")]
 
 
 @dataclass
@@ -111,6 +125,10 @@ class BenchmarkEntry:
 def discover(folder: str | Path, names: Sequence[str] | None = None) -> list[BenchmarkEntry]:
     folder = Path(folder)
     prompts_dir, meshes_dir = folder / "prompts", folder / "meshes"
+    if not folder.exists():
+        raise InputError(f"the benchmark folder {folder} does not exist", "check the path (a folder with meshes/ and prompts/)")
+    if not folder.is_dir():
+        raise InputError(f"the benchmark folder {folder} is a file, not a folder", "pass a folder with meshes/ and prompts/")
     if not prompts_dir.is_dir():
         raise InputError(f"{folder} has no prompts/ folder", "pass a folder laid out as meshes/NAME.obj + prompts/NAME.txt")
     entries = []
@@ -152,9 +170,12 @@ class ViewScorer:
 
         images = render_views(vertices, faces, colors, self.elev, self.azim, self.resolution, EVAL_FOVY, EVAL_RADIUS,
                               renderer=self.renderer, device=self.device, batch=24)
-        if quantize:
-            images = torch.round(images * 255.0) / 255.0
         text = self.guide.encode_text(prompt)
+        if quantize:  # the reference's PNG files: 8-bit truncation, bicubic resize (module docstring)
+            from attncraft.mesh.evaluation import reference_png_path
+
+            return self.guide.view_scores(reference_png_path(images, self.guide.image_size), text,
+                                          normalize_images=normalize).cpu()
         return self.guide.view_scores(images.permute(0, 3, 1, 2), text, normalize_images=normalize).cpu()
 
 
@@ -179,6 +200,31 @@ CSV_FIELDS = ("mesh", "prompt_index", "prompt", "status", "mes", "its", "final_t
 
 def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content (the mesh part of a result's key)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state (names, dtypes, shapes and bytes): two CLIPs under one label or
+    path give different keys when their weights differ."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def result_key(run_fingerprint: str, mesh_digest: str, prompt: str) -> str:
+    """The resume key of one mesh/prompt result (see the module docstring)."""
+    return _fingerprint({"run": run_fingerprint, "mesh": mesh_digest, "prompt": prompt})
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -253,32 +299,49 @@ def run_benchmark(
     max_vertices: int | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+    allow_partial: bool = False,
+    memory_check: bool = True,
+    trust_pickle: bool = False,
     **settings_overrides: Any,
 ) -> BenchmarkReport:
-    """Stylise every mesh/prompt of ``folder`` and compute MES and ITS; resumable (see module docstring)."""
+    """Stylise every mesh/prompt of ``folder`` and compute MES and ITS; resumable (see module docstring).
+
+    Everything is checked before a model is loaded: the folder and its prompt files, the settings,
+    and the output folder (:func:`~attncraft.outputs.prepare_output_dir`).
+    """
     from attncraft.devices import resolve_device, resolve_dtype
     from attncraft.mesh.io import load_mesh
     from attncraft.mesh.renderer import get_renderer
-    from attncraft.mesh.stylize import StylizeSettings, make_guide, stylize_mesh
+    from attncraft.mesh.stylize import StylizeSettings, make_guide, stylize_mesh, validate_settings
 
     log = log or (lambda _m: None)
-    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise InputError(f"ITS threshold must be a number, got {threshold!r}", "pass e.g. --threshold 0.22")
-    if eval_every < 1:
-        raise InputError(f"eval_every must be >= 1, got {eval_every}", "pass --eval-every 10")
-    out_dir = Path(out_dir)
+    threshold = check_finite("--threshold", threshold, example=0.22)
+    check_int_range("--eval-every", eval_every, 1, example=10)
+    check_int_range("--eval-resolution", eval_resolution, 8, 4096, example=224)
+    check_int_range("its_cap", its_cap, 0)
+    if max_prompts is not None:
+        check_int_range("--max-prompts", max_prompts, 1)
+    unknown = set(settings_overrides) - set(StylizeSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown stylize settings: {sorted(unknown)}")
+    settings = validate_settings(StylizeSettings(**{**StylizeSettings().to_dict(), **settings_overrides}))
     entries = discover(folder, meshes)
+    out_dir = prepare_output_dir(out_dir)
     dev = resolve_device(device)
     autocast = resolve_dtype(dtype, dev)
-    settings = StylizeSettings(**{**StylizeSettings().to_dict(), **settings_overrides})
     rend, rlabel = get_renderer(renderer, device=dev)
-    guide = make_guide(clip, dev, autocast)
-    scorer_guide = guide if score_clip is None else make_guide(score_clip, dev, autocast)
+    guide = make_guide(clip, dev, autocast, trust_pickle)
+    scorer_guide = guide if score_clip is None else make_guide(score_clip, dev, autocast, trust_pickle)
     scorer = ViewScorer(scorer_guide, rend, eval_resolution, dev)
+    clip_weights = weights_digest(guide.model)
     fingerprint = _fingerprint({
         "settings": settings.to_dict(), "clip": guide.label, "score_clip": scorer_guide.label, "threshold": threshold,
         "its_cap": its_cap, "eval_every": eval_every, "its": compute_its, "quirks": reference_quirks,
         "ref_geometry": reference_eval_geometry, "eval_resolution": eval_resolution,
+        "clip_weights": clip_weights,
+        "score_clip_weights": clip_weights if scorer_guide is guide else weights_digest(scorer_guide.model),
+        "renderer": rlabel, "device": dev.type, "dtype": str(autocast),
     })
     header = {"folder": str(folder), "training CLIP": guide.label, "scoring CLIP": scorer_guide.label,
               "iterations": settings.iterations, "ITS threshold": threshold, "ITS evaluated every": eval_every,
@@ -302,21 +365,28 @@ def run_benchmark(
                 finish_row({"mesh": entry.name, "prompt_index": k, "prompt": prompt, "status": "skipped (mesh missing)"})
             continue
         data = None
+        mesh_digest = file_digest(entry.mesh_path)
+        runs_dir = out_dir / "runs" / entry.name
         for k, prompt in enumerate(prompts):
-            record = out_dir / "runs" / entry.name / f"p{k:02d}.json"
-            if record.is_file():
+            key = result_key(fingerprint, mesh_digest, prompt)
+            record = runs_dir / f"p{k:02d}-{key}.json"
+            if not overwrite and not record.is_file():  # the same result under another index (prompts reordered)
+                record = next(iter(sorted(runs_dir.glob(f"p*-{key}.json"))), record)
+            if record.is_file() and not overwrite:
                 try:
                     saved = json.loads(record.read_text())
                 except (OSError, ValueError):
                     saved = {}
-                if saved.get("fingerprint") == fingerprint and saved.get("prompt") == prompt:
+                if saved.get("key") == key and saved.get("prompt") == prompt:
                     report.cached += 1
                     log(f"{entry.name} p{k:02d}: cached (MES {_fmt(saved.get('mes'))}, ITS {saved.get('its')})")
-                    finish_row({**saved["row"], "status": "cached"})
+                    finish_row({**saved["row"], "prompt_index": k, "status": "cached"})
                     continue
+            record = runs_dir / f"p{k:02d}-{key}.json"
             try:
                 if data is None:
-                    data = load_mesh(entry.mesh_path, device=dev.type, max_vertices=max_vertices)
+                    data = load_mesh(entry.mesh_path, device=dev.type, max_vertices=max_vertices, allow_partial=allow_partial)
+                    prepare_output_dir(runs_dir)  # also removes temporaries a killed run left there
 
                 def evaluator(run, iteration, _prompt=prompt):
                     styled = run.current(reference_eval_geometry=reference_eval_geometry)
@@ -327,7 +397,7 @@ def run_benchmark(
                 start = time.perf_counter()
                 result = stylize_mesh(data, prompt, clip=guide, settings=settings, device=dev, renderer=rend,
                                       progress=progress, eval_every=eval_every if compute_its else None,
-                                      evaluator=evaluator if compute_its else None)
+                                      evaluator=evaluator if compute_its else None, memory_check=memory_check)
                 final = result.run.current(reference_eval_geometry=reference_eval_geometry)
                 verts = final.vertices.float().cpu().numpy()
                 colors = final.colors.clamp(0, 1).float().cpu().numpy()
@@ -337,13 +407,16 @@ def run_benchmark(
                 seconds = time.perf_counter() - start
                 from attncraft.mesh.exports import export_mesh
 
-                export_mesh(record.with_suffix(".ply"), verts, result.faces, colors)
+                export_mesh(record.with_suffix(".ply"), verts, result.faces, colors, overwrite=True)
                 row = {"mesh": entry.name, "prompt_index": k, "prompt": prompt, "status": "done", "mes": mes,
-                       "its": its, "final_train_score": result.final_score, "seconds": round(seconds, 2), "detail": ""}
+                       "its": its, "final_train_score": result.final_score_or_none, "seconds": round(seconds, 2),
+                       "detail": ""}
+                text = to_strict_json({"key": key, "fingerprint": fingerprint, "mesh_sha256": mesh_digest,
+                                       "prompt": prompt, "mes": mes, "its": its, "view_similarities": sims.tolist(),
+                                       "its_curve": result.eval_history, "its_initial": result.eval_initial,
+                                       "row": row}, indent=1)
                 with atomic_path(record) as tmp:
-                    tmp.write_text(json.dumps({"fingerprint": fingerprint, "prompt": prompt, "mes": mes, "its": its,
-                                               "view_similarities": sims.tolist(), "its_curve": result.eval_history,
-                                               "row": row}, indent=1))
+                    tmp.write_text(text)
                 report.computed += 1
                 log(f"{entry.name} p{k:02d}: MES {mes:.2f}, ITS {its} ({seconds:.1f} s)")
                 finish_row(row)

@@ -17,7 +17,10 @@ Augmentations (spec §4.2), re-implemented on tensors (no torchvision dependency
 
 Crop-resize and perspective are composed into **one** ``grid_sample`` per image (the reference
 resamples twice; composing avoids a second bilinear blur and is otherwise the same warp), and pixels
-that the perspective maps outside the crop get the fill value 1 (white), as in torchvision.
+that the perspective maps outside the crop get the fill colour. The reference fills with 1 (white),
+its background; here the fill is the render's background colour (deviation: on a gray background a
+white fill would put white wedges around every warped view, which the CLIP scores as content), so
+the white default is unchanged bit for bit.
 As in the reference, all views of one augmentation share the same random parameters (decision 4).
 
 Loss (spec §4.3): ``L = -cos(mean_v E(aug_1(I)), t) - sum_{k<=4} cos(mean_v E(naug_k(I)), t)
@@ -37,8 +40,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attncraft.errors import InputError, ModelLoadError
+from attncraft.checkpoints import check_pickle_trust
+from attncraft.errors import InputError, ModelLoadError, short_reason
 from attncraft.loading import hub_offline
+from attncraft.validation import check_text, check_token_count
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -127,12 +132,15 @@ def default_clip_folder() -> Path | None:
     return SHAPES_CLIP_DIR if (SHAPES_CLIP_DIR / "config.json").is_file() else None
 
 
-def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+              trust_pickle: bool = False):
     """Load a CLIP; returns ``(CLIPModel, tokenizer, label)``. The model is frozen and in eval mode.
 
     ``ref``: ``None``/``"default"`` (the shapes CLIP in ``assets/models/shapes-clip``, else a tiny
     random stand-in), ``"random[:SIZE]"`` (``tiny``/``test``/``vit-b-32``), a local folder, or a Hub id.
-    ``dtype`` is the weight dtype (default fp32; use autocast for mixed precision).
+    ``dtype`` is the weight dtype (default fp32; use autocast for mixed precision). Weights are read
+    from safetensors; a folder that holds only a pickled checkpoint (``pytorch_model.bin``) is refused
+    unless ``trust_pickle`` (:mod:`attncraft.checkpoints`).
     """
     from attncraft.tokenizer import load_clip_tokenizer
 
@@ -144,7 +152,7 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
             label = ("random stand-in (tiny CLIP with random weights; the shapes CLIP is not in "
                      "assets/models/shapes-clip yet, so scores are not meaningful)")
             return _finish(model, device, dtype), load_clip_tokenizer(), label
-        model, tok, _ = load_clip(str(folder), device, dtype)
+        model, tok, _ = load_clip(str(folder), device, dtype, trust_pickle)
         return model, tok, f"shapes CLIP ({folder})"
     if ref_s.lower().startswith("random"):
         size = ref_s.split(":", 1)[1] if ":" in ref_s else "tiny"
@@ -157,10 +165,11 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a transformers model folder (no config.json)",
                                  "pass a folder written by CLIPModel.save_pretrained")
+        check_pickle_trust(path, "CLIP folder", trust_pickle)
         try:
-            model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+            model = CLIPModel.from_pretrained(str(path), local_files_only=True, use_safetensors=None if trust_pickle else True)
         except Exception as exc:  # noqa: BLE001
-            msg = " ".join(str(exc).split())[:200]
+            msg = short_reason(exc)
             raise ModelLoadError(f"could not load a CLIPModel from {path} ({type(exc).__name__}: {msg})",
                                  "check that the folder holds a complete CLIP checkpoint (config + weights)") from exc
         _check_clip(model, ref_s)
@@ -168,8 +177,9 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
     if not _looks_like_hub_id(ref_s):
         raise ModelLoadError(f"CLIP folder not found: {ref_s}", "pass an existing folder, a Hub id like org/name, or 'default'")
     # A Hub id: the local cache first, then the network unless HF_HUB_OFFLINE is set.
+    safe_only = None if trust_pickle else True
     try:
-        model = CLIPModel.from_pretrained(ref_s, local_files_only=True)
+        model = CLIPModel.from_pretrained(ref_s, local_files_only=True, use_safetensors=safe_only)
     except Exception:  # noqa: BLE001 - not cached
         model = None
     if model is None:
@@ -177,9 +187,9 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
             raise ModelLoadError(f"CLIP {ref_s!r} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set",
                                  "pass an existing CLIPModel folder with --clip (download it where the Hub is reachable)")
         try:
-            model = CLIPModel.from_pretrained(ref_s)
+            model = CLIPModel.from_pretrained(ref_s, use_safetensors=safe_only)
         except Exception as exc:  # noqa: BLE001
-            msg = " ".join(str(exc).split())[:160]
+            msg = short_reason(exc)
             raise ModelLoadError(f"could not load CLIP {ref_s!r} from the Hugging Face Hub ({type(exc).__name__}: {msg})",
                                  "check the id and the network, or pass a local folder with --clip") from exc
     _check_clip(model, ref_s)
@@ -330,20 +340,37 @@ def augmentation_grids(plan: AugmentPlan, in_size: tuple[int, int], out_size: in
     return grids, valid
 
 
+def fill_value(fill) -> float | torch.Tensor:
+    """A fill colour as used by :func:`apply_augmentations`: a float when all channels are equal
+    (white, grays: the arithmetic is then exactly the scalar one), else a (3, 1, 1) tensor."""
+    if isinstance(fill, (int, float)):
+        return float(fill)
+    values = [float(v) for v in fill]
+    if len(values) != 3:
+        raise ValueError(f"a fill colour has 3 channels, got {len(values)}")
+    if values[0] == values[1] == values[2]:
+        return values[0]
+    return torch.tensor(values).view(3, 1, 1)
+
+
 def apply_augmentations(groups: torch.Tensor, plan: AugmentPlan, out_size: int, generator: torch.Generator | None,
-                        fill: float = 1.0, perspective_p: float = 0.8, distortion: float = 0.5,
+                        fill=1.0, perspective_p: float = 0.8, distortion: float = 0.5,
                         offset: float | None = None) -> torch.Tensor:
     """``groups`` (G, V, 3, H, W) in [0, 1] -> (A * V, 3, S, S) augmented images, grouped by augmentation.
 
     Views are folded into channels, so one ``grid_sample`` per source group warps all views of all its
     augmentations with their shared grid. Invalid samples (outside the crop after the perspective)
     are sent far outside the image, where zero padding of ``image - fill`` gives exactly ``fill``.
-    ``offset`` (internal) returns ``image - fill`` without adding ``fill`` back, for fused normalisation.
+    ``fill`` is a value or an RGB colour (the render's background). ``offset`` (internal) returns
+    ``image - fill`` without adding ``fill`` back, for fused normalisation.
     """
     num_groups, views, channels, height, width = groups.shape
     grids, masks = augmentation_grids(plan, (height, width), out_size, generator, perspective_p, distortion,
                                       device=groups.device)
     grids = torch.where(masks[..., None], grids, torch.full_like(grids, 4.0)).to(groups.dtype)
+    fill = fill_value(fill)
+    if isinstance(fill, torch.Tensor):
+        fill = fill.to(device=groups.device, dtype=groups.dtype)
     shifted = (groups - fill).flatten(1, 2)  # (G, V * 3, H, W)
     source = torch.tensor([s.source for s in plan.specs])
     parts = []
@@ -422,15 +449,12 @@ class ClipGuide:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def tokenize(self, prompt: str) -> dict[str, torch.Tensor]:
-        text = " ".join(str(prompt).split())
+        text = " ".join(check_text("prompt", prompt, allow_empty=True).split())
         if not text:
             raise InputError("the prompt is empty", 'pass a text prompt, e.g. "a wooden chair"')
-        n_tokens = len(self.tokenizer(text, truncation=False)["input_ids"])
         max_len = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77), 77,
                       int(self.model.config.text_config.max_position_embeddings))
-        if n_tokens > max_len:
-            raise InputError(f"the prompt is {n_tokens} tokens long, CLIP reads at most {max_len}",
-                             "shorten the prompt")
+        check_token_count(self.tokenizer, text, "prompt", max_length=max_len)  # counted as everywhere else
         enc = self.tokenizer([text], padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
@@ -446,12 +470,15 @@ class ClipGuide:
             self._text_cache[key] = emb.float()
         return self._text_cache[key]
 
-    def encode_images(self, images: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, offset=0.0) -> torch.Tensor:
         """(N, 3, S, S) images in [0, 1] -> raw projected embeddings (N, D) in fp32 (differentiable).
 
-        ``offset``: the images are given as ``image - offset`` (saves one full pass in the loss).
+        ``offset``: the images are given as ``image - offset`` (saves one full pass in the loss); a
+        value or a (3, 1, 1) per-channel tensor.
         """
         inv_std = (1.0 / self.std).to(images.dtype)
+        if isinstance(offset, torch.Tensor):
+            offset = offset.to(device=self.mean.device, dtype=self.mean.dtype).view(1, 3, 1, 1)
         x = torch.addcmul(((offset - self.mean) / self.std).to(images.dtype), images, inv_std)
         with self._autocast():
             pooled = self.model.vision_model(pixel_values=x).pooler_output
@@ -496,10 +523,15 @@ class GuidanceLoss:
 
 
 def guidance_loss(guide: ClipGuide, groups: torch.Tensor, text: torch.Tensor, plan: AugmentPlan,
-                  generator: torch.Generator | None, perspective_p: float = 0.8) -> GuidanceLoss:
-    """The X-Mesh loss for ``groups`` (G, V, 3, H, W) of renders: ONE batched CLIP call for all A x V images."""
+                  generator: torch.Generator | None, perspective_p: float = 0.8, fill=1.0) -> GuidanceLoss:
+    """The X-Mesh loss for ``groups`` (G, V, 3, H, W) of renders: ONE batched CLIP call for all A x V images.
+
+    ``fill``: the perspective fill, the renders' background colour (white in the reference).
+    """
     views = groups.shape[1]
-    shifted = apply_augmentations(groups, plan, guide.image_size, generator, perspective_p=perspective_p, offset=1.0)
-    emb = guide.encode_images(shifted, offset=1.0).view(len(plan.specs), views, -1).mean(dim=1)  # view-averaged
+    fill = fill_value(fill)
+    shifted = apply_augmentations(groups, plan, guide.image_size, generator, fill=fill, perspective_p=perspective_p,
+                                  offset=1.0)
+    emb = guide.encode_images(shifted, offset=fill).view(len(plan.specs), views, -1).mean(dim=1)  # view-averaged
     cos = F.cosine_similarity(emb, text.to(emb.dtype).expand_as(emb), dim=-1)
     return GuidanceLoss(-cos.sum(), cos.detach())

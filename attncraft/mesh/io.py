@@ -24,6 +24,7 @@ trimesh is imported lazily so that the renderer and the field do not depend on i
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,141 @@ def default_mesh() -> Any:
                                   transform=turn)
 
 
-def _load_trimesh(path: Path) -> Any:
+_OBJ_FACE = re.compile(rb"(?m)^[ \t]*f[ \t]")
+_OBJ_VERTEX = re.compile(rb"(?m)^[ \t]*v[ \t]")
+_OBJ_SHORT_FACE = re.compile(rb"(?m)^[ \t]*f(?:[ \t]+[^\s]+){0,2}[ \t]*\r?$")
+_OBJ_COMMENT = re.compile(rb"(?m)^[ \t]*#[^\n]*")
+_OBJ_OBJECT = re.compile(rb"(?m)^[ \t]*o[ \t][^\n]*")
+_DECLARED = (re.compile(rb"(?i)(\d[\d,]*)\s+(vertices|verts|faces|triangles|polygons)\b"),
+             re.compile(rb"(?i)\b(vertices|verts|faces|triangles|polygons)\s*[:=]\s*(\d[\d,]*)"))
+_FACE_WORDS = (b"faces", b"triangles", b"polygons")
+_NUMBER = re.compile(rb"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_FACE_REF = re.compile(rb"^-?\d+(/(-?\d+)?){0,2}$")
+
+
+def _obj_last_record_cut(data: bytes) -> str | None:
+    """The last line, if the file stops inside it (no final newline and an incomplete v/f record)."""
+    if not data or data.endswith(b"\n"):
+        return None
+    line = data.rsplit(b"\n", 1)[-1]
+    parts = line.split()
+    if not parts:
+        return None
+    kind, values = parts[0], parts[1:]
+    if kind == b"f":
+        cut = len(values) < 3 or not all(_FACE_REF.match(v) for v in values)
+    elif kind in (b"v", b"vn"):
+        cut = len(values) < 3 or not all(_NUMBER.match(v) for v in values)
+    elif kind == b"vt":
+        cut = len(values) < 1 or not all(_NUMBER.match(v) for v in values)
+    else:
+        cut = False
+    return line.decode("utf-8", "replace").strip() if cut else None
+
+
+def _declared_obj_counts(data: bytes) -> tuple[int | None, int | None]:
+    """Vertex and face counts stated in an OBJ's comments (``# 8 vertices``, ``# Faces: 12``); None
+    where nothing is stated. Within one object (the text between ``o`` records) a count stated twice
+    is one count (MeshLab states each in its header and again after the records), so the largest
+    statement counts; the objects' counts are summed."""
+    totals: dict[str, int] = {}
+    for section in _OBJ_OBJECT.split(data):
+        counts: dict[str, int] = {}
+        for comment in _OBJ_COMMENT.findall(section):
+            for pattern in _DECLARED:
+                for match in pattern.finditer(comment):
+                    a, b = match.groups()
+                    number, word = (a, b) if a[:1].isdigit() else (b, a)
+                    kind = "faces" if word.lower() in _FACE_WORDS else "vertices"
+                    counts[kind] = max(counts.get(kind, 0), int(number.replace(b",", b"")))
+        for kind, number in counts.items():
+            totals[kind] = totals.get(kind, 0) + number
+    return totals.get("vertices"), totals.get("faces")
+
+
+def _ply_header_counts(data: bytes) -> tuple[int | None, int | None]:
+    end = data.find(b"end_header")
+    header = data[: end if end >= 0 else 4096]
+    vertex = re.search(rb"(?m)^element\s+vertex\s+(\d+)", header)
+    face = re.search(rb"(?m)^element\s+face\s+(\d+)", header)
+    return (int(vertex[1]) if vertex else None), (int(face[1]) if face else None)
+
+
+def _off_header_counts(data: bytes) -> tuple[int | None, int | None]:
+    tokens: list[bytes] = []
+    for line in data[:4096].splitlines():
+        line = line.split(b"#", 1)[0].strip()
+        if line:
+            tokens += line.split()
+        if len(tokens) >= 3:
+            break
+    if tokens and tokens[0].upper().endswith(b"OFF"):
+        tokens = tokens[1:]
+    try:
+        return int(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        return None, None
+
+
+def mesh_file_problems(path: str | Path, vertices: int, faces: int) -> list[str]:
+    """What shows that a mesh file is incomplete, given the ``vertices``/``faces`` a loader read.
+
+    Loaders (trimesh among them) read a truncated OBJ, ASCII PLY or OFF without a word, keeping the
+    faces before the cut. Detected here: a file that stops inside a record (OBJ), face records with
+    fewer than three corners (OBJ), fewer vertices or faces than the file declares (PLY/OFF headers,
+    the counts some OBJ exporters write in comments, a binary STL's triangle count), and face
+    records the loader could not use. A cut exactly between two records of a file that declares no
+    counts cannot be detected (attncraft's own OBJ exports declare their counts).
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    data = path.read_bytes()
+    problems: list[str] = []
+
+    def fewer(kind: str, declared: int | None, found: int) -> None:
+        if declared is not None and found < declared:
+            problems.append(f"it declares {declared:,} {kind} but holds {found:,}")
+
+    if ext == ".obj":
+        cut = _obj_last_record_cut(data)
+        if cut is not None:
+            problems.append(f"it ends inside a record (last line {cut[:40]!r})")
+        records = len(_OBJ_FACE.findall(data))
+        short = len(_OBJ_SHORT_FACE.findall(data)) - (1 if cut is not None and cut.split()[0] == "f" else 0)
+        if short > 0:
+            problems.append(f"{short:,} face record{' has' if short == 1 else 's have'} fewer than 3 corners")
+        declared_v, declared_f = _declared_obj_counts(data)
+        fewer("vertices", declared_v, len(_OBJ_VERTEX.findall(data)))
+        fewer("faces", declared_f, records)
+        usable = records - short - (1 if cut is not None and cut.split()[0] == "f" else 0)
+        if not problems and faces < usable:
+            problems.append(f"only {faces:,} of its {usable:,} faces could be read")
+    elif ext == ".ply":
+        declared_v, declared_f = _ply_header_counts(data)
+        fewer("vertices", declared_v, vertices)
+        fewer("faces", declared_f, faces)
+    elif ext == ".off":
+        declared_v, declared_f = _off_header_counts(data)
+        fewer("vertices", declared_v, vertices)
+        fewer("faces", declared_f, faces)
+    elif ext == ".stl":
+        declared = int.from_bytes(data[80:84], "little") if len(data) >= 84 else None
+        binary = declared is not None and len(data) == 84 + 50 * declared
+        if not binary and data[:5].lower() == b"solid" and b"facet" in data[:4096]:  # ASCII STL
+            if b"endsolid" not in data[-512:]:
+                problems.append("it has no 'endsolid' line")
+        elif declared is not None:
+            fewer("triangles", declared, (len(data) - 84) // 50)
+    return problems
+
+
+def _load_trimesh(path: Path, allow_partial: bool = False) -> tuple[Any, list[str]]:
+    """The trimesh of ``path`` and notes on what was dropped (an incomplete file is an error unless
+    ``allow_partial``)."""
     import trimesh
 
     if not path.exists():
-        raise InputError(f"mesh file not found: {path}", "check the path, or pass 'default' for the built-in mesh")
+        raise InputError(f"the mesh file {str(path)!r} does not exist", "check the path, or pass 'default' for the built-in mesh")
     if path.is_dir():
         raise InputError(f"mesh path is a folder, not a file: {path}", "pass a .obj/.ply/.glb/.off file")
     ext = path.suffix.lower()
@@ -154,7 +285,12 @@ def _load_trimesh(path: Path) -> Any:
     if not hasattr(loaded, "faces") or not hasattr(loaded, "vertices"):
         raise InputError(f"{path.name} contains no triangle surface (got {type(loaded).__name__})",
                          "pass a surface mesh with faces, not a point cloud or curves")
-    return loaded
+    problems = mesh_file_problems(path, len(loaded.vertices), len(loaded.faces))
+    if problems and not allow_partial:
+        usable = f", or pass --allow-partial to use the {len(loaded.faces):,} faces that could be read" if len(loaded.faces) else ""
+        raise InputError(f"the mesh file {path.name} looks truncated or damaged: {'; '.join(problems)}", f"re-export it{usable}")
+    notes = [f"incomplete file ({'; '.join(problems)}): using the {len(loaded.faces):,} faces that could be read"] if problems else []
+    return loaded, notes
 
 
 def validate_arrays(vertices: Any, faces: Any, name: str = "mesh") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -250,28 +386,31 @@ def load_mesh(
     refine: str | None = None,
     target_edge: float | None = None,
     subdivisions: int = 1,
+    allow_partial: bool = False,
 ) -> MeshData:
     """Load ``mesh`` (a path, ``"default"``/``None``, a ``trimesh.Trimesh`` or a :class:`MeshData`).
 
     ``refine``: ``None`` (reference behaviour: no remeshing), ``"split"`` (split edges longer than
     ``target_edge``, default 0.03 of the unit sphere), ``"subdivide"`` (``subdivisions`` rounds of
     midpoint subdivision) or ``"isotropic"`` (pymeshlab, if installed). Refinement happens after
-    normalisation and before the vertex limit is checked again.
+    normalisation and before the vertex limit is checked again. A file that looks truncated
+    (:func:`mesh_file_problems`) is an error unless ``allow_partial``; then what was dropped is noted.
     """
     if isinstance(mesh, MeshData):
         data = mesh
     else:
         if mesh is None or (isinstance(mesh, str) and mesh.strip().lower() == "default"):
-            tm, name, source = default_mesh(), "default mesh", "default (procedural torus)"
+            tm, name, source, file_notes = default_mesh(), "default mesh", "default (procedural torus)", []
         elif isinstance(mesh, (str, Path)):
             path = Path(mesh).expanduser()
-            tm, name, source = _load_trimesh(path), path.name, str(path)
+            (tm, file_notes), name, source = _load_trimesh(path, allow_partial), path.name, str(path)
         elif hasattr(mesh, "vertices") and hasattr(mesh, "faces"):
-            tm, name, source = mesh, "mesh", "trimesh object"
+            tm, name, source, file_notes = mesh, "mesh", "trimesh object", []
         else:
             raise InputError(f"cannot use {type(mesh).__name__} as a mesh", "pass a file path, 'default' or a trimesh.Trimesh")
         data = prepare_mesh(np.asarray(tm.vertices), np.asarray(tm.faces), name=name,
                             source=source, device=device, max_vertices=max_vertices if refine is None else 10**12)
+        data.notes[:0] = file_notes
     if refine:
         data = refine_mesh(data, method=refine, target_edge=target_edge, subdivisions=subdivisions)
         data = prepare_mesh(data.vertices, data.faces, name="refined mesh", source=data.source + f" (refined: {refine})",

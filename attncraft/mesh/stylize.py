@@ -12,13 +12,18 @@ One iteration (spec §4.3), batched:
 4. Adam (lr 5e-4, no weight decay) steps, then StepLR (x0.9 every 100 iterations).
 
 The logged score is -L1 = cos(view-averaged embedding of the full-view augmentation, text), as in the
-reference. Randomness (views, augmentations) comes from a dedicated ``torch.Generator`` seeded with
+reference. It depends on that iteration's random views and perspective draw, so the progress bar and
+the result also report a deterministic **evaluation score** (:func:`attncraft.mesh.evaluation.fixed_view_score`:
+24 fixed views, no augmentation, the run's background), every ``eval_every`` iterations and at the end. Randomness (views, augmentations) comes from a dedicated ``torch.Generator`` seeded with
 ``seed`` (23 for MIT-30), and the field is built from the same seed inside a forked RNG, so a run is
 reproducible without touching the global RNG. (The reference seeds globally with 42 and then 23 and
 sets cuDNN deterministic; global flags are left to the caller here, and CUDA scatter-adds in the
 backward pass are not bit-deterministic anyway.)
 
-Iteration ``i`` in histories means "the field after ``i`` updates" (iteration 0 = the grey mesh).
+Histories are labelled as the reference labels its per-iteration exports: entry ``i`` is the field
+*after update i* (i + 1 updates; ``export_iter_results`` runs after ``optim.step()``), so an ITS of 0
+means the first update already reached the target. The untouched grey mesh is reported separately
+(``eval_initial``, ``initial_eval_score``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from attncraft.mesh.camera import TRAIN_FOVY, TRAIN_RADIUS, make_cameras, sample_front_views
 from attncraft.mesh.clip_guidance import AugmentPlan, ClipGuide, guidance_loss, load_clip
 from attncraft.mesh.io import MeshData
+from attncraft.mesh.memory import check_memory, describe
 from attncraft.mesh.renderer import MeshRenderer, get_renderer
 from attncraft.mesh.style_field import StyledMesh, StyledMeshModel, build_style_field
 
@@ -74,6 +80,7 @@ class StylizeSettings:
     standardize: bool = True
     seed: int = 23
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    eval_every: int = 10  # iterations between two deterministic evaluation scores (0: only at the end)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +148,8 @@ class XMeshOptimization:
                                        background=s.background)
             groups = out.image.view(-1, s.views, s.resolution, s.resolution, 3).permute(0, 1, 4, 2, 3)
         with timer("clip"):
-            gl = guidance_loss(self.guide, groups, self.text, self.plan, self.generator, s.perspective_p)
+            gl = guidance_loss(self.guide, groups, self.text, self.plan, self.generator, s.perspective_p,
+                               fill=s.background)
         with timer("backward"):
             gl.loss.backward()
         with timer("optimizer"):
@@ -156,6 +164,15 @@ class XMeshOptimization:
     @torch.no_grad()
     def current(self, reference_eval_geometry: bool = False) -> StyledMesh:
         return self.model(self.text, reference_eval_geometry=reference_eval_geometry)
+
+    @torch.no_grad()
+    def evaluation_score(self) -> float:
+        """The deterministic score of the current field (fixed views, no augmentation)."""
+        from attncraft.mesh.evaluation import fixed_view_score
+
+        styled = self.current()
+        return fixed_view_score(self.guide, self.renderer, styled.vertices, self.faces, styled.colors.clamp(0, 1),
+                                self.text, self.settings.resolution, self.settings.background)
 
 
 @dataclass
@@ -175,10 +192,25 @@ class StylizeResult:
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
     run: XMeshOptimization | None = None
+    eval_initial: float | None = None  # the evaluator on the untouched mesh (before any update)
+    ground_truth: dict[str, Any] | None = None  # attncraft.mesh.metrics.mesh_metrics, for Shapes-vocabulary prompts
+    eval_score_history: list[tuple[int, float]] = field(default_factory=list)  # fixed views, after update i
+    initial_eval_score: float | None = None  # fixed views, untouched mesh
 
     @property
     def final_score(self) -> float:
+        """The training score of the last iteration (one random draw of views and augmentations)."""
         return self.score_history[-1][1] if self.score_history else float("nan")
+
+    @property
+    def final_score_or_none(self) -> float | None:
+        """The final score, or None after 0 iterations (sidecars are strict JSON: no NaN)."""
+        return self.score_history[-1][1] if self.score_history else None
+
+    @property
+    def eval_score(self) -> float | None:
+        """The deterministic evaluation score of the result (fixed views, no augmentation)."""
+        return self.eval_score_history[-1][1] if self.eval_score_history else self.initial_eval_score
 
     def to_trimesh(self):
         from attncraft.mesh.io import colors_to_uint8
@@ -193,9 +225,13 @@ class StylizeResult:
         return {
             "prompt": self.prompt, "clip": self.clip_label, "renderer": self.renderer_label,
             "mesh": self.mesh_source, "mesh_notes": self.mesh_notes, "vertices": int(len(self.vertices)),
-            "faces": int(len(self.faces)), "final_clip_score": self.final_score, "seconds": round(self.seconds, 3),
+            "faces": int(len(self.faces)), "final_clip_score": self.final_score_or_none, "seconds": round(self.seconds, 3),
             "score_history": [[i, round(v, 6)] for i, v in self.score_history],
+            "eval_score": self.eval_score, "initial_eval_score": self.initial_eval_score,
+            "eval_score_history": [[i, round(v, 6)] for i, v in self.eval_score_history],
             **({"eval_history": [[i, round(v, 6)] for i, v in self.eval_history]} if self.eval_history else {}),
+            **({"eval_initial": self.eval_initial} if self.eval_initial is not None else {}),
+            **({"ground_truth": self.ground_truth} if self.ground_truth is not None else {}),
         }
 
     def save(self, out_dir, name: str = "stylized", **kwargs) -> dict[str, Any]:
@@ -204,10 +240,33 @@ class StylizeResult:
         return save_outputs(self, out_dir, name, **kwargs)
 
 
-def make_guide(clip: str | ClipGuide | None, device: torch.device, autocast_dtype: torch.dtype | None = None) -> ClipGuide:
+def validate_settings(settings: StylizeSettings) -> StylizeSettings:
+    """Refuse settings no run can use (one line each, before anything is loaded): non-finite
+    numbers, counts out of range, a seed torch cannot take."""
+    from attncraft.validation import check_finite, check_int_range, check_seed
+
+    s = settings
+    check_int_range("iterations", s.iterations, 0, 1_000_000)
+    check_int_range("views", s.views, 1, 64)
+    check_int_range("resolution", s.resolution, 8, 4096)
+    check_finite("learning_rate", s.learning_rate, 0, low_inclusive=False, example=5e-4)
+    check_finite("lr_decay", s.lr_decay, 0, 1, low_inclusive=False)
+    check_int_range("decay_step", s.decay_step, 1)
+    check_finite("weight_decay", s.weight_decay, 0)
+    for name in ("frontview_std", "sigma", "norm_ratio", "full_crop", "norm_crop", "geo_crop", "perspective_p"):
+        check_finite(name, getattr(s, name), 0)
+    for value in (*s.frontview_center, *s.background):
+        check_finite("frontview_center/background", value)
+    check_int_range("eval_every", s.eval_every, 0)
+    check_seed(s.seed, name="seed")
+    return s
+
+
+def make_guide(clip: str | ClipGuide | None, device: torch.device, autocast_dtype: torch.dtype | None = None,
+               trust_pickle: bool = False) -> ClipGuide:
     if isinstance(clip, ClipGuide):
         return clip
-    model, tokenizer, label = load_clip(clip, device)
+    model, tokenizer, label = load_clip(clip, device, trust_pickle=trust_pickle)
     return ClipGuide(model, tokenizer, label, autocast_dtype=autocast_dtype)
 
 
@@ -228,15 +287,27 @@ def stylize_mesh(
     evaluator: Callable[["XMeshOptimization", int], float] | None = None,
     callback: Callable[[XMeshOptimization], None] | None = None,
     log: Callable[[str], None] | None = None,
+    allow_partial: bool = False,
+    memory_check: bool = True,
+    trust_pickle: bool = False,
+    ground_truth: bool = True,
     **overrides: Any,
 ) -> StylizeResult:
     """Stylise ``mesh`` from ``prompt`` with X-Mesh and return a :class:`StylizeResult`.
 
     ``settings`` defaults to the MIT-30 settings; keyword ``overrides`` replace single fields (e.g.
     ``iterations=100``). ``dtype`` is the CLIP compute dtype (autocast; default bf16/fp16 on CUDA, fp32
-    on CPU). ``evaluator(run, iteration)`` is called at iterations 0, ``eval_every``, 2 ``eval_every``, ...
-    (before that iteration's update) with the run (``run.current()`` is the current field output),
-    e.g. for ITS curves.
+    on CPU). ``evaluator(run, iteration)`` is called with the run (``run.current()`` is the current
+    field output) once with ``iteration=None`` on the untouched mesh (``eval_initial``), then *after*
+    updates 0, ``eval_every``, 2 ``eval_every``, ... (``eval_history``), e.g. for ITS curves.
+    Independently, the deterministic evaluation score is computed before the first update and after
+    every ``settings.eval_every``-th update and the last one (``eval_score_history``). When the prompt
+    asks for a palette colour (the Shapes vocabulary) and ``ground_truth`` is set, the result carries
+    the ground-truth metrics of :func:`attncraft.mesh.metrics.mesh_metrics`. Before any optimisation
+    the memory the run needs is estimated from the mesh size and settings (:mod:`attncraft.mesh.memory`)
+    and a run that does not fit is refused (``memory_check=False`` skips that); ``allow_partial``
+    accepts a truncated mesh file (what was dropped is noted); ``trust_pickle`` allows a pickled CLIP
+    checkpoint.
     """
     from attncraft.devices import resolve_device, resolve_dtype
     from attncraft.errors import InputError
@@ -249,47 +320,61 @@ def stylize_mesh(
         if unknown:
             raise TypeError(f"unknown stylize settings: {sorted(unknown)}")
         settings = StylizeSettings(**{**settings.to_dict(), **overrides})
-    if settings.iterations < 0:
-        raise InputError(f"iterations must be >= 0, got {settings.iterations}", "pass a positive --iterations")
-    if settings.views < 1 or settings.resolution < 8:
-        raise InputError("need at least 1 view and a resolution of 8 pixels or more", "check --views and --resolution")
+    validate_settings(settings)
     dev = resolve_device(device)
     autocast = resolve_dtype(dtype, dev)
     log = log or (lambda _msg: None)
-    data = load_mesh(mesh, device=dev.type, max_vertices=max_vertices, refine=refine, target_edge=target_edge)
+    data = load_mesh(mesh, device=dev.type, max_vertices=max_vertices, refine=refine, target_edge=target_edge,
+                     allow_partial=allow_partial)
     if isinstance(renderer, MeshRenderer):
         rend, rlabel = renderer, f"renderer: {renderer.name}"
     else:
         rend, rlabel = get_renderer(renderer, device=dev)
-    guide = make_guide(clip, dev, autocast)
+    guide = make_guide(clip, dev, autocast, trust_pickle)
+    guide.tokenize(prompt)  # a prompt CLIP cannot read fails here, before anything is reported or built
+    need, have = check_memory(data.num_vertices, settings, dev, guide, skip=not memory_check)
     log(f"mesh: {data.source} ({data.num_vertices:,} vertices, {data.num_faces:,} faces)")
     for note in data.notes:
         log(f"mesh: {note}")
     log(f"clip: {guide.label}")
     log(rlabel)
+    log(f"memory: {describe(need, have)}")
     run = XMeshOptimization(data, prompt, guide, rend, settings, dev)
     evals: list[tuple[int, float]] = []
+    eval_scores: list[tuple[int, float]] = []
     start = time.perf_counter()
+    eval_initial = float(evaluator(run, None)) if evaluator is not None and eval_every else None
+    initial_eval_score = run.evaluation_score()
+    last_eval = [initial_eval_score]
 
-    def maybe_eval(i: int) -> None:
+    def after_update(i: int) -> None:
         if evaluator is not None and eval_every and i % eval_every == 0:
             evals.append((i, float(evaluator(run, i))))
+        last = i == settings.iterations - 1
+        if last or (settings.eval_every and i % settings.eval_every == 0):
+            eval_scores.append((i, run.evaluation_score()))
+            last_eval[0] = eval_scores[-1][1]
 
     for i in progress_bar(range(settings.iterations), "stylize", total=settings.iterations, enabled=progress,
-                          postfix=lambda: f"clip {run.last_score:.4f}"):
-        maybe_eval(i)
+                          postfix=lambda: f"train {run.last_score:.4f}  eval {last_eval[0]:.4f}"):
         score = run.step()
         if not math.isfinite(score):
             raise InputError(f"the optimisation diverged at iteration {i} (score {score})",
                              "lower --lr or check the mesh for extreme geometry")
+        after_update(i)
         if callback is not None:
             callback(run)
     seconds = time.perf_counter() - start
     final = run.current()
+    colors = final.colors.clamp(0, 1).float().cpu().numpy()
+    vertices = final.vertices.float().cpu().numpy()
+    from attncraft.mesh.metrics import mesh_metrics
+
     return StylizeResult(
-        vertices=final.vertices.float().cpu().numpy(), faces=data.faces.copy(),
-        colors=final.colors.clamp(0, 1).float().cpu().numpy(), prompt=" ".join(prompt.split()),
+        vertices=vertices, faces=data.faces.copy(), colors=colors, prompt=" ".join(prompt.split()),
         settings={**settings.to_dict(), "device": str(dev), "clip_dtype": str(autocast).replace("torch.", "")},
         clip_label=guide.label, renderer_label=rlabel, mesh_source=data.source, mesh_notes=list(data.notes),
         score_history=list(run.score_history), eval_history=evals, seconds=seconds, run=run,
+        eval_initial=eval_initial, eval_score_history=eval_scores, initial_eval_score=initial_eval_score,
+        ground_truth=mesh_metrics(vertices, data.faces, colors, prompt) if ground_truth else None,
     )

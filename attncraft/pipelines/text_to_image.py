@@ -22,9 +22,13 @@ from attncraft.errors import InputError
 from attncraft.loading import LoadedPipeline
 from attncraft.outputs import save_png_with_settings
 from attncraft.schedulers import SCHEDULERS, set_scheduler
+from attncraft.validation import check_finite, check_int_range, check_seed, check_text, check_token_count
 
 MAX_COUNT = 64
 MAX_SIDE = 4096
+MAX_STEPS = 1000
+LATENT_STEP = 8
+"""Every SD VAE downsamples by 8: a size that is not a multiple of it fits no model."""
 
 
 @dataclass
@@ -52,37 +56,55 @@ class TextToImageSettings:
         return data
 
 
-def prompt_token_count(tokenizer, prompt: str) -> int:
-    return len(tokenizer(prompt, truncation=False).input_ids)
+def _check_side(name: str, value: Any, multiple: int) -> int:
+    value = check_int_range(f"--{name}", value)
+    top = MAX_SIDE - MAX_SIDE % multiple
+    if value < multiple or value > top or value % multiple:
+        nearest = min(max(multiple, round(value / multiple) * multiple), top)
+        raise InputError(
+            f"--{name} {value} is not usable by this model: it must be a multiple of {multiple} between {multiple} and {top}",
+            f"pass e.g. --{name} {nearest}",
+        )
+    return value
+
+
+def check_values(
+    prompt: Any,
+    negative_prompt: Any = None,
+    num_inference_steps: Any = None,
+    guidance_scale: Any = None,
+    seed: Any = 0,
+    count: Any = 1,
+    width: Any = None,
+    height: Any = None,
+) -> None:
+    """The checks that need no model, so a command runs them before loading one (``None``: the
+    model's default, checked later by :func:`validate`). One line each, naming the fix."""
+    check_text("prompt", prompt)
+    if negative_prompt is not None:
+        check_text("negative prompt", negative_prompt, allow_empty=True)
+    if num_inference_steps is not None:
+        check_int_range("--steps", num_inference_steps, 1, MAX_STEPS, example=25)
+    if guidance_scale is not None:
+        check_finite("--guidance", guidance_scale, 0, example=7.5)
+    check_int_range("--count", count, 1, MAX_COUNT)
+    check_seed(seed, count)
+    for name, value in (("width", width), ("height", height)):
+        if value is not None:
+            _check_side(name, value, LATENT_STEP)
 
 
 def validate(settings: TextToImageSettings, loaded: LoadedPipeline) -> None:
     """Raise :class:`InputError` (one line, with the fix) for any setting the model cannot take."""
     pipe = loaded.pipeline
-    if not settings.prompt or not settings.prompt.strip():
-        raise InputError("the prompt is empty", 'pass a prompt, e.g. attncraft image "a red circle"')
-    if settings.num_inference_steps < 1 or settings.num_inference_steps > 1000:
-        raise InputError(f"--steps must be between 1 and 1000, got {settings.num_inference_steps}", "pass e.g. --steps 25")
-    if settings.guidance_scale < 0:
-        raise InputError(f"--guidance must be >= 0, got {settings.guidance_scale}", "pass e.g. --guidance 7.5 (1 disables guidance)")
-    if not 1 <= settings.count <= MAX_COUNT:
-        raise InputError(f"--count must be between 1 and {MAX_COUNT}, got {settings.count}", "generate in several runs")
+    check_values(settings.prompt, settings.negative_prompt, settings.num_inference_steps, settings.guidance_scale,
+                 settings.seed, settings.count, settings.width, settings.height)
     multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     for name, value in (("width", settings.width), ("height", settings.height)):
-        if value < multiple or value > MAX_SIDE or value % multiple:
-            raise InputError(
-                f"--{name} {value} is not usable by this model: it must be a multiple of {multiple} between {multiple} and {MAX_SIDE}",
-                f"pass e.g. --{name} {max(multiple, round(value / multiple) * multiple) if value > 0 else multiple}",
-            )
-    limit = pipe.tokenizer.model_max_length
+        _check_side(name, value, multiple)
     for label, text in (("prompt", settings.prompt), ("negative prompt", settings.negative_prompt)):
         if text:
-            n = prompt_token_count(pipe.tokenizer, text)
-            if n > limit:
-                raise InputError(
-                    f"the {label} is {n - 2} tokens long; this text encoder reads at most {limit - 2}",
-                    f"shorten the {label}",
-                )
+            check_token_count(pipe.tokenizer, text, label)
     if settings.scheduler is not None and settings.scheduler not in SCHEDULERS:
         raise InputError(f"unknown scheduler {settings.scheduler!r}", f"pass one of {', '.join(SCHEDULERS)}")
 
@@ -102,6 +124,19 @@ def default_settings(loaded: LoadedPipeline, prompt: str) -> TextToImageSettings
         model=loaded.reference,
         model_label=loaded.label,
     )
+
+
+def settings_from_options(loaded: LoadedPipeline, prompt: str, *, seed: int = 0, count: int = 1,
+                          negative_prompt: str | None = None, **optional: Any) -> TextToImageSettings:
+    """:func:`default_settings` with the command line's options applied: ``seed``, ``count`` and
+    ``negative_prompt`` always, each of ``optional`` (``num_inference_steps``, ``guidance_scale``,
+    ``width``, ``height``, ``scheduler``) where it is not None."""
+    settings = default_settings(loaded, prompt)
+    for name, value in optional.items():
+        if value is not None:
+            setattr(settings, name, value)
+    settings.seed, settings.count, settings.negative_prompt = seed, count, negative_prompt
+    return settings
 
 
 def generate(
@@ -149,22 +184,16 @@ def output_name(prompt: str, seed: int) -> str:
     return f"{slug}_s{seed}"
 
 
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem.suffix``, or ``stem-2``, ``stem-3``... if taken: never overwrite a result."""
-    path = folder / f"{stem}{suffix}"
-    n = 2
-    while path.exists():
-        path = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return path
+def save_images(images, settings: TextToImageSettings, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write each image as PNG with its own reproducible settings; returns the paths.
 
-
-def save_images(images, settings: TextToImageSettings, out_dir: str | Path) -> list[Path]:
-    """Write each image as PNG with its own reproducible settings; returns the paths."""
+    Names are ``<prompt>_s<seed>.png``; an existing file is never replaced (the next free name
+    ``...-2.png`` is taken, atomically even with concurrent runs) unless ``overwrite``.
+    """
     out_dir = Path(out_dir)
     paths = []
     for i, image in enumerate(images):
         meta = settings.for_image(i)
-        path = unique_path(out_dir, output_name(settings.prompt, meta["seed"]), ".png")
-        paths.append(save_png_with_settings(image, path, meta))
+        path = out_dir / f"{output_name(settings.prompt, meta['seed'])}.png"
+        paths.append(save_png_with_settings(image, path, meta, overwrite=overwrite))
     return paths

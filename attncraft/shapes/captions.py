@@ -36,7 +36,11 @@ from attncraft.shapes.world import (
     SceneObject,
 )
 
-__all__ = ["ParsedMotion", "ParsedObject", "ParsedScene", "CaptionError", "caption_scene", "parse_caption"]
+__all__ = [
+    "ParsedMotion", "ParsedObject", "ParsedScene", "CaptionError", "caption_scene", "relation_caption",
+    "relation_holds_on_grid", "opposite_relation_word", "flip_relations", "parse_caption", "RELATION_WORDS",
+    "RELATION_OF_WORD", "OPPOSITE_RELATION",
+]
 
 
 class CaptionError(ValueError):
@@ -69,13 +73,23 @@ POSITION_PP = {
     "bottom left": ("in the bottom left corner", "at the bottom left", "in the lower left corner"),
     "bottom right": ("in the bottom right corner", "at the bottom right", "in the lower right corner"),
 }
-BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "over a {} background")
+BACKGROUND_PHRASES = ("on a {} background", "against a {} background")
+"""How the background is stated. "over" is kept for the relation alone: with "over a navy background"
+beside "a star over a heart", the word meant two things ("a triangle over a heart over a navy
+background"), and 90 % of its training occurrences were the background phrase."""
 RELATION_WORDS = {
     "above": ("above", "over"),
     "below": ("below", "under", "beneath"),
     "left of": ("to the left of", "left of"),
     "right of": ("to the right of", "right of"),
 }
+"""Surface forms of each relation ("object i is <relation> object j")."""
+RELATION_OF_WORD = {w: rel for rel, ws in RELATION_WORDS.items() for w in ws}
+"""Relation of each surface form ("under" -> "below")."""
+OPPOSITE_RELATION = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+RELATION_SHARE = 0.4
+"""Default probability that a still scene of two or three objects is described with a relation
+("a star above a heart") rather than with absolute positions."""
 MOVE_VERBS = ("moves", "slides", "drifts")
 GROW_PHRASES = ("grows", "gets bigger", "grows larger")
 SHRINK_PHRASES = ("shrinks", "gets smaller")
@@ -177,19 +191,19 @@ def _noun_phrase(obj: SceneObject, rng: random.Random, size: bool, pattern: bool
     return f"{_article(words[0])} {' '.join(words)}{tail}"
 
 
-def _relation(a: SceneObject, b: SceneObject, rng: random.Random) -> str:
-    """A relation word true of (a, b) on the grid."""
+def relation_holds_on_grid(a: SceneObject, relation: str, b: SceneObject) -> bool:
+    """Whether ``a`` is ``relation`` (above / below / left of / right of) ``b`` by their grid cells."""
     (ra, ca), (rb, cb) = a.cell, b.cell
-    options = []
-    if ra < rb:
-        options.append("above")
-    if ra > rb:
-        options.append("below")
-    if ca < cb:
-        options.append("left of")
-    if ca > cb:
-        options.append("right of")
-    return rng.choice(options)
+    return {"above": ra < rb, "below": ra > rb, "left of": ca < cb, "right of": ca > cb}[relation]
+
+
+def _relation(a: SceneObject, b: SceneObject, rng: random.Random, vertical: float) -> str:
+    """A relation true of (a, b) on the grid; when a vertical and a horizontal one both hold (objects
+    on a diagonal), the vertical one with probability ``vertical``."""
+    options = [r for r in RELATION_WORDS if relation_holds_on_grid(a, r, b)]
+    if len(options) == 2:
+        return options[0] if rng.random() < vertical else options[1]  # (above|below, left of|right of)
+    return options[0]
 
 
 def _motion_phrase(m: Motion, color_before: str, rng: random.Random) -> str:
@@ -257,22 +271,74 @@ MAX_WORDS = 40
 """Captions longer than this are redrawn with the shortest wordings (CLIP reads 75 tokens)."""
 
 
-def caption_scene(scene: Scene, seed: int | None = 0, omit: float = 0.0) -> str:
+def caption_scene(
+    scene: Scene, seed: int | None = 0, omit: float = 0.0, relation: float = RELATION_SHARE, vertical: float = 0.5
+) -> str:
     """Describe ``scene`` in one sentence, deterministically from ``seed``.
 
     With ``omit=0`` (default) every attribute is stated (size, colour, shape, non-plain pattern,
     position either absolutely or as a relation, background), so the caption pins the scene down
     up to jitter. ``omit`` in (0, 1] drops each optional attribute (size, pattern, position,
-    background) with that probability, for captions of varying detail. Videos (scenes with motion)
-    describe each object's motion clauses in order.
+    background) with that probability, for captions of varying detail. ``relation`` is the
+    probability that a still scene of two or three objects places its first two (in caption order)
+    by a relation ("a star above a heart") instead of absolute positions; ``vertical`` the
+    probability that the relation is the vertical one when both a vertical and a horizontal one hold.
+    Videos (scenes with motion) describe each object's motion clauses in order.
     """
-    text = _caption(scene, random.Random(seed), omit)
+    text = _caption(scene, random.Random(seed), omit, relation, vertical)
     if len(text.split()) > MAX_WORDS:
-        text = _caption(scene, _Compact(seed), omit)
+        text = _caption(scene, _Compact(seed), omit, relation, vertical)
     return text
 
 
-def _caption(scene: Scene, rng: random.Random, omit: float) -> str:
+def relation_caption(scene: Scene, word: str, seed: int | None = 0) -> str:
+    """A full caption of a still two-object scene that places the objects by the relation ``word``
+    (a surface form of :data:`RELATION_WORDS`: "above", "over", "under", "to the left of"...), in
+    the grammar's wording: "a big red circle under a striped blue star on a gray background".
+
+    The objects are named in the order that makes the relation true; a scene on which it cannot
+    hold either way (a vertical relation for two objects in the same row) is refused.
+    """
+    if word not in RELATION_OF_WORD:
+        raise ValueError(f"unknown relation word {word!r}; expected one of {', '.join(RELATION_OF_WORD)}")
+    if len(scene.objects) != 2 or scene.has_motion:
+        raise ValueError("relation_caption describes still scenes of exactly two objects")
+    rel = RELATION_OF_WORD[word]
+    a, b = scene.objects
+    if not relation_holds_on_grid(a, rel, b):
+        a, b = b, a
+    if not relation_holds_on_grid(a, rel, b):
+        raise ValueError(f"{rel!r} holds neither way between {a.position!r} and {b.position!r}")
+    rng = random.Random(seed)
+    text = f"{_noun_phrase(a, rng, True, True)} {word} {_noun_phrase(b, rng, True, True)}"
+    return _with_background(text, scene, rng, video=False)
+
+
+def opposite_relation_word(word: str) -> str:
+    """The surface form of the opposite relation, in the same construction: "above" -> "below",
+    "under" -> "above", "to the left of" -> "to the right of", "right of" -> "left of"."""
+    rel = RELATION_OF_WORD[word]
+    if rel in ("left of", "right of"):
+        return re.sub(r"left|right", lambda m: "right" if m.group() == "left" else "left", word)
+    return RELATION_WORDS[OPPOSITE_RELATION[rel]][0]
+
+
+_RELATION_PHRASE = re.compile(
+    r"\b(" + "|".join(sorted(RELATION_OF_WORD, key=len, reverse=True)) + r") (?=an? )(?!an? \w+ background)"
+)
+
+
+def flip_relations(text: str) -> str:
+    """``text`` with every relation word of the grammar ("A <word> a B") replaced by its opposite."""
+    return _RELATION_PHRASE.sub(lambda m: opposite_relation_word(m.group(1)) + " ", text)
+
+
+def _with_background(text: str, scene: Scene, rng: random.Random, video: bool) -> str:
+    bg = rng.choice(BACKGROUND_PHRASES).format(scene.background)
+    return f"{bg}, {text}" if rng.random() < 0.15 else f"{text}, {bg}" if video else f"{text} {bg}"
+
+
+def _caption(scene: Scene, rng: random.Random, omit: float, relation: float, vertical: float) -> str:
     keep = (lambda: rng.random() >= omit) if omit > 0 else (lambda: True)
     objs = list(scene.objects)
     rng.shuffle(objs)
@@ -282,9 +348,9 @@ def _caption(scene: Scene, rng: random.Random, omit: float) -> str:
         text = _join(clauses, rng, True)
     else:
         nps = [_noun_phrase(o, rng, keep(), keep()) for o in objs]
-        use_relation = len(objs) >= 2 and rng.random() < 0.4
+        use_relation = len(objs) >= 2 and rng.random() < relation
         if use_relation:
-            rel = _relation(objs[0], objs[1], rng)
+            rel = _relation(objs[0], objs[1], rng, vertical)
             pair = f"{nps[0]} {rng.choice(RELATION_WORDS[rel])} {nps[1]}"
             if len(objs) == 3:
                 third = nps[2] + (" " + rng.choice(POSITION_PP[objs[2].position]) if keep() else "")
@@ -301,8 +367,7 @@ def _caption(scene: Scene, rng: random.Random, omit: float) -> str:
             else:
                 text = _join(clauses, rng, False)
     if keep():
-        bg = rng.choice(BACKGROUND_PHRASES).format(scene.background)
-        text = f"{bg}, {text}" if rng.random() < 0.15 else f"{text}, {bg}" if video else f"{text} {bg}"
+        text = _with_background(text, scene, rng, video)
     return text
 
 

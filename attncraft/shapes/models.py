@@ -1,4 +1,4 @@
-"""Architectures of the Shapes model family (shapes CLIP, shapes SD), shared by training and runtime.
+"""Architectures of the Shapes model family (shapes CLIP, shapes SD, shapes motion), shared by training and runtime.
 
 The Shapes models are the project's embedded default: the real classes (transformers ``CLIPModel`` /
 ``CLIPTextModel``, diffusers ``AutoencoderKL`` / ``UNet2DConditionModel`` / ``StableDiffusionPipeline``)
@@ -11,6 +11,8 @@ Size budget (fp16 on disk, all Shapes weights together < 60 MB, see :func:`shape
 - shapes SD: its own copy of the text tower, a 2-downsampling ``AutoencoderKL`` (64 px -> 16x16x4
   latents), and a ``UNet2DConditionModel`` on 16x16 latents with cross-attention at 16x16 and 8x8
   (down, mid and up blocks), v-prediction.
+- shapes motion: a diffusers ``MotionAdapter`` (AnimateDiff motion modules) for shapes SD's UNet:
+  temporal transformers at both levels and in the mid block, ~2.6 M params.
 
 ``python -m attncraft.shapes.models`` prints the parameter counts and fp16 sizes.
 """
@@ -33,6 +35,9 @@ TEXT_HIDDEN = 128  # text tower width == UNet cross_attention_dim
 
 SHAPES_CLIP_DIR: Path = models_dir() / "shapes-clip"
 SHAPES_SD_DIR: Path = models_dir() / "shapes-sd"
+SHAPES_MOTION_DIR: Path = models_dir() / "shapes-motion"
+SHAPES_CTGM_DIR: Path = models_dir() / "shapes-ctgm"
+"""Trained CTGMs of the Shapes motion model (``ctgm-tii-tar.safetensors``, ``ctgm-all.safetensors``)."""
 
 #: File in the shapes-sd folder with the recommended sampling settings, in the format of
 #: ``attncraft.loading.DEFAULTS_FILE`` (width, height, num_inference_steps, guidance_scale); written by
@@ -43,7 +48,7 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_SCHEDULER = "DPMSolverMultistepScheduler"
 
-#: The full-size budget for all Shapes weights in fp16 (the shapes motion adapter comes later).
+#: The full-size budget for all Shapes weights in fp16.
 SIZE_BUDGET_BYTES = 60 * 1000 * 1000
 
 
@@ -141,6 +146,31 @@ def shapes_unet_config() -> dict[str, Any]:
     )
 
 
+def motion_config_for_unet(unet_config: dict[str, Any], heads: int = 4, max_frames: int = 32) -> dict[str, Any]:
+    """``MotionAdapter`` kwargs that fit a ``UNet2DConditionModel`` config: its widths, one motion
+    module after each resnet (``layers_per_block`` down, one more up, as ``UNetMotionModel`` places
+    them), a mid-block module, and its group-norm groups (``UNetMotionModel`` builds the motion
+    modules with the UNet's ``norm_num_groups``, so the adapter states the same number)."""
+    return dict(
+        block_out_channels=tuple(unet_config["block_out_channels"]),
+        motion_layers_per_block=unet_config["layers_per_block"],
+        motion_mid_block_layers_per_block=1,
+        motion_num_attention_heads=heads,
+        motion_norm_num_groups=unet_config["norm_num_groups"],
+        motion_max_seq_length=max_frames,
+        use_motion_mid_block=True,
+    )
+
+
+def shapes_motion_config() -> dict[str, Any]:
+    """``MotionAdapter`` kwargs for shapes SD's UNet: ~2.6 M params (5.3 MB in fp16).
+
+    Widths 64 / 128, 2 motion modules per down block and 3 per up block, one in the mid block; four
+    heads (head dim 16 at 16x16, 32 at 8x8); sinusoidal frame positions up to 32 frames.
+    """
+    return motion_config_for_unet(shapes_unet_config(), heads=4, max_frames=32)
+
+
 #: Noise schedule used in training and sampling (SD's), with v-prediction.
 NOISE_SCHEDULE = dict(
     num_train_timesteps=1000,
@@ -226,6 +256,29 @@ def build_shapes_unet(seed: int = 0):
         return UNet2DConditionModel(**shapes_unet_config()).eval()
 
 
+def zero_motion_outputs(adapter) -> None:
+    """Zero the output projection of every motion module, so that the adapter starts as the identity
+    (each motion module adds nothing to its residual stream): a fresh motion UNet then denoises each
+    frame exactly as the image UNet does, and training starts from the image model's loss (as
+    AnimateDiff initialises its motion modules)."""
+    for name, module in adapter.named_modules():
+        if name.endswith("proj_out") and isinstance(module, torch.nn.Linear):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+
+def build_shapes_motion_adapter(seed: int = 0, overrides: dict[str, Any] | None = None, zero_outputs: bool = True):
+    """A fresh shapes ``MotionAdapter`` (identity at start, see :func:`zero_motion_outputs`)."""
+    from diffusers import MotionAdapter
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = MotionAdapter(**(shapes_motion_config() | (overrides or {})))
+    if zero_outputs:
+        zero_motion_outputs(adapter)
+    return adapter.eval()
+
+
 def assemble_sd_pipeline(text_encoder, vae, unet, scheduler=None, tokenizer=None):
     """A ``StableDiffusionPipeline`` from Shapes components (no safety checker / feature extractor)."""
     from diffusers import StableDiffusionPipeline
@@ -262,6 +315,11 @@ def trained_shapes_clip_available(folder: str | Path | None = None) -> bool:
 def trained_shapes_sd_available(folder: str | Path | None = None) -> bool:
     folder = Path(folder) if folder is not None else SHAPES_SD_DIR
     return (folder / "model_index.json").is_file() and (folder / "unet").is_dir()
+
+
+def trained_shapes_motion_available(folder: str | Path | None = None) -> bool:
+    folder = Path(folder) if folder is not None else SHAPES_MOTION_DIR
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def shapes_sd_defaults(folder: str | Path | None = None) -> dict[str, Any]:
@@ -320,16 +378,19 @@ def shapes_size_budget() -> dict[str, dict[str, int]]:
         clip = build_shapes_clip()
         vae = build_shapes_vae()
         unet = build_shapes_unet()
+        motion = build_shapes_motion_adapter(zero_outputs=False)
     parts = {
         "shapes-clip": count_params(clip),
         "shapes-sd/text_encoder": count_params(clip.text_model),
         "shapes-sd/vae": count_params(vae),
         "shapes-sd/unet": count_params(unet),
+        "shapes-motion": count_params(motion),
         "shapes-clip (text tower)": count_params(clip.text_model),
         "shapes-clip (vision tower)": count_params(clip.vision_model),
     }
     out = {k: {"params": v, "fp16_bytes": 2 * v} for k, v in parts.items()}
-    total = sum(parts[k] for k in ("shapes-clip", "shapes-sd/text_encoder", "shapes-sd/vae", "shapes-sd/unet"))
+    total = sum(parts[k] for k in ("shapes-clip", "shapes-sd/text_encoder", "shapes-sd/vae", "shapes-sd/unet",
+                                   "shapes-motion"))
     out["total"] = {"params": total, "fp16_bytes": 2 * total}
     return out
 

@@ -7,16 +7,8 @@ import sys
 
 import pytest
 
-from attncraft.cli.app import main
 from attncraft.outputs import read_png_settings
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from cli_runner import run_cli
 
 
 def test_help_lists_commands(capsys):
@@ -48,7 +40,7 @@ def test_image_writes_pngs_with_reproducible_settings(tmp_path, capsys):
         (["image", "x", "--model", "nonsense"], "unknown model 'nonsense'"),
         (["image", "x", "--model", "org/unreachable-model"], "cannot load model 'org/unreachable-model'"),
         (["image", "x", "--width", "30"], "--width 30 is not usable"),
-        (["image", "x", "--steps", "-3"], "--steps must be at least 1"),
+        (["image", "x", "--steps", "-3"], "--steps must be between 1 and 1000, got -3"),
         (["image", "x", "--scheduler", "magic"], "unknown scheduler 'magic'"),
         (["image", "red " * 90], "tokens long"),
         (["image", "x", "--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["image", "x", "--device", "tpu"], "device"),

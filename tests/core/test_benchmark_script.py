@@ -46,3 +46,19 @@ def test_profile_table_counts_host_syncs(tmp_path):
     assert stats["syncs_per_call"] == 1.0
     assert path.read_text().startswith("probe: 4 calls;") and "aten::_local_scalar_dense" in path.read_text()
     assert bench.host_ms_per_call(ReadsItsInput(), inputs, torch.arange(4), 4, torch.device("cpu")) > 0
+
+
+def test_backend_benchmark_runs_on_tiny_unets(tmp_path, capsys):
+    """``benchmarks/bench_attention_backends.py`` on CPU: only SDPA runs, and the table says why."""
+    path = BENCH.with_name("bench_attention_backends.py")
+    spec = importlib.util.spec_from_file_location("bench_attention_backends", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--rounds", "1",
+                       "--warmup", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["xformers_problem"] == "xformers has no CPU kernels"
+    assert set(data["results"]) == {"sd15", "animatediff"}
+    assert all(list(r["variants"]) == ["sdpa"] for r in data["results"].values())
+    assert "| animatediff | sdpa |" in capsys.readouterr().out

@@ -288,3 +288,30 @@ def test_sync_free_step_tracking_matches_value_tracking():
     per_step = steps.count(0) // 2
     assert steps == [0] * per_step + [1] * per_step + [2] * per_step + [0] * per_step + [1] * per_step
     assert seen["positions"][2] == 1  # two runs
+
+
+def test_xformers_missing_cuda_runtime_is_named_with_the_package_that_fixes_it(fake_xformers):
+    """xformers built for CUDA 12 on a CUDA 13 torch: its extension failed to load libcudart.so.12.
+    The refusal names the library and the pip package that provides it."""
+    import types
+
+    from attncraft.attention_processors import backends
+    from attncraft.errors import InputError
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("No operator found for `memory_efficient_attention_forward`")
+
+    fake_xformers(broken)
+    cpp_lib = types.ModuleType("xformers._cpp_lib")
+    load_error = RuntimeError("xFormers can't load C++/CUDA extensions")
+    load_error.__cause__ = OSError("libcudart.so.12: cannot open shared object file: No such file or directory")
+    cpp_lib._cpp_library_load_exception = load_error
+    sys.modules["xformers"]._cpp_lib = cpp_lib
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "xformers._cpp_lib", cpp_lib)
+        backends.xformers_problem.cache_clear()
+        with pytest.raises(InputError) as info:
+            backends.check_backend("xformers")
+    message = str(info.value)
+    assert "need libcudart.so.12" in message and "pip install nvidia-cuda-runtime-cu12" in message
+    assert "\n" not in message

@@ -5,9 +5,31 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from attncraft.errors import InputError
 from attncraft.mesh.benchmark import aggregate, discover, its_from_curve, mes_from_similarities, run_benchmark
+
+
+def test_its_crossing_at_iteration_zero_and_exactly_at_the_threshold():
+    assert its_from_curve([(0, 0.30), (10, 0.10)], 0.22) == 0  # the first update already passes
+    assert its_from_curve([(0, 0.22), (10, 0.22), (20, 0.2200001)], 0.22) == 20  # equal is not above
+    assert its_from_curve([(0, 0.22), (10, 0.22)], 0.22) == 2000
+
+
+def test_mes_reads_renders_through_the_reference_png_path():
+    from PIL import Image
+
+    from attncraft.mesh.evaluation import reference_png_path, truncate_to_uint8
+
+    images = torch.rand(3, 40, 40, 3, generator=torch.Generator().manual_seed(0))
+    images[0, 0, 0] = torch.tensor([0.9999, 0.5 / 255 + 1e-4, 1.0])
+    same = reference_png_path(images, 40)
+    assert torch.equal(same, torch.floor(images * 255).permute(0, 3, 1, 2) / 255)  # truncation, not rounding
+    assert truncate_to_uint8(images)[0, 0, 0].tolist() == [254, 0, 255]
+    small = reference_png_path(images, 16)
+    pil = Image.fromarray(truncate_to_uint8(images)[1].numpy()).resize((16, 16), Image.BICUBIC)
+    assert torch.equal(small[1], torch.tensor(list(pil.getdata()), dtype=torch.float32).view(16, 16, 3).permute(2, 0, 1) / 255)
 
 
 def test_mes_and_its_on_synthetic_sequences():
@@ -50,12 +72,12 @@ def test_runner_skips_missing_meshes_and_resumes(tmp_path, test_guide):
     assert rows[("ball", 0)]["prompt"] == "A 3D rendering of a red ball in unreal engine."  # whitespace collapsed
     assert rows[("ghost", 0)]["status"].startswith("skipped")
     assert rows[("broken", 0)]["status"] == "error" and "no faces" in rows[("broken", 0)]["detail"]
-    record = out / "runs" / "ball" / "p00.json"
+    (record,) = (out / "runs" / "ball").glob("p00-*.json")  # named by the result's key
     saved = json.loads(record.read_text())
     assert len(saved["view_similarities"]) == 24 and [i for i, _ in saved["its_curve"]] == [0, 1]
     assert saved["mes"] == pytest.approx(100 * sum(saved["view_similarities"]) / 24)
     assert saved["its"] in (0, 1, 2000)
-    assert (out / "runs" / "ball" / "p00.ply").is_file()
+    assert record.with_suffix(".ply").is_file() and saved["key"] in record.name
     md = (out / "results.md").read_text()
     assert "| ball | 2 |" in md and "ghost" in md and "Skipped" in md
     assert "| broken | 0 | - | - | error |" in md
@@ -63,7 +85,7 @@ def test_runner_skips_missing_meshes_and_resumes(tmp_path, test_guide):
     mtime = record.stat().st_mtime_ns
 
     # Simulate an interruption after the first prompt: remove the second record and rerun.
-    (out / "runs" / "ball" / "p01.json").unlink()
+    next((out / "runs" / "ball").glob("p01-*.json")).unlink()
     second = run_benchmark(folder, out, **kwargs)
     assert second.computed == 1 and second.cached == 1 and record.stat().st_mtime_ns == mtime
     assert second.overall["mes"] == pytest.approx(first.overall["mes"], abs=1e-6)
@@ -76,6 +98,8 @@ def test_runner_skips_missing_meshes_and_resumes(tmp_path, test_guide):
 def test_discover_errors(tmp_path):
     with pytest.raises(InputError, match="prompts/"):
         discover(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        discover(tmp_path / "missing")
     folder = make_folder(tmp_path / "d")
     with pytest.raises(InputError, match="no prompt file"):
         discover(folder, ["nope"])

@@ -21,7 +21,7 @@ def run_main(argv, capsys):
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [(None, "mesh file not found"), ("v 0 0 nan\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "NaN"),
+    [(None, "does not exist"), ("v 0 0 nan\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "NaN"),
      ("garbage\n", "no faces"), ("", "empty")],
 )
 def test_bad_mesh_exits_with_one_line(tmp_path, capsys, content, fragment):
@@ -73,10 +73,13 @@ def test_tiny_stylize_writes_all_outputs(tmp_path, capsys):
                  "--resolution", "32", "--turntable", "gif", "--frames", "3", "--out", str(out), "--device", "cpu"]
     main(main_args)
     captured = capsys.readouterr()
-    names = sorted(p.name for p in out.iterdir())
+    result = out / "ball-a-red-ball"  # the result folder reserved inside --out
+    assert [p.name for p in out.iterdir()] == [result.name]
+    names = sorted(p.name for p in result.iterdir())
     assert names == ["ball.glb", "ball.glb.json", "ball.obj", "ball.ply", "ball_turntable.gif", "ball_views.png"]
-    assert "random weights" in captured.err and "final CLIP score" in captured.err
-    assert read_sidecar(out / "ball.glb")["prompt"] == "a red ball"
+    assert "random weights" in captured.err and "evaluation CLIP score" in captured.err
+    assert "ground truth:" in captured.err and "of the visible surface is red" in captured.err
+    assert read_sidecar(result / "ball.glb")["prompt"] == "a red ball"
     assert len(captured.out.strip().splitlines()) == 6
 
 

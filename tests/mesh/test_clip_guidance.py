@@ -98,3 +98,28 @@ def test_patch_embedding_speedup_is_exact(test_guide):
         a = test_guide.model.vision_model.embeddings.patch_embedding(x)
         b = reference.vision_model.embeddings.patch_embedding(x)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_perspective_fill_follows_the_background_and_white_is_unchanged(test_guide):
+    fill = (0.5, 0.4, 0.3)
+    warped = apply_augmentations(torch.zeros(1, 1, 3, 32, 32), AugmentPlan.xmesh(8, 0, 0, geoloss=False), 32,
+                                 torch.Generator().manual_seed(0), fill=fill, perspective_p=1.0)
+    outside = warped[:, 0] == 0.5  # pixels the warp filled entirely
+    assert outside.float().mean() > 0.05 and (warped == 0).all(dim=1).any()  # the content (black) is kept
+    for c, value in enumerate(fill):
+        assert torch.equal(warped[:, c][outside], torch.full_like(warped[:, c][outside], value))
+    # rim pixels blend content and fill: every pixel is t * fill for one t in [0, 1]
+    t = warped[:, 0] / 0.5
+    assert torch.allclose(warped[:, 1], 0.4 * t, atol=1e-6) and torch.allclose(warped[:, 2], 0.3 * t, atol=1e-6)
+    # the white default is bit for bit the scalar fill 1.0 of the reference
+    imgs = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    plan = AugmentPlan.xmesh()
+    a = apply_augmentations(imgs, plan, 32, torch.Generator().manual_seed(2), fill=(1.0, 1.0, 1.0))
+    b = apply_augmentations(imgs, plan, 32, torch.Generator().manual_seed(2), fill=1.0)
+    assert torch.equal(a, b)
+    text = test_guide.encode_text("a red chair")
+    la = guidance_loss(test_guide, imgs, text, plan, torch.Generator().manual_seed(3), fill=(1.0, 1.0, 1.0))
+    lb = guidance_loss(test_guide, imgs, text, plan, torch.Generator().manual_seed(3))
+    assert torch.equal(la.loss, lb.loss) and torch.equal(la.similarities, lb.similarities)
+    lc = guidance_loss(test_guide, imgs, text, plan, torch.Generator().manual_seed(3), fill=fill)
+    assert not torch.equal(lc.similarities, lb.similarities)

@@ -55,7 +55,7 @@ def test_bad_meshes_raise_one_line_input_errors(tmp_path, name, content, fragmen
 
 
 def test_missing_file_and_folder(tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="does not exist"):
         load_mesh(tmp_path / "nope.obj")
     with pytest.raises(InputError, match="folder"):
         load_mesh(tmp_path)
@@ -100,3 +100,20 @@ def test_mit30_horse_loads_with_its_counts(mit30):
     data = load_mesh(path)
     assert (data.num_vertices, data.num_faces) == (26_906, 53_808)
     assert abs(np.linalg.norm(data.vertices, axis=1).max() - 1) < 1e-6
+
+
+def test_counts_stated_twice_in_one_object_are_one_count(tmp_path):
+    """MeshLab states the counts in its header and again after the records: not a truncation.
+    Two objects that each state their counts are summed, and a cut is still found."""
+    from attncraft.mesh.io import load_mesh, mesh_file_problems
+
+    body = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\n"
+    meshlab = tmp_path / "meshlab.obj"
+    meshlab.write_text("# Vertices: 4\n# Faces: 2\n" + body + "# 4 vertices, 0 vertices normals\n# 2 faces, 0 coords texture\n")
+    assert mesh_file_problems(meshlab, 4, 2) == [] and load_mesh(meshlab).num_faces == 2
+    two = tmp_path / "two.obj"
+    second = body.replace("f 1 2 3", "f 5 6 7").replace("f 1 2 4", "f 5 6 8")
+    two.write_text("o a\n# 4 vertices\n# 2 faces\n" + body + "o b\n# 4 vertices\n# 2 faces\n" + second)
+    assert mesh_file_problems(two, 8, 4) == []
+    (tmp_path / "cut.obj").write_text(two.read_text().rsplit("f ", 1)[0])
+    assert any("declares 4 faces but holds 3" in p for p in mesh_file_problems(tmp_path / "cut.obj", 8, 3))

@@ -135,6 +135,10 @@ def test_unet_probe_recorded(trained):
     _, info = trained
     probe = info["unet"]["heldout_v_loss"]
     assert set(probe) == {"true", "shuffled", "empty"} and all(np.isfinite(list(probe.values())))
+    flip = info["unet"]["heldout_relation_flip_v_loss"]
+    assert set(flip) == {f"{a}_{k}" for a in ("vertical", "horizontal") for k in ("true", "flipped", "ratio")}
+    assert all(np.isfinite(list(flip.values())))
+    assert flip["vertical_ratio"] == pytest.approx(flip["vertical_flipped"] / flip["vertical_true"])
 
 
 def test_cli_evaluate_clip(trained, tmp_path):
@@ -319,3 +323,99 @@ def test_learning_rate_override_from_the_command_line():
     cfg = get_configs("full").vae
     assert common.apply_overrides(cfg, common.RunArgs(lr=ns.lr)).lr == 3e-4
     assert common.apply_overrides(cfg, common.RunArgs()).lr == cfg.lr
+
+
+# ------------------------------------------------------------------ relation-heavy fine-tune path
+def test_scene_chunks_relation_share():
+    from attncraft.shapes.captions import parse_caption
+    from attncraft.shapes.training.data import SceneChunks
+
+    for share, expect in ((1.0, True), (0.0, False)):
+        chunk = SceneChunks(24, caption_omits=(0.0, 0.3), keep_text=True, relation=share).chunk(0)
+        for scene, caps in zip(chunk.scenes, chunk.captions):
+            if len(scene.objects) > 1:
+                assert all(bool(parse_caption(c).relations) == expect for c in caps), caps
+    assert SceneChunks(8).relation_share == 0.4  # the grammar's default
+
+
+def test_finetune_config_is_full_with_the_warm_start_settings():
+    from dataclasses import asdict
+
+    from attncraft.shapes.training.configs import FINETUNE_UNET, get_configs
+
+    full, fine = get_configs("full"), get_configs("finetune")
+    changed = {k for k, v in asdict(fine.unet).items() if asdict(full.unet)[k] != v}
+    assert changed == set(FINETUNE_UNET) and fine.unet.caption_relation > 0.4
+    assert fine.eval == full.eval and fine.clip == full.clip and fine.vae == full.vae
+
+
+def test_relation_heavy_warm_start_trains_and_records_its_captions(trained, tmp_path):
+    from dataclasses import replace
+
+    from diffusers import UNet2DConditionModel
+
+    from attncraft.shapes.training.configs import get_configs
+    from attncraft.shapes.training.unet import train_unet
+
+    root, _ = trained
+    cfg = replace(get_configs("smoke").unet, caption_relation=0.9, caption_vertical=0.75, high_noise_share=0.5)
+    info = train_unet(_run_args(tmp_path / "sd", init_dir=str(root / "shapes-sd"), max_steps=4,
+                                clip_dir=str(root / "shapes-clip"), vae_dir=str(root / "shapes-vae")), cfg, quiet=True)
+    assert info["steps"] == 4 and all(np.isfinite(info["loss_history"]))
+    log = json.loads((tmp_path / "sd" / "training_log.json").read_text())
+    assert log["captions"] == {"omits": list(cfg.caption_omits), "relation_share": 0.9, "vertical_share": 0.75}
+    assert log["high_noise_share"] == 0.5
+    assert log["initialised_from"]["folder"] == str(root / "shapes-sd" / "unet")
+    a = UNet2DConditionModel.from_pretrained(str(root / "shapes-sd" / "unet")).state_dict()
+    b = UNet2DConditionModel.from_pretrained(str(tmp_path / "sd" / "unet")).state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_evaluate_relations(trained, tmp_path):
+    from attncraft.shapes.training.__main__ import main
+    from attncraft.shapes.training.evaluate import RELATION_EVAL_WORDS
+
+    root, _ = trained
+    folder = root / "shapes-sd"
+    before = {p.name: p.read_bytes() for p in folder.rglob("*.json")}
+    assert main(["evaluate", "--what", "relations", "--config", "smoke", "--sd", str(folder), "--relation-prompts",
+                 "1", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    res = json.loads((tmp_path / "shapes_eval_relations.json").read_text())["relations"]
+    assert list(res["words"]) == list(RELATION_EVAL_WORDS) and res["prompts_per_word"] == 1
+    for row in res["words"].values():
+        assert row["n"] == 1 and row["relation"] + row["reversed"] + row["neither"] == pytest.approx(1.0)
+    assert "relations, word by word" in (tmp_path / "shapes_eval_relations.md").read_text()
+    assert np.isfinite(res["flip_probe"]["vertical_ratio"]) and np.isfinite(res["flip_probe"]["horizontal_ratio"])
+    assert {p.name: p.read_bytes() for p in folder.rglob("*.json")} == before  # the folder is left alone
+
+
+def test_clip_mesh_fine_tune_from_a_trained_clip(trained, tmp_path):
+    """--init + --mesh-fraction: the smoke CLIP fine-tuned on half mesh renders; the mesh tables are written."""
+    from attncraft.shapes.training.clip import train_clip
+    from attncraft.shapes.training.evaluate import eval_clip_mesh
+    from attncraft.shapes.training.configs import get_configs
+
+    from dataclasses import replace
+
+    from transformers import CLIPModel
+
+    root, _ = trained
+    cfg = replace(get_configs("smoke").clip, train_vision_from=1)  # the smoke vision tower has one layer
+    info = train_clip(_run_args(tmp_path / "clip-mesh", init_dir=str(root / "shapes-clip"), mesh_fraction=0.5,
+                                max_steps=6), cfg, quiet=True)
+    assert info["steps"] == 6 and info["mesh_fraction"] == 0.5 and info["mesh_pool"]["meshes_added"] > 0
+    log = json.loads((tmp_path / "clip-mesh" / "training_log.json").read_text())
+    assert log["initialised_from"]["folder"] == str(root / "shapes-clip") and log["frozen_vision"]["unchanged"]
+    # the frozen trunk's states (what RealCustom reads: layer -2) are those of the CLIP it started from
+    old, new = (CLIPModel.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
+                for d in (root / "shapes-clip", tmp_path / "clip-mesh"))
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        a, b = (m.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2] for m in (old, new))
+    assert torch.equal(a, b)
+    assert not torch.equal(old.visual_projection.weight, new.visual_projection.weight)
+    ecfg = get_configs("smoke").eval
+    ecfg.mesh_scenes = 12
+    res = eval_clip_mesh(tmp_path / "clip-mesh", ecfg, torch.device("cpu"))
+    assert set(res["conditions"]) == {"render", "train", "xmesh"}
+    assert set(res["conditions"]["train"]["accuracy"]) == {"color", "shape", "pattern", "joint"}

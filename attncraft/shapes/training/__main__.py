@@ -1,4 +1,4 @@
-"""``python -m attncraft.shapes.training {clip,vae,unet,evaluate} ...`` (see ``--help``)."""
+"""``python -m attncraft.shapes.training {clip,vae,unet,motion,ctgm,evaluate,realcustom,realcustom-eval} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import sys  # noqa: E402
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
                                 description="Train / evaluate the Shapes models.")
-    p.add_argument("stage", choices=["clip", "vae", "unet", "evaluate"])
-    p.add_argument("--config", choices=["smoke", "full"], default="smoke")
+    p.add_argument("stage", choices=["clip", "vae", "unet", "motion", "ctgm", "evaluate", "realcustom", "realcustom-eval"])
+    p.add_argument("--config", choices=["smoke", "cpu", "full", "finetune", "full-mesh"], default="smoke",
+                   help="smoke (seconds), full (one GPU); realcustom also has cpu (an hour on a CPU); unet also has "
+                        "finetune (full, with the UNet settings of a warm start, --init); clip also has full-mesh "
+                        "(the mesh-reading fine-tune, one GPU)")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -25,13 +28,31 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", dest="clip_dir", default=None,
                    help="shapes CLIP folder (default assets/models/shapes-clip)")
     p.add_argument("--vae", dest="vae_dir", default=None, help="VAE folder (default assets/models/shapes-vae)")
-    p.add_argument("--sd", dest="sd_dir", default=None, help="shapes SD folder (default assets/models/shapes-sd)")
-    p.add_argument("--what", choices=["clip", "sd", "all"], default="all", help="evaluate: which model(s)")
-    p.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (off by default)")
+    p.add_argument("--sd", dest="sd_dir", default=None,
+                   help="shapes SD folder (default assets/models/shapes-sd); motion: the frozen base")
+    p.add_argument("--adapter", dest="adapter_dir", default=None,
+                   help="evaluate --what motion / ctgm: the (frozen) motion adapter folder (default "
+                        "assets/models/shapes-motion); realcustom-eval: the RealCustom checkpoint (default "
+                        "assets/models/shapes-realcustom)")
+    p.add_argument("--mode", dest="ctgm_mode", default=None, help="ctgm: CTGM mode (default: the config's, tii+tar)")
+    p.add_argument("--sites", dest="ctgm_sites", default=None, choices=["all", "part"],
+                   help="ctgm: every cross-attention site or the reference's part_module set (default: part)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="evaluate --what motion: at most N prompts per set (e.g. a CPU check of the full settings)")
+    p.add_argument("--what", choices=["clip", "sd", "all", "motion", "relations"], default="all",
+                   help="evaluate: which model(s); all = clip + sd; relations: only shapes SD's per-relation-word "
+                        "figures, at the folder's own default sampler (nothing is written into the folder)")
+    p.add_argument("--relation-prompts", type=int, default=None,
+                   help="evaluate: prompts per relation word (default: the config's, 200 in full)")
+    p.add_argument("--compile", action="store_true", help="unet/motion: torch.compile the (motion) UNet (off by default)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
     p.add_argument("--init", dest="init_dir", default=None,
-                   help="vae/unet: start from these weights instead of a fresh initialisation (a VAE or UNet "
-                        "folder, or a shapes SD folder, whose vae/ or unet/ is used)")
+                   help="clip/vae/unet/motion/ctgm: start from these weights instead of a fresh initialisation (a "
+                        "CLIP, VAE, UNet or MotionAdapter folder, or a shapes SD folder, whose vae/ or unet/ is used; ctgm: a "
+                        "CTGM .safetensors file)")
+    p.add_argument("--subjects", type=int, default=200, help="realcustom-eval: held-out subjects per row")
+    p.add_argument("--mesh-fraction", type=float, default=None,
+                   help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     return p.parse_args(argv)
 
 
@@ -47,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     from attncraft.shapes.training import common
 
-    common.PROCESS_T0 = _T0 if argv is None else time.time()
+    common.PROCESS_T0 = _T0 if argv is None else None  # in-process calls: each budget from its own start
     args = common.RunArgs(
         config=ns.config, out=ns.out, minutes=ns.minutes, device=ns.device, seed=ns.seed, max_steps=ns.max_steps,
-        workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, what=ns.what,
-        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, adapter_dir=ns.adapter_dir,
+        prompts=ns.prompts, ctgm_mode=ns.ctgm_mode, ctgm_sites=ns.ctgm_sites, what=ns.what,
+        compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
+        mesh_fraction=ns.mesh_fraction, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":
         from attncraft.shapes.training.clip import train_clip
@@ -65,6 +88,22 @@ def main(argv: list[str] | None = None) -> int:
         from attncraft.shapes.training.unet import train_unet
 
         train_unet(args)
+    elif ns.stage == "motion":
+        from attncraft.shapes.training.motion import train_motion
+
+        train_motion(args)
+    elif ns.stage == "realcustom":
+        from attncraft.shapes.training.realcustom import train_realcustom
+
+        train_realcustom(args)
+    elif ns.stage == "realcustom-eval":
+        from attncraft.shapes.training.realcustom import evaluate_realcustom
+
+        evaluate_realcustom(args, n=ns.subjects)
+    elif ns.stage == "ctgm":
+        from attncraft.shapes.training.ctgm import train_ctgm
+
+        train_ctgm(args)
     else:
         from attncraft.shapes.training.evaluate import evaluate
 

@@ -4,6 +4,12 @@ Symmetric InfoNCE (CLIP's loss) with a learnable temperature, on batches drawn f
 pool of rendered scenes, each with 4 captions of varying detail (``caption_scene(..., omit=...)``
 drops size / pattern / position / background with probability 0, 0.3, 0.6, 0.9), refreshed from a
 stream of fresh scenes throughout training. Pixels are in [-1, 1] (mean 0.5, std 0.5).
+
+With ``mesh_fraction`` > 0 (``--mesh-fraction``) that share of every batch comes from a second
+pool: renders of painted procedural meshes (:mod:`attncraft.shapes.training.mesh_data`) with their
+captions, so that the CLIP reads 3-D renders (X-Mesh's guidance) as well as the 2-D world. ``--init``
+starts from a trained CLIP folder (a fine-tune) instead of a fresh initialisation; ``train_vision_from``
+keeps the vision trunk below that layer frozen (the features other trained parts read stay put).
 """
 
 from __future__ import annotations
@@ -44,6 +50,37 @@ def build_clip_model(cfg: ClipTrain, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIPModel(config)
+
+
+def load_init_model(folder: str):
+    """A trained CLIP folder to fine-tune (fp32 weights, training mode)."""
+    from transformers import CLIPModel
+
+    path = common.init_folder(folder, "clip")
+    return CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+
+
+def freeze_vision_trunk(model, train_from: int | None) -> dict[str, torch.Tensor]:
+    """Freeze the patch embedding, the pre-norm and vision layers ``< train_from``; returns copies of
+    their weights (to check after training that they did not move)."""
+    if train_from is None:
+        return {}
+    vision = model.vision_model
+    layers = vision.encoder.layers
+    if not 0 < train_from <= len(layers):
+        raise ValueError(f"train_vision_from={train_from}: the vision tower has {len(layers)} layers")
+    frozen: dict[str, torch.Tensor] = {}
+    for prefix, module in (("embeddings", vision.embeddings), ("pre_layrnorm", vision.pre_layrnorm),
+                           *((f"encoder.layers.{i}", layers[i]) for i in range(train_from))):
+        module.requires_grad_(False)
+        frozen.update({f"{prefix}.{k}": v.detach().clone() for k, v in module.state_dict().items()})
+    return frozen
+
+
+def frozen_unchanged(model, frozen: dict[str, torch.Tensor]) -> bool:
+    """Whether the frozen vision weights are bit for bit what they were before training."""
+    state = model.vision_model.state_dict()
+    return all(torch.equal(state[k].to(v.device, v.dtype), v) for k, v in frozen.items())
 
 
 def clip_features(model, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None):
@@ -93,18 +130,37 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     cfg = common.apply_overrides(cfg or get_configs(args.config).clip, args)
     out, device, budget, max_steps, workers, say = common.start_stage("clip", args, cfg, quiet).unpack()
 
+    mesh_fraction = cfg.mesh_fraction if args.mesh_fraction is None else args.mesh_fraction
+    n_mesh = int(round(cfg.batch * mesh_fraction))
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits), workers=workers)
-    model = build_clip_model(cfg, args.seed).to(device).train()
+    model = load_init_model(args.init_dir) if args.init_dir else build_clip_model(cfg, args.seed)
+    model = model.to(device).train()
+    frozen = freeze_vision_trunk(model, cfg.train_vision_from)
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"CLIPModel {n_params / 1e6:.3f} M params on {device}; budget {args.minutes} min")
+    say(f"CLIPModel {n_params / 1e6:.3f} M params on {device}; budget {args.minutes} min"
+        + (f"; from {args.init_dir}" if args.init_dir else "") + (f"; {n_mesh} mesh renders per batch" if n_mesh else ""))
 
     n_caps = len(cfg.caption_omits)
-    pool = DevicePool(cfg.pool, {"images": ((3, 64, 64), torch.uint8), "tokens": ((n_caps, 77), torch.int32)}, device)
+    specs = {"images": ((3, 64, 64), torch.uint8), "tokens": ((n_caps, 77), torch.int32)}
+    pool = DevicePool(cfg.pool, specs, device)
 
     def encode(chunk):
         return {"images": render_uint8(chunk.scenes, device), "tokens": torch.from_numpy(chunk.tokens)}
 
     fill_pool(pool, stream, encode, limit_s=cfg.pool_fill_limit_s, log=say)
+    mesh_pool = mesh_stream = mesh_encode = None
+    if n_mesh:
+        from attncraft.shapes.training.mesh_data import MeshChunks, render_mesh_uint8
+
+        mesh_stream = ChunkStream(MeshChunks(cfg.chunk, caption_omits=cfg.caption_omits),
+                                  workers=min(workers, cfg.mesh_workers))
+        mesh_pool = DevicePool(cfg.mesh_pool, specs, device)
+        warp_gen = torch.Generator().manual_seed(args.seed)
+
+        def mesh_encode(chunk):
+            return {"images": render_mesh_uint8(chunk.scenes, device, warp_gen), "tokens": torch.from_numpy(chunk.tokens)}
+
+        fill_pool(mesh_pool, mesh_stream, mesh_encode, limit_s=cfg.pool_fill_limit_s, log=say)
 
     opt = common.adamw(_param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
     log = common.LossLog("clip", every_s=cfg.log_every_s, quiet=quiet)
@@ -112,10 +168,16 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
-        idx = pool.sample_index(cfg.batch)
+        idx = pool.sample_index(cfg.batch - n_mesh)
         cap = torch.randint(0, n_caps, (cfg.batch,), device=device)
-        pixels = to_unit(pool.data["images"][idx])
-        ids = pool.data["tokens"][idx, cap].long()
+        images, tokens = pool.data["images"][idx], pool.data["tokens"][idx]
+        if n_mesh:
+            maybe_refresh(step, cfg.mesh_refresh_every, mesh_pool, mesh_stream, mesh_encode)
+            midx = mesh_pool.sample_index(n_mesh)
+            images = torch.cat([images, mesh_pool.data["images"][midx]])
+            tokens = torch.cat([tokens, mesh_pool.data["tokens"][midx]])
+        pixels = to_unit(images)
+        ids = tokens[torch.arange(cfg.batch, device=device), cap].long()
         with common.autocast(device):
             img, txt = clip_features(model, pixels, ids)
         scale = model.logit_scale.float().clamp(max=4.6052).exp()
@@ -132,6 +194,8 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
     train_s = steps.finish(log)
     step = steps.done
     stream.close()
+    if mesh_stream is not None:
+        mesh_stream.close()
 
     # save fp16 safetensors in the standard transformers layout
     model.eval()
@@ -144,6 +208,11 @@ def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool =
         "params": n_params,
         **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
+        **({"mesh_fraction": n_mesh / cfg.batch, "mesh_pool": {"capacity": cfg.mesh_pool, "meshes_added": mesh_pool.added}}
+           if n_mesh else {}),
+        **({"initialised_from": common.init_provenance(args.init_dir, "clip")} if args.init_dir else {}),
+        **({"frozen_vision": {"layers_trained_from": cfg.train_vision_from, "unchanged": frozen_unchanged(model, frozen)}}
+           if frozen else {}),
         "logit_scale": float(model.logit_scale.detach().float().exp()),
         "folder_bytes": common.folder_size(out),
         **common.summarize_losses(log.history),

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-#: Wall-clock time at which the process started (set by ``__main__`` before the heavy imports).
-PROCESS_T0: float = time.time()
+#: Wall-clock time at which the command started (set by ``__main__`` before the heavy imports, so a
+#: command's budget includes them). None when the trainers are called in-process (tests, scripts):
+#: each budget then counts from its own start, not from whenever this module was first imported.
+PROCESS_T0: float | None = None
 
 
 @dataclass
@@ -32,11 +34,17 @@ class RunArgs:
     workers: int | None = None  # scene-generation worker processes (None: the config's value)
     clip_dir: str | None = None  # unet/evaluate: the trained shapes CLIP folder
     vae_dir: str | None = None  # unet: the trained VAE folder
-    sd_dir: str | None = None  # evaluate: the shapes SD folder
-    what: str = "all"  # evaluate: clip | sd | all
+    sd_dir: str | None = None  # evaluate / motion / ctgm: the shapes SD folder
+    adapter_dir: str | None = None  # evaluate --what motion / ctgm: the motion adapter; realcustom-eval: the checkpoint
+    prompts: int | None = None  # evaluate --what motion: at most this many prompts per set (a small check)
+    ctgm_mode: str | None = None  # ctgm: the CTGM mode (None: the config's)
+    ctgm_sites: str | None = None  # ctgm: "all" or "part" (None: the config's)
+    what: str = "all"  # evaluate: clip | sd | all | motion | relations
+    relation_prompts: int | None = None  # evaluate: prompts per relation word (None: the config's)
     compile: bool = False
     init_dir: str | None = None  # vae/unet: warm start from these weights
     lr: float | None = None  # peak learning rate (None: the config's)
+    mesh_fraction: float | None = None  # clip: share of mesh renders per batch (None: the config's)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -44,7 +52,7 @@ class Budget:
     """The command's wall-clock budget: training stops ``reserve_s`` before the end, to save."""
 
     def __init__(self, minutes: float, reserve_s: float, t0: float | None = None):
-        self.t0 = PROCESS_T0 if t0 is None else t0
+        self.t0 = t0 if t0 is not None else PROCESS_T0 if PROCESS_T0 is not None else time.time()
         self.end = self.t0 + 60.0 * minutes
         self.reserve_s = reserve_s
         self.train_t0 = time.time()
@@ -211,6 +219,18 @@ class TrainingSteps:
         return time.time() - self.budget.train_t0
 
 
+def descend(optimizer, loss: torch.Tensor, params, grad_clip: float | None, ema: PowerEMA | None = None) -> None:
+    """One optimiser step on ``loss``: clear the gradients, back-propagate, clip their norm at
+    ``grad_clip`` (None: no clipping), step, and update ``ema``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update()
+
+
 def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str, Any]:
     """Steps, examples and speed of a finished run, as recorded in ``training_log.json``."""
     return {
@@ -221,6 +241,47 @@ def run_stats(step: int, batch: int, train_s: float, budget: Budget) -> dict[str
         "wall_seconds": round(budget.elapsed(), 1),
         "steps_per_second": round(step / max(train_s, 1e-9), 2),
     }
+
+
+def v_targets(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor):
+    """Noisy input, v-prediction target and SNR of clean latents ``z0`` (any shape, batch first) at
+    timesteps ``t``: ``x_t = sqrt(a) z0 + sqrt(1 - a) eps``, ``v = sqrt(a) eps - sqrt(1 - a) z0``."""
+    a_bar = alphas_cumprod[t]
+    shape = (-1,) + (1,) * (z0.ndim - 1)
+    sa, sb = a_bar.sqrt().view(shape), (1.0 - a_bar).sqrt().view(shape)
+    return sa * z0 + sb * noise, sa * noise - sb * z0, a_bar / (1.0 - a_bar)
+
+
+def min_snr_v_weight(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Loss weight of a v-MSE: the x0-MSE weight ``snr + 1`` clipped at ``gamma``, i.e.
+    ``min(snr + 1, gamma) / (snr + 1)`` (full weight on the high-noise steps)."""
+    return torch.clamp(snr + 1.0, max=gamma) / (snr + 1.0)
+
+
+class CompiledOrEager:
+    """``model`` under ``torch.compile`` when asked; if compiling fails on the first call, the run
+    goes on eagerly (a compiler failure must not cost a GPU run). :attr:`compiled` says which ran."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool, say=print):
+        self.model = model
+        self.fn = torch.compile(model) if compile else model
+        self.say = say
+        self.calls = 0
+
+    @property
+    def compiled(self) -> bool:
+        return self.fn is not self.model
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        self.calls += 1
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as exc:
+            if not self.compiled or self.calls > 1:
+                raise
+            self.say(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+            self.fn = self.model
+            return self.fn(*args, **kwargs)
 
 
 def autocast(device: torch.device):

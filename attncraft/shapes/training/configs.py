@@ -1,4 +1,6 @@
-"""Training configurations: ``full`` (one H200, minutes) and ``smoke`` (CPU, seconds, used by tests).
+"""Training configurations: ``full`` (one H200, minutes), ``finetune`` (``full`` with the UNet
+settings of a warm start), ``full-mesh`` (the mesh-reading CLIP fine-tune, one H200) and ``smoke``
+(CPU, seconds, used by tests).
 
 The full configurations use the shipped architectures of :mod:`attncraft.shapes.models`; the smoke
 ones shrink the widths (same classes, same code paths) so that each stage runs in a few seconds on
@@ -26,6 +28,13 @@ class ClipTrain:
     caption_omits: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
     reserve_s: float = 15.0  # kept at the end of the budget for saving
     pool_fill_limit_s: float = 40.0
+    # share of each batch drawn from renders of painted procedural meshes (0 = the 2-D world only)
+    mesh_fraction: float = 0.0
+    mesh_pool: int = 65536
+    mesh_refresh_every: int = 4
+    mesh_workers: int = 4
+    # vision layers before this index (and the patch embedding) stay frozen (None: all trained)
+    train_vision_from: int | None = None
     # architecture overrides (None: the shipped architecture)
     text_overrides: dict[str, Any] | None = None
     vision_overrides: dict[str, Any] | None = None
@@ -73,6 +82,9 @@ class UnetTrain:
     refresh_every: int = 16
     workers: int = 10
     caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
+    caption_relation: float | None = None  # share of relation captions of multi-object scenes (None: grammar's 0.4)
+    caption_vertical: float = 0.5  # share of vertical relations for objects on a diagonal (either would hold)
+    high_noise_share: float = 0.0  # share of each batch whose timestep comes from the upper half (t >= 500)
     reserve_s: float = 20.0
     pool_fill_limit_s: float = 45.0
     probe_examples: int = 2048
@@ -82,17 +94,92 @@ class UnetTrain:
 
 
 @dataclass
+class MotionTrain:
+    """The shapes motion adapter (see :mod:`attncraft.shapes.training.motion` for the reasons)."""
+
+    batch: int = 48  # clips of `frames` frames per step; long steps take batch * frames // long_frames clips
+    frames: int = 16
+    long_frames: int = 32
+    long_fraction: float = 0.2  # share of steps on long clips (the adapter's positions 16..31)
+    lr: float = 1e-3
+    warmup: int = 200
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_gamma: float = 6.94
+    num_objects: tuple[int, int] = (1, 2)
+    caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
+    image_size: int = 64
+    pool: int = 24576  # clips of `long_frames` frames, as VAE latents
+    chunk: int = 512
+    refresh_every: int = 40
+    workers: int = 4
+    reserve_s: float = 15.0
+    pool_fill_limit_s: float | None = 40.0
+    probe_examples: int = 512
+    heads: int = 4
+    overrides: dict[str, Any] | None = None  # MotionAdapter kwargs over the ones derived from the UNet
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
+class CtgmTrain:
+    """CTGM on the Shapes motion model (see :mod:`attncraft.shapes.training.ctgm` for the reasons)."""
+
+    mode: str = "tii+tar"
+    sites: str = "part"
+    batch: int = 32  # clips of `frames` frames per step
+    frames: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_gamma: float = 6.94
+    num_objects: tuple[int, int] = (1, 2)
+    caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
+    image_size: int = 64
+    pool: int = 8192  # clips, as VAE latents
+    chunk: int = 256
+    refresh_every: int = 20
+    workers: int = 4
+    reserve_s: float = 15.0
+    pool_fill_limit_s: float | None = 30.0
+    probe_examples: int = 256
+    max_steps: int | None = None
+    log_every_s: float = 15.0
+
+
+@dataclass
 class EvalConfig:
     clip_scenes: int = 1000  # held-out single-object scenes for zero-shot CLIP
+    mesh_scenes: int = 1000  # held-out painted meshes for the mesh zero-shot table of the CLIP
     sd_one: int = 500  # one-object prompts
     sd_two: int = 500  # two-object prompts
     sweep_prompts: int = 128  # prompts per (scheduler, guidance) in the default-sampler sweep
     sweep_schedulers: tuple[str, ...] = ("DPMSolverMultistepScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
     sweep_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
     steps: int = 25
+    relation_prompts: int = 200  # prompts per relation word (7 words)
+    relation_probe: int = 700  # held-out captions of the relation flip probe (0: none)
     gen_batch: int = 256
     score_workers: int = 12
     save_grid: bool = True
+    # shapes motion (``--what motion``)
+    motion_one: int = 256  # held-out one-object, one-motion prompts (the targets)
+    motion_seq: int = 256  # held-out one-object, two-motion prompts ("moves right, then turns blue")
+    motion_sweep_prompts: int = 64  # per guidance scale, on a separate prompt set; the best becomes the default
+    motion_sweep_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
+    motion_baseline: int = 64  # the same prompts without motion modules (the image model per frame)
+    motion_frames: int = 16
+    motion_batch: int = 64
 
 
 SMOKE_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32)
@@ -106,24 +193,60 @@ class StageConfigs:
     clip: ClipTrain = field(default_factory=ClipTrain)
     vae: VaeTrain = field(default_factory=VaeTrain)
     unet: UnetTrain = field(default_factory=UnetTrain)
+    motion: MotionTrain = field(default_factory=MotionTrain)
+    ctgm: CtgmTrain = field(default_factory=CtgmTrain)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+FINETUNE_UNET = dict(warmup=200, caption_relation=0.8, caption_vertical=0.75, high_noise_share=0.5,
+                     pool_fill_limit_s=20.0, refresh_every=8)
+"""``finetune``: the full UNet configuration for a warm start from a trained shapes SD (``--init``)
+that must learn the direction of vertical relations, which the shipped UNet ignores:
+
+* four captions in five of a multi-object scene place its objects by a relation (grammar default:
+  two in five), and objects on a diagonal get the vertical relation three times in four (default:
+  one in two): vertical relations go from 13 % to 33 % of the captions;
+* half of each batch draws its timestep from the upper half of the schedule (t >= 500), where the
+  layout (which object goes where) is decided; the other half stays uniform;
+* the peak learning rate of the original run (5e-4: a skill the weights lack, not a polish; the
+  cosine decay to 10 % and the EMA bring it back down), a short warm-up, a quicker first pool fill."""
+
+
+MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
+                      mesh_refresh_every=6, pool_fill_limit_s=25.0, train_vision_from=5)
+"""``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders; the
+patch embedding and the first 5 of 6 vision layers stay frozen, so the penultimate layer's states (the
+image features RealCustom's trained parts read) are unchanged bit for bit."""
 
 
 def get_configs(name: str) -> StageConfigs:
     if name == "full":
         return StageConfigs()
+    if name == "finetune":
+        return StageConfigs(unet=UnetTrain(**FINETUNE_UNET))
+    if name == "full-mesh":
+        return StageConfigs(clip=ClipTrain(**MESH_FINE_TUNE))
     if name == "smoke":
         return StageConfigs(
             clip=ClipTrain(batch=32, lr=3e-3, warmup=5, pool=512, chunk=128, refresh_every=8, workers=0,
                            reserve_s=0.0, text_overrides=dict(SMOKE_TEXT), vision_overrides=dict(SMOKE_VISION),
-                           max_steps=40, log_every_s=1e9, weight_decay=0.0),
+                           max_steps=40, log_every_s=1e9, weight_decay=0.0, mesh_pool=128, mesh_refresh_every=16),
             vae=VaeTrain(batch=4, lr=3e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
                          scale_samples=64, overrides=dict(SMOKE_VAE), max_steps=30, log_every_s=1e9, reader_scenes=8),
             unet=UnetTrain(batch=8, lr=2e-3, warmup=5, pool=256, chunk=64, refresh_every=8, workers=0, reserve_s=0.0,
                            probe_examples=32,
                            overrides=dict(SMOKE_UNET), max_steps=30, log_every_s=1e9),
-            eval=EvalConfig(clip_scenes=32, sd_one=4, sd_two=4, sweep_prompts=2,
+            motion=MotionTrain(batch=2, frames=8, long_frames=12, long_fraction=0.25, lr=3e-3, warmup=3,
+                               image_size=32, pool=16, chunk=8, refresh_every=6, workers=0, reserve_s=0.0,
+                               pool_fill_limit_s=None, probe_examples=4, heads=2, max_steps=12, log_every_s=1e9),
+            ctgm=CtgmTrain(batch=2, frames=3, lr=3e-3, warmup=3, image_size=32, pool=8, chunk=8, refresh_every=6,
+                           workers=0, reserve_s=0.0, pool_fill_limit_s=None, probe_examples=2, max_steps=8,
+                           log_every_s=1e9),
+            eval=EvalConfig(clip_scenes=32, mesh_scenes=24, sd_one=4, sd_two=4, sweep_prompts=2, relation_prompts=2,
+                            relation_probe=14,
                             sweep_schedulers=("DPMSolverMultistepScheduler", "DDIMScheduler"), sweep_guidance=(5.0,),
-                            steps=2, gen_batch=8, score_workers=0, save_grid=False),
+                            steps=2, gen_batch=8, score_workers=0, save_grid=False,
+                            motion_one=2, motion_seq=2, motion_sweep_prompts=1, motion_sweep_guidance=(3.0,),
+                            motion_baseline=1, motion_frames=8, motion_batch=2),
         )
-    raise ValueError(f"unknown config {name!r} (smoke or full)")
+    raise ValueError(f"unknown config {name!r} (smoke, full, finetune or full-mesh)")

@@ -54,7 +54,8 @@ def _worker_init(_: int) -> None:
 
 
 class SceneChunks(IterableDataset):
-    """An endless, seeded stream of :class:`Chunk` (scenes + tokenised captions)."""
+    """An endless, seeded stream of :class:`Chunk` (scenes + tokenised captions; with ``motion``,
+    moving scenes captioned with their motion clauses)."""
 
     def __init__(
         self,
@@ -64,6 +65,9 @@ class SceneChunks(IterableDataset):
         patterns: bool = True,
         seed_base: int = TRAIN_SEED_BASE,
         keep_text: bool = False,
+        motion: bool = False,
+        relation: float | None = None,
+        vertical: float = 0.5,
     ):
         super().__init__()
         self.chunk_size = chunk_size
@@ -72,18 +76,30 @@ class SceneChunks(IterableDataset):
         self.patterns = patterns
         self.seed_base = seed_base
         self.keep_text = keep_text
+        self.motion = motion
+        self.relation = relation  # share of relation captions of multi-object scenes (None: the grammar's)
+        self.vertical = vertical  # share of vertical relations where a horizontal one holds too
+
+    @property
+    def relation_share(self) -> float:
+        """Probability that a caption of a still multi-object scene states a relation."""
+        from attncraft.shapes.captions import RELATION_SHARE
+
+        return RELATION_SHARE if self.relation is None else self.relation
 
     def chunk(self, k: int) -> Chunk:
         from attncraft.shapes.captions import caption_scene
 
         scenes = sample_scenes(self.chunk_size, seed=self.seed_base + k, num_objects=self.num_objects,
-                               patterns=self.patterns)
+                               patterns=self.patterns, motion=self.motion)
         if not self.caption_omits:
             return Chunk(k, scenes, None)
         n_c = len(self.caption_omits)
         base = (self.seed_base + k) * self.chunk_size * n_c
+        rel = self.relation_share
         caps = [
-            [caption_scene(s, seed=base + i * n_c + c, omit=omit) for c, omit in enumerate(self.caption_omits)]
+            [caption_scene(s, seed=base + i * n_c + c, omit=omit, relation=rel, vertical=self.vertical)
+             for c, omit in enumerate(self.caption_omits)]
             for i, s in enumerate(scenes)
         ]
         tokens = tokenize_fast([c for row in caps for c in row]).reshape(len(scenes), n_c, MAX_LENGTH)
@@ -347,3 +363,19 @@ def maybe_refresh(step: int, every: int, pool: DevicePool, stream: ChunkStream,
     if step == 0 or step % every:
         return False
     return refresh_pool(pool, stream, encode)
+
+
+def captioned_batch(pool: DevicePool, batch: int, text_encoder, empty: torch.Tensor, dropout: float,
+                    autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch from ``pool`` (``latents`` and ``tokens`` of several captions per example): the
+    latents (float32) and the text states of one random caption each, replaced by ``empty`` (the
+    empty prompt's states, ``(1, T, D)``) with probability ``dropout`` (for classifier-free guidance)."""
+    device = pool.device
+    idx = pool.sample_index(batch)
+    cap = torch.randint(0, pool.data["tokens"].shape[1], (batch,), device=device)
+    z0 = pool.data["latents"][idx].float()
+    ids = pool.data["tokens"][idx, cap].long()
+    with torch.no_grad(), autocast:
+        cond = text_encoder(ids).last_hidden_state.float()
+    drop = torch.rand(batch, device=device) < dropout
+    return z0, torch.where(drop[:, None, None], empty.expand(batch, -1, -1), cond)

@@ -18,6 +18,10 @@ Choices, and why (the budget is ~6 minutes on one H200):
   *wall-clock* budget down to 10 %), grad-clip 1, bf16 autocast, TF32.
 * **Power-function EMA** (EDM2, sigma_rel ~0.1) of the UNet weights, which are the ones saved: its
   window scales with the run, whatever the steps/s turns out to be.
+* **Warm starts** (``--init``; config ``finetune``, see :data:`~attncraft.shapes.training.configs.FINETUNE_UNET`)
+  change the data and the timesteps, never the objective: more relation captions (vertical ones
+  above all) and half of each batch at t >= 500, for a UNet that must learn which object of a
+  vertical relation goes on top. :func:`relation_flip_probe` measures whether it did.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from attncraft.shapes.training.data import (
     ChunkStream,
     DevicePool,
     SceneChunks,
+    captioned_batch,
     fill_pool,
     maybe_refresh,
     render_uint8,
@@ -149,6 +154,27 @@ PROBE_SEED_BASE = 5_000_000
 """Held-out scenes of the conditioning probe (disjoint from training and evaluation seeds)."""
 
 
+def _noised(z0: torch.Tensor, alphas_cumprod: torch.Tensor, t_range: tuple[int, int], seed: int):
+    """Held-out noisy latents, timesteps and v targets (seeded, so every caption variant sees the same)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(z0.shape, generator=g).to(z0.device)
+    t = torch.randint(*t_range, (z0.shape[0],), generator=g).to(z0.device)
+    a_bar = alphas_cumprod[t]
+    sa, sb = a_bar.sqrt()[:, None, None, None], (1.0 - a_bar).sqrt()[:, None, None, None]
+    return sa * z0 + sb * noise, t, sa * noise - sb * z0
+
+
+def _v_loss(unet, noisy, t, target, cond_of, device) -> float:
+    """Mean v-MSE over the batch, in slices of 256; ``cond_of(slice)`` gives their text states."""
+    losses, dtype = [], unet.dtype
+    for i in range(0, noisy.shape[0], 256):
+        sl = slice(i, i + 256)
+        with common.autocast(device):
+            pred = unet(noisy[sl].to(dtype), t[sl], encoder_hidden_states=cond_of(sl).to(dtype), return_dict=False)[0]
+        losses.append((pred.float() - target[sl]).pow(2).mean(dim=(1, 2, 3)))
+    return float(torch.cat(losses).mean())
+
+
 @torch.no_grad()
 def conditioning_probe(unet, text_encoder, encode, empty, alphas_cumprod, device, n: int, chunk: int,
                        n_caps: int) -> dict[str, float]:
@@ -167,26 +193,43 @@ def conditioning_probe(unet, text_encoder, encode, empty, alphas_cumprod, device
         ids.append(enc["tokens"][:, 0].long().to(device))
         k += 1
     z0, ids = torch.cat(zs)[:n], torch.cat(ids)[:n]
-    g = torch.Generator(device="cpu").manual_seed(0)
-    noise = torch.randn(z0.shape, generator=g).to(device)
-    t = torch.randint(200, 800, (n,), generator=g).to(device)
+    noisy, t, target = _noised(z0, alphas_cumprod, (200, 800), seed=0)
     perm = torch.roll(torch.arange(n), 1).to(device)
-    a_bar = alphas_cumprod[t]
-    sa, sb = a_bar.sqrt()[:, None, None, None], (1.0 - a_bar).sqrt()[:, None, None, None]
-    noisy, target = sa * z0 + sb * noise, sa * noise - sb * z0
+    conds = {
+        "true": lambda sl: text_encoder(ids[sl]).last_hidden_state,
+        "shuffled": lambda sl: text_encoder(ids[perm[sl]]).last_hidden_state,
+        "empty": lambda sl: empty.expand(ids[sl].shape[0], -1, -1),
+    }
+    return {name: _v_loss(unet, noisy, t, target, cond, device) for name, cond in conds.items()}
+
+
+@torch.no_grad()
+def relation_flip_probe(unet, text_encoder, encode, alphas_cumprod, device, n: int) -> dict[str, float]:
+    """Held-out v-MSE at high noise (t in [500, 1000), where the layout is decided) of relation captions
+    with their own relation word and with the opposite one ("a star above a heart" / "... below ..."),
+    for the vertical and the horizontal words apart.
+
+    A UNet that uses the direction of a relation does worse with the flipped word (ratio > 1); one
+    that ignores it scores both the same (the UNet shipped before the relation fine-tune: 1.00 on
+    vertical words).
+    """
+    from attncraft.shapes.captions import flip_relations
+    from attncraft.shapes.training.data import Chunk
+    from attncraft.shapes.training.evaluate import RELATION_EVAL_WORDS, relation_prompts
+
+    sets = relation_prompts(max(1, n // len(RELATION_EVAL_WORDS)), seed=PROBE_SEED_BASE + 1)
     out = {}
-    for name in ("true", "shuffled", "empty"):
-        losses = []
-        for i in range(0, n, 256):
-            sl = slice(i, i + 256)
-            with common.autocast(device):
-                if name == "empty":
-                    cond = empty.expand(noisy[sl].shape[0], -1, -1)
-                else:
-                    cond = text_encoder(ids[sl] if name == "true" else ids[perm[sl]]).last_hidden_state
-                pred = unet(noisy[sl], t[sl], encoder_hidden_states=cond.float(), return_dict=False)[0]
-            losses.append((pred.float() - target[sl]).pow(2).mean(dim=(1, 2, 3)))
-        out[name] = float(torch.cat(losses).mean())
+    for axis, words in (("vertical", ("above", "over", "below", "under", "beneath")),
+                        ("horizontal", ("left of", "right of"))):
+        scenes = [s for w in words for s in sets[w][0]]
+        prompts = [p for w in words for p in sets[w][1]]
+        z0 = encode(Chunk(0, scenes, tokenize(prompts)[:, None]))["latents"].float()
+        noisy, t, target = _noised(z0, alphas_cumprod, (500, alphas_cumprod.shape[0]), seed=1)
+        for name, texts in (("true", prompts), ("flipped", [flip_relations(p) for p in prompts])):
+            ids = torch.from_numpy(tokenize(texts)).long().to(device)
+            out[f"{axis}_{name}"] = _v_loss(unet, noisy, t, target,
+                                            lambda sl: text_encoder(ids[sl]).last_hidden_state, device)
+        out[f"{axis}_ratio"] = out[f"{axis}_flipped"] / max(out[f"{axis}_true"], 1e-12)
     return out
 
 
@@ -199,7 +242,8 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
 
     n_caps = len(cfg.caption_omits)
-    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits), workers=workers)
+    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, relation=cfg.caption_relation,
+                                     vertical=cfg.caption_vertical), workers=workers)
     text_encoder = load_text_encoder(clip_dir, device)
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
@@ -234,44 +278,25 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
 
     opt = common.adamw(unet.parameters(), cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
     ema = common.PowerEMA(unet, gamma=cfg.ema_gamma)
-    model_fn = torch.compile(unet) if args.compile else unet
+    model_fn = common.CompiledOrEager(unet, args.compile, say)
     log = common.LossLog("unet", every_s=cfg.log_every_s, quiet=quiet)
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
-        idx = pool.sample_index(B)
-        cap = torch.randint(0, n_caps, (B,), device=device)
-        z0 = pool.data["latents"][idx].float()
-        ids = pool.data["tokens"][idx, cap].long()
-        with torch.no_grad(), common.autocast(device):
-            cond = text_encoder(ids).last_hidden_state.float()
-        drop = torch.rand(B, device=device) < cfg.cfg_dropout
-        cond = torch.where(drop[:, None, None], empty.expand(B, -1, -1), cond)
+        z0, cond = captioned_batch(pool, B, text_encoder, empty, cfg.cfg_dropout, common.autocast(device))
         noise = torch.randn_like(z0)
         t = torch.randint(0, n_t, (B,), device=device)
-        a_bar = alphas_cumprod[t]
-        sa, sb = a_bar.sqrt()[:, None, None, None], (1.0 - a_bar).sqrt()[:, None, None, None]
-        noisy = sa * z0 + sb * noise
-        target = sa * noise - sb * z0  # v
-        snr = a_bar / (1.0 - a_bar)
-        weight = torch.clamp(snr + 1.0, max=cfg.min_snr_gamma) / (snr + 1.0)  # = min(1, gamma / (snr + 1))
+        if cfg.high_noise_share > 0:
+            high = torch.rand(B, device=device) < cfg.high_noise_share
+            t = torch.where(high, torch.randint(n_t // 2, n_t, (B,), device=device), t)
+        noisy, target, snr = common.v_targets(z0, noise, t, alphas_cumprod)
+        weight = common.min_snr_v_weight(snr, cfg.min_snr_gamma)  # = min(1, gamma / (snr + 1))
         with common.autocast(device):
-            try:
-                pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-            except Exception as exc:  # a compiler failure must not cost the run: train eagerly
-                if model_fn is unet or step > 0:
-                    raise
-                say(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
-                model_fn = unet
-                pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+            pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update()
+        common.descend(opt, loss, unet.parameters(), cfg.grad_clip, ema)
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
         log.maybe_print(step + 1, lr, budget)
     train_s = steps.finish(log)
@@ -284,6 +309,10 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
                                n=cfg.probe_examples, chunk=cfg.chunk, n_caps=n_caps)
     say("held-out v-loss with the true / a shuffled / the empty caption: "
         f"{probe['true']:.4f} / {probe['shuffled']:.4f} / {probe['empty']:.4f}")
+    flip = relation_flip_probe(unet, text_encoder, encode, alphas_cumprod, device, n=cfg.probe_examples)
+    say("held-out v-loss of relation captions (t >= 500), own word / opposite word: vertical "
+        f"{flip['vertical_true']:.4f} / {flip['vertical_flipped']:.4f} (x{flip['vertical_ratio']:.3f}), horizontal "
+        f"{flip['horizontal_true']:.4f} / {flip['horizontal_flipped']:.4f} (x{flip['horizontal_ratio']:.3f})")
     save_sd_folder(out, text_encoder, vae, unet)
     defaults = shapes_sd_defaults(out)
     (out / SD_DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
@@ -295,12 +324,16 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "vae_params": sum(p.numel() for p in vae.parameters()),
         **common.run_stats(step, cfg.batch, train_s, budget),
         "pool": {"capacity": cfg.pool, "scenes_added": pool.added},
+        "captions": {"omits": list(cfg.caption_omits), "relation_share": stream.dataset.relation_share,
+                     "vertical_share": cfg.caption_vertical},
+        "high_noise_share": cfg.high_noise_share,
         "prediction_type": "v_prediction",
-        "compiled": model_fn is not unet,
+        "compiled": model_fn.compiled,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
         "clip_dir": str(clip_dir),
         "vae_dir": str(vae_dir),
         "heldout_v_loss": probe,
+        "heldout_relation_flip_v_loss": flip,
         "folder_bytes": common.folder_size(out),
         **common.summarize_losses(log.history),
     }

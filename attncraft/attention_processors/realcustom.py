@@ -1,0 +1,307 @@
+"""RealCustom's attention hooks: masked visual cross-attention, the word-map reader, the adaptive mask.
+
+Three pieces, used together by :mod:`attncraft.pipelines.realcustom` and usable on their own:
+
+* :class:`RealCustomVisualAttention` (an ``edit_output`` technique on every cross-attention layer):
+  for the rows of the batch given by its :class:`VisualCondition` s it adds the visual branch of the
+  paper's Eq. 12 to the text attention output, before ``to_out``::
+
+      out = softmax(Q K^T / sqrt(d)) V  +  softmax(Q K_i^T / sqrt(d)) V_i  *  M
+
+  ``K_i``/``V_i`` are the layer's ``to_k_vision``/``to_v_vision`` of the subject's (selected,
+  re-weighted) image features and ``M`` the influence mask resized bilinearly to the layer's
+  resolution. The text branch keeps the fused kernel: the technique reads no map. Rows without a
+  condition are untouched, and a zero mask adds exactly zero, so the layer's output is then the
+  plain text-conditioned output bit for bit.
+* :class:`WordMapReader` (an observer of the same layers, like :class:`~.store.AttentionStore`): the
+  cross-attention of the real word's tokens, on the rows it is pointed at, averaged over heads (all
+  or chosen), summed over the word's tokens, averaged over layers after resizing each to the largest
+  map (bilinear). It reads the maps after the UNet call, batched across layers by the core's
+  deferred path (:mod:`.deferred_maps`): the maps of the text-only guidance branch come out of the
+  very UNet call that also runs the other branches.
+* :func:`adaptive_mask` - top-k of the aggregated map by ``gamma_scope`` and the normalisation
+  (``max``: the paper's Eq. 11 ``M / max M``; ``binary``; ``minmax``).
+
+Keys and values of the image features are projected once per image and layer and cached in
+:class:`VisualTokens`: the projections are linear without bias, so the scoring module's weights
+``1 + S`` and its top-``gamma_num`` selection are applied to the projected keys/values
+(``W (f (1 + S)) = (1 + S) W f``), the same numbers as projecting the re-weighted features.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from attncraft.attention_processors.context import AttentionCall, AttentionContext
+from attncraft.attention_processors.selection import CROSS_ATTENTION, LayerSelector, select_layers
+from attncraft.attention_processors.technique import EDIT_ORDER, OBSERVE_ORDER, AttentionTechnique
+from attncraft.errors import InputError, TechniqueError
+
+MASK_MODES = ("max", "binary", "minmax")
+
+
+# ------------------------------------------------------------------------------------- the word
+def word_token_indices(tokenizer, prompt: str, word: str) -> list[int]:
+    """Positions of ``word``'s tokens in the tokenised ``prompt`` (start token = position 0).
+
+    The first whole-word, case-insensitive occurrence; its span is the difference between the
+    tokenised prefix and the tokenised prefix plus the word (as the release does). One-line errors
+    for a word that is not in the prompt or that falls beyond what the text encoder reads.
+    """
+    word = (word or "").strip()
+    if not word:
+        raise InputError("the subject word is empty", 'pass --word, a word of the prompt, e.g. --word star')
+    match = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, flags=re.IGNORECASE)
+    if match is None:
+        raise InputError(f"the word {word!r} is not in the prompt {prompt!r}",
+                         "pass a --word that appears in the prompt as a whole word")
+    start = len(tokenizer(prompt[:match.start()], truncation=False).input_ids) - 1
+    end = len(tokenizer(prompt[:match.end()], truncation=False).input_ids) - 1
+    limit = int(tokenizer.model_max_length) - 1
+    if end <= start:
+        raise InputError(f"the word {word!r} gives no tokens", "pass another --word")
+    if end > limit:
+        raise InputError(f"the word {word!r} falls beyond the {limit - 1} tokens the text encoder reads",
+                         "shorten the prompt before the word")
+    return list(range(start, end))
+
+
+def token_weights(indices: Sequence[Sequence[int]], length: int = 77, device=None) -> torch.Tensor:
+    """(batch, length) 0/1 weights of each row's word tokens."""
+    w = torch.zeros(len(indices), length, device=device)
+    for row, idx in enumerate(indices):
+        w[row, list(idx)] = 1.0
+    return w
+
+
+# ------------------------------------------------------------------------------------- the mask
+def adaptive_mask(word_map: torch.Tensor, gamma_scope: float = 0.25, mode: str = "max") -> torch.Tensor:
+    """(b, H, W) aggregated word map -> (b, 1, H, W) influence mask.
+
+    Keeps the ``floor(gamma_scope * H * W)`` largest values of each map and zeroes the rest; then
+    ``max`` divides by the largest kept value (Eq. 11, values in (0, 1], maximum exactly 1),
+    ``binary`` sets the kept values to 1, ``minmax`` min-max normalises the map first (release
+    option). ``gamma_scope = 0`` gives a zero mask.
+    """
+    if mode not in MASK_MODES:
+        raise InputError(f"unknown mask mode {mode!r}", f"pass one of {', '.join(MASK_MODES)}")
+    if not 0.0 <= float(gamma_scope) <= 1.0:
+        raise InputError(f"gamma_scope must be between 0 and 1, got {gamma_scope}", "pass e.g. 0.25")
+    b, h, w = word_map.shape
+    flat = word_map.reshape(b, h * w).float()
+    k = math.floor(float(gamma_scope) * h * w + 1e-9)
+    out = torch.zeros_like(flat)
+    if k > 0:
+        if mode == "minmax":
+            lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+            flat = (flat - lo) / (hi - lo).clamp_min(1e-12)
+        index = flat.topk(k, dim=1).indices
+        if mode == "binary":
+            out.scatter_(1, index, 1.0)
+        else:
+            kept = flat.gather(1, index)
+            if mode == "max":
+                kept = kept / kept.amax(1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+            out.scatter_(1, index, kept)
+    return out.view(b, 1, h, w)
+
+
+def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(b, 1, H, W) -> (b, h*w, 1) at a layer's resolution (bilinear, as the release)."""
+    if tuple(mask.shape[-2:]) != tuple(hw):
+        mask = F.interpolate(mask, size=tuple(hw), mode="bilinear", align_corners=False)
+    return mask.flatten(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------- visual cross-attention
+class VisualTokens:
+    """The (projected) image features of a batch of rows, with their per-layer keys/values cached."""
+
+    def __init__(self, features: torch.Tensor, cache: bool = True):
+        self.features = features
+        self.cache = cache
+        self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def keys_values(self, name: str, kv) -> tuple[torch.Tensor, torch.Tensor]:
+        found = self._kv.get(name)
+        if found is None:
+            f = self.features.to(kv.to_k_vision.weight.dtype)
+            found = (kv.to_k_vision(f), kv.to_v_vision(f))
+            if self.cache:
+                self._kv[name] = found
+        return found
+
+
+@dataclass
+class VisualCondition:
+    """The visual branch for a block of rows of the UNet batch.
+
+    ``tokens`` holds one feature set per row; ``index``/``weights`` (b, k) select and re-weight them
+    (the scoring module's output; None = all features, weight 1); ``mask`` (b, 1, H, W) is the
+    influence mask (None = no mask, i.e. 1 everywhere, as in training without masks).
+    """
+
+    rows: slice
+    tokens: VisualTokens
+    index: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def mask_at(self, hw: tuple[int, int], dtype: torch.dtype) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        key = (int(hw[0]), int(hw[1]))
+        found = self._masks.get(key)
+        if found is None or found.dtype != dtype:
+            found = resize_mask(self.mask.float(), key).to(dtype)
+            self._masks[key] = found
+        return found
+
+
+class RealCustomVisualAttention(AttentionTechnique):
+    """Masked visual cross-attention on the adapter's layers (see the module docstring).
+
+    Set :attr:`conditions` before a UNet call (the pipeline does it for every call); with no
+    conditions the technique leaves every layer as it is.
+    """
+
+    name = "realcustom-visual"
+    order = EDIT_ORDER
+    edits_maps = False
+
+    def __init__(self, adapter, selector: LayerSelector | None = None):
+        self.adapter = adapter
+        names = set(adapter.layer_names)
+        super().__init__(selector or select_layers(kinds="cross", predicate=lambda layer: layer.name in names))
+        self.conditions: list[VisualCondition] = []
+
+    def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
+        if not self.conditions:
+            return output
+        hw = call.resolution
+        if hw is None:
+            raise TechniqueError(f"RealCustom cannot place its mask on layer {call.layer.name}: its resolution is unknown",
+                                 "call the UNet through attncraft's step tracker (install the technique with get_manager)")
+        kv = self.adapter.kv(call.layer.name)
+        heads = call.attn.heads
+        query = call.query
+        head_dim = query.shape[-1]
+        in_place = not torch.is_grad_enabled()  # in training, autograd may hold the output: new tensor
+        pieces, pos = [], 0
+        for cond in sorted(self.conditions, key=lambda c: c.rows.start):
+            rows = cond.rows
+            q = query[rows]
+            k, v = cond.tokens.keys_values(call.layer.name, kv)
+            if cond.index is not None:
+                gather = cond.index[..., None].expand(-1, -1, k.shape[-1])
+                k, v = k.gather(1, gather), v.gather(1, gather)
+            if cond.weights is not None:
+                w = cond.weights[..., None].to(k.dtype)
+                k, v = k * w, v * w
+            b = q.shape[0]
+            k = k.to(q.dtype).view(b, -1, heads, head_dim).transpose(1, 2)
+            v = v.to(q.dtype).view(b, -1, heads, head_dim).transpose(1, 2)
+            vis = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, heads * head_dim)
+            mask = cond.mask_at(hw, vis.dtype)
+            if mask is not None:
+                vis = vis * mask
+            if in_place:
+                output[rows] += vis.to(output.dtype)
+            else:
+                pieces += [output[pos:rows.start], output[rows] + vis.to(output.dtype)]
+                pos = rows.stop
+        if in_place:
+            return output
+        pieces.append(output[pos:])
+        return torch.cat(pieces)
+
+
+# ------------------------------------------------------------------------------------ the reader
+class WordMapReader(AttentionTechnique):
+    """Observer: the real word's cross-attention on chosen rows, aggregated over layers and heads.
+
+    :meth:`arm` points it at a block of rows and the word's token weights (it records nothing
+    while disarmed); :meth:`word_map` returns the aggregate ``(rows, H, W)`` at the largest
+    resolution of the layers it read, then :meth:`reset` (or the next :meth:`arm`) clears it.
+    ``heads`` restricts the head average to those heads.
+    """
+
+    name = "realcustom-word-map"
+    order = OBSERVE_ORDER
+    edits_maps = False
+    reads_maps_after_forward = True
+
+    def __init__(self, selector: LayerSelector = CROSS_ATTENTION, heads: Sequence[int] | None = None):
+        super().__init__(selector)
+        self.heads = list(heads) if heads is not None else None
+        self.rows: slice | None = None
+        self.weights: torch.Tensor | None = None
+        self._sums: dict[tuple[int, int], torch.Tensor] = {}
+        self._layers = 0
+
+    def needs_maps(self, layer) -> bool:
+        return True
+
+    def arm(self, rows: slice, weights: torch.Tensor) -> None:
+        self.rows, self.weights = rows, weights
+        self.reset()
+
+    def disarm(self) -> None:
+        self.rows = None
+
+    def reset(self) -> None:
+        self._sums = {}
+        self._layers = 0
+
+    def on_run_start(self, context: AttentionContext) -> None:
+        self.reset()
+
+    def _add(self, call: AttentionCall, probs: torch.Tensor) -> None:
+        """``probs`` (L, B, heads, Q, K) of layers of one resolution."""
+        hw = call.resolution
+        if hw is None:
+            raise TechniqueError(f"RealCustom cannot read the map of layer {call.layer.name}: its resolution is unknown",
+                                 "call the UNet through attncraft's step tracker")
+        p = probs[:, self.rows]
+        if self.heads is not None:
+            p = p[:, :, self.heads]
+        w = self.weights.to(device=p.device, dtype=torch.float32)
+        maps = torch.einsum("lbhqk,bk->lbq", p.float(), w) / p.shape[2]
+        total = maps.sum(0).view(-1, *hw)
+        key = (int(hw[0]), int(hw[1]))
+        self._sums[key] = self._sums[key] + total if key in self._sums else total
+        self._layers += probs.shape[0]
+
+    def observe_maps(self, calls: list[AttentionCall], probs: torch.Tensor) -> None:
+        if self.rows is not None:
+            self._add(calls[0], probs)
+
+    def edit_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None:
+            self._add(call, probs[None])
+        return probs
+
+    @property
+    def layers_read(self) -> int:
+        return self._layers
+
+    def word_map(self) -> torch.Tensor:
+        """The mean over the layers read of each layer's word map, resized to the largest one."""
+        if not self._sums:
+            raise TechniqueError("no word map was recorded", "arm the reader and run the UNet before asking for the mask")
+        target = max(self._sums, key=lambda hw: hw[0] * hw[1])
+        total = None
+        for hw, s in self._sums.items():
+            up = s if hw == target else F.interpolate(s[:, None], size=target, mode="bilinear", align_corners=False)[:, 0]
+            total = up if total is None else total + up
+        return total / self._layers

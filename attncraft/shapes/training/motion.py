@@ -1,0 +1,339 @@
+"""Stage ``motion``: the shapes motion adapter, a diffusers ``MotionAdapter`` trained on world videos
+with shapes SD frozen; writes a ``MotionAdapter`` folder (fp16 safetensors).
+
+What makes motion learnable in a few minutes, and the choices that follow from it:
+
+* **Start as the image model.** Every motion module's output projection starts at zero
+  (:func:`~attncraft.shapes.models.zero_motion_outputs`, as AnimateDiff initialises them), so the
+  motion UNet first denoises each frame exactly as shapes SD does and the loss starts at the image
+  model's level; training only has to add what frames share and how they change.
+* **The base's objective.** v-prediction on SD's scaled-linear schedule with the same loss weights
+  as the shapes SD UNet (``min(snr + 1, 5) / (snr + 1)``: full weight on the high-noise steps, where
+  a sampler decides what moves where), one timestep per video, independent noise per frame.
+* **Text reaches motion only through the frozen spatial layers.** Motion modules have no
+  cross-attention, so "moves right" must be read from the features the frozen cross-attention
+  writes; the captions are the world grammar's own, with the motion clauses ("moves right",
+  "grows", "turns blue", "then...") and several wordings per clip, 10 % dropped to the empty
+  prompt for classifier-free guidance.
+* **Small frames, large batches.** 64x64 frames (16x16 latents, what shapes SD was trained on), 48
+  clips of 16 frames per step (768 frames; the small UNet is partly launch-bound on an H200, so a
+  larger batch costs less than proportionally), AdamW lr 1e-3 (2.6 M parameters whose outputs start
+  at zero) with warm-up and a cosine over the wall-clock budget, grad-clip 1, bf16 autocast, a
+  power-function EMA of the motion weights (the ones saved). Only the motion modules train (``freeze_unet2d_params``).
+* **Clips on the GPU.** Scenes and captions come from worker processes; the clips are rendered on
+  the training device at 32 frames and encoded once by the frozen VAE into an on-device pool,
+  refreshed from fresh scenes throughout. A 16-frame example is every second frame of a clip (from
+  frame 0 or 1: the whole motion either way); a share of the steps (``long_fraction``) trains on all
+  32 frames, half as many clips, so the adapter's frame positions 16..31 are trained too.
+* **Held-out probe.** Before and after training, the v-loss on fixed held-out clips (t in
+  [200, 800)) with the true captions, with the clip's frames shuffled in time, with the motions of
+  the caption turned the other way, and with the empty caption: true < shuffled says the adapter uses
+  the order of frames, true < swapped that it reads the motion from the text.
+
+``--sd DIR`` picks the frozen base (default ``assets/models/shapes-sd``): AnimateDiff adapters carry
+over to fine-tuned bases, so the adapter may be trained on one shapes SD and used with its retrained
+successor; the log records which base (hash of its UNet weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attncraft.shapes.training import common
+from attncraft.shapes.training.configs import MotionTrain, get_configs
+from attncraft.shapes.training.data import ChunkStream, DevicePool, SceneChunks, fill_pool, maybe_refresh, tokenize
+
+PROBE_SEED_BASE = 6_000_000
+"""Held-out clips of the probe (disjoint from training and evaluation seeds)."""
+DEFAULTS = {"num_frames": 16, "fps": 8.0}
+"""Recommended video settings written into the adapter folder (the evaluation adds the guidance)."""
+
+
+def load_frozen_sd(sd_dir: str | Path, device: torch.device):
+    """The shapes SD folder's text encoder, VAE and UNet, frozen, in float32 on ``device``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd_dir), local_files_only=True, dtype=torch.float32,
+                                                   safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    parts = [pipe.text_encoder, pipe.vae, pipe.unet]
+    for part in parts:
+        part.to(device).eval().requires_grad_(False)
+    return pipe
+
+
+def weights_fingerprint(folder: Path) -> str | None:
+    """First 16 hex digits of the sha256 of a model folder's safetensors weights (which base)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_adapter(unet_config: dict[str, Any], cfg: MotionTrain, seed: int):
+    from attncraft.shapes.models import build_shapes_motion_adapter, motion_config_for_unet
+
+    base = motion_config_for_unet(unet_config, heads=cfg.heads, max_frames=max(32, cfg.long_frames))
+    return build_shapes_motion_adapter(seed, overrides=base | (cfg.overrides or {}))
+
+
+def load_init_adapter(path: str | Path, expected: dict[str, Any]):
+    """A trained adapter to start from (``--init``), which must have the layout to be trained."""
+    from diffusers import MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    for key in ("block_out_channels", "motion_layers_per_block", "motion_num_attention_heads"):
+        have, want = adapter.config[key], expected[key]
+        if (tuple(have) if isinstance(have, (list, tuple)) else have) != (tuple(want) if isinstance(want, (list, tuple)) else want):
+            raise ValueError(f"--init {path}: its {key} is {have}, the adapter to train has {want}")
+    return adapter
+
+
+def adapter_from_unet(unet, adapter) -> None:
+    """Copy the motion modules of a trained ``UNetMotionModel`` back into its ``MotionAdapter``."""
+    for block, source in zip(adapter.down_blocks, unet.down_blocks):
+        block.motion_modules.load_state_dict(source.motion_modules.state_dict())
+    for block, source in zip(adapter.up_blocks, unet.up_blocks):
+        block.motion_modules.load_state_dict(source.motion_modules.state_dict())
+    if adapter.mid_block is not None:
+        adapter.mid_block.motion_modules.load_state_dict(unet.mid_block.motion_modules.state_dict())
+
+
+def frame_subset(clips: torch.Tensor, frames: int, generator: random.Random) -> torch.Tensor:
+    """``frames`` evenly strided frames of ``(B, C, L, h, w)`` clips: stride ``L // frames``, from a
+    random start that keeps the whole window inside the clip."""
+    length = clips.shape[2]
+    if frames >= length:
+        return clips
+    stride = length // frames
+    start = generator.randint(0, length - 1 - stride * (frames - 1))
+    return clips[:, :, start:start + stride * (frames - 1) + 1:stride]
+
+
+class ClipEncoder:
+    """Renders chunks of moving scenes on the device and encodes their frames with the frozen VAE."""
+
+    def __init__(self, vae, device: torch.device, frames: int, size: int, batch: int = 4096):
+        self.vae, self.device, self.frames, self.size, self.batch = vae, device, frames, size, batch
+        self.scaling = float(vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def latents(self, scenes) -> torch.Tensor:
+        from attncraft.shapes.world import render_video
+
+        video = render_video(scenes, num_frames=self.frames, size=self.size, device=self.device).images
+        n = video.shape[0]
+        flat = video.reshape(n * self.frames, 3, self.size, self.size) * 2.0 - 1.0
+        out = []
+        for i in range(0, flat.shape[0], self.batch):
+            with common.autocast(self.device):
+                out.append(self.vae.encode(flat[i:i + self.batch]).latent_dist.mean.float() * self.scaling)
+        z = torch.cat(out)
+        return z.view(n, self.frames, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()  # (N, C, F, h, w)
+
+    def __call__(self, chunk) -> dict[str, torch.Tensor]:
+        return {"latents": self.latents(chunk.scenes), "tokens": torch.from_numpy(chunk.tokens)}
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def swap_motions(scene):
+    """The scene with every motion turned the other way (direction of a move, grow/shrink, sense of a
+    rotation, target of a colour change): the same objects, the opposite change."""
+    from dataclasses import replace
+
+    from attncraft.shapes.world import COLORS
+
+    objects = []
+    for obj in scene.objects:
+        motions = []
+        for m in obj.motions:
+            if m.kind == "move":
+                m = replace(m, direction=OPPOSITE[m.direction])
+            elif m.kind in ("grow", "shrink"):
+                m = replace(m, kind="shrink" if m.kind == "grow" else "grow")
+            elif m.kind == "rotate":
+                m = replace(m, amount=-m.amount)
+            elif m.kind == "recolor":
+                m = replace(m, to_color=next(c for c in COLORS if c not in (m.to_color, obj.color)))
+            motions.append(m)
+        objects.append(replace(obj, motions=tuple(motions)))
+    return scene.with_objects(objects)
+
+
+@torch.no_grad()
+def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod, device, n: int, frames: int,
+                 batch: int = 32) -> dict[str, float]:
+    """Held-out v-MSE (t in [200, 800)) of fixed clips, noise and timesteps, so that runs before and
+    after training compare: with the true captions; with the clip's frames shuffled in time (true <
+    shuffled: the adapter uses the order of frames); with captions whose motions are turned the other
+    way ("moves left" for a clip moving right; true < swapped: it reads the motion from the text); and
+    with the empty caption."""
+    from attncraft.shapes.captions import caption_scene
+    from attncraft.shapes.training.data import tokenize_fast
+    from attncraft.shapes.world import sample_scenes
+
+    scenes = sample_scenes(n, seed=PROBE_SEED_BASE, num_objects=(1, 2), motion=True)
+    z0 = frame_subset(torch.cat([encoder.latents(scenes[i:i + 256]) for i in range(0, n, 256)]), frames, random.Random(0))
+    ids = {name: torch.from_numpy(tokenize_fast([caption_scene(make(s), seed=i) for i, s in enumerate(scenes)])).long().to(device)
+           for name, make in (("true", lambda s: s), ("motion_swapped", swap_motions))}
+    g = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn(z0.shape, generator=g).to(device)
+    t = torch.randint(200, 800, (n,), generator=g).to(device)
+    perm = torch.stack([torch.randperm(z0.shape[2], generator=g) for _ in range(n)]).to(device)
+    shuffled = torch.gather(z0, 2, perm[:, None, :, None, None].expand_as(z0))
+    out = {}
+    for name, clips, captions in (("true", z0, "true"), ("frames_shuffled", shuffled, "true"),
+                                  ("motion_swapped", z0, "motion_swapped"), ("empty", z0, None)):
+        noisy, target, _ = common.v_targets(clips, noise, t, alphas_cumprod)
+        losses = []
+        for i in range(0, n, batch):
+            sl = slice(i, i + batch)
+            b = noisy[sl].shape[0]
+            with common.autocast(device):
+                cond = empty.expand(b, -1, -1) if captions is None else text_encoder(ids[captions][sl]).last_hidden_state
+                cond = cond.float().repeat_interleave(clips.shape[2], dim=0)
+                pred = unet(noisy[sl], t[sl], encoder_hidden_states=cond, return_dict=False)[0]
+            losses.append((pred.float() - target[sl]).pow(2).mean(dim=(1, 2, 3, 4)))
+        out[name] = float(torch.cat(losses).mean())
+    return out
+
+
+def _probe_line(probe: dict[str, float]) -> str:
+    return " / ".join(f"{probe[k]:.4f}" for k in ("true", "frames_shuffled", "motion_swapped", "empty"))
+
+
+def save_adapter_folder(out: Path, adapter, defaults: dict[str, Any]) -> None:
+    """Save a ``MotionAdapter`` folder in fp16 safetensors, with the recommended video settings."""
+    from attncraft.loading import DEFAULTS_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    adapter.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
+
+
+def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bool = False) -> dict[str, Any]:
+    from diffusers import UNetMotionModel
+
+    from attncraft.shapes.models import NOISE_SCHEDULE, SHAPES_SD_DIR
+
+    cfg = common.apply_overrides(cfg or get_configs(args.config).motion, args)
+    out, device, budget, max_steps, workers, say = common.start_stage("motion", args, cfg, quiet).unpack()
+    sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
+    n_caps = len(cfg.caption_omits)
+    stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, num_objects=cfg.num_objects,
+                                     motion=True), workers=workers)
+    sd = load_frozen_sd(sd_dir, device)
+    text_encoder, vae = sd.text_encoder, sd.vae
+    adapter = build_adapter(dict(sd.unet.config), cfg, args.seed)
+    if args.init_dir:
+        adapter = load_init_adapter(args.init_dir, dict(adapter.config))
+    unet = UNetMotionModel.from_unet2d(sd.unet, adapter).to(device)
+    unet.freeze_unet2d_params()
+    del sd
+    motion_params = [p for p in unet.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in motion_params)
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent = cfg.image_size // scale
+    length = max(cfg.frames, cfg.long_frames)
+    say(f"MotionAdapter {n_params / 1e6:.3f} M params on {device} (frozen base {sd_dir}); clips of {length} frames "
+        f"at {cfg.image_size} px ({latent}x{latent} latents); budget {args.minutes} min")
+
+    encoder = ClipEncoder(vae, device, length, cfg.image_size)
+    pool = DevicePool(cfg.pool, {"latents": ((4, length, latent, latent), torch.float16),
+                                 "tokens": ((n_caps, 77), torch.int32)}, device)
+    fill_pool(pool, stream, encoder, limit_s=cfg.pool_fill_limit_s, log=say)
+
+    with torch.no_grad():
+        empty = text_encoder(torch.from_numpy(tokenize([""])).long().to(device)).last_hidden_state.float()
+    betas = torch.linspace(NOISE_SCHEDULE["beta_start"] ** 0.5, NOISE_SCHEDULE["beta_end"] ** 0.5,
+                           NOISE_SCHEDULE["num_train_timesteps"], dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float().to(device)
+    n_t = alphas_cumprod.shape[0]
+
+    probe_args = dict(n=cfg.probe_examples, frames=cfg.frames)
+    probe_names = "true caption / frames shuffled / motions swapped in the caption / empty caption"
+    unet.eval()
+    probe_before = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
+    say(f"held-out v-loss before training ({probe_names}): {_probe_line(probe_before)}")
+    unet.train()
+
+    opt = common.adamw(motion_params, cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
+    ema = common.PowerEMA(unet, gamma=cfg.ema_gamma)
+    model_fn = common.CompiledOrEager(unet, args.compile, say)
+    log = common.LossLog("motion", every_s=cfg.log_every_s, quiet=quiet)
+    steps = common.TrainingSteps(budget, max_steps, cfg, opt)
+    pick = random.Random(args.seed)
+    long_steps = 0
+    for step, lr in steps:
+        maybe_refresh(step, cfg.refresh_every, pool, stream, encoder)
+        frames = cfg.long_frames if pick.random() < cfg.long_fraction else cfg.frames
+        long_steps += frames == cfg.long_frames
+        B = max(1, cfg.batch * cfg.frames // frames)
+        idx = pool.sample_index(B)
+        z0 = frame_subset(pool.data["latents"][idx], frames, pick).float()
+        cap = torch.randint(0, n_caps, (B,), device=device)
+        ids = pool.data["tokens"][idx, cap].long()
+        with torch.no_grad(), common.autocast(device):
+            cond = text_encoder(ids).last_hidden_state.float()
+        drop = torch.rand(B, device=device) < cfg.cfg_dropout
+        cond = torch.where(drop[:, None, None], empty.expand(B, -1, -1), cond).repeat_interleave(z0.shape[2], dim=0)
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, n_t, (B,), device=device)
+        noisy, target, snr = common.v_targets(z0, noise, t, alphas_cumprod)
+        weight = common.min_snr_v_weight(snr, cfg.min_snr_gamma)
+        with common.autocast(device):
+            pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
+        loss = (per * weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(motion_params, cfg.grad_clip)
+        opt.step()
+        ema.update()
+        log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
+        log.maybe_print(step + 1, lr, budget, extra=f"({frames} frames)")
+    train_s = steps.finish(log)
+    step = steps.done
+    stream.close()
+
+    unet.eval()
+    ema.copy_to(unet)
+    probe_after = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
+    say(f"held-out v-loss after training ({probe_names}): {_probe_line(probe_after)}")
+    adapter_from_unet(unet, adapter)
+    save_adapter_folder(out, adapter, DEFAULTS)
+    info = {
+        "model": "shapes-motion",
+        "adapter_params": n_params,
+        "adapter_config": {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")},
+        "initialised_from": common.init_provenance(args.init_dir, "motion_adapter") if args.init_dir else None,
+        "sd_dir": str(sd_dir),
+        "sd_unet_sha256_16": weights_fingerprint(sd_dir / "unet"),
+        **common.run_stats(step, cfg.batch, train_s, budget),
+        "frames": cfg.frames,
+        "long_frames": cfg.long_frames,
+        "long_steps": long_steps,
+        "image_size": cfg.image_size,
+        "pool": {"capacity": cfg.pool, "clips_added": pool.added},
+        "prediction_type": "v_prediction",
+        "compiled": model_fn.compiled,
+        "ema": f"power-function, gamma={cfg.ema_gamma}",
+        "heldout_v_loss": {"before": probe_before, "after": probe_after},
+        "folder_bytes": common.folder_size(out),
+        **common.summarize_losses(log.history),
+    }
+    common.write_training_log(out, "motion", args, info)
+    say(f"saved {out} ({info['folder_bytes'] / 1e6:.2f} MB) after {step} steps, {info['train_seconds']}s")
+    info["loss_history"] = log.history
+    return info

@@ -1,0 +1,67 @@
+"""The DPL benchmark scripts: the GPU cost script's CPU smoke mode, and the effect script's metrics.
+
+No timing is asserted: the numbers only mean something on the GPU (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_benchmark_runs_every_variant_in_tiny_mode(tmp_path, capsys):
+    bench = load("bench_dpl")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--steps", "3", "--rounds", "2", "--iters", "1", "--warmup", "1",
+                       "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    for kind in ("token", "null"):
+        assert set(results[kind]) == {"reference", "ours", "ours_bf16"}
+        assert all(len(r["rounds"]) == 2 and r["ms"] > 0 for r in results[kind].values())
+    assert results["whole"]["token_updates"] > 0
+    text = capsys.readouterr().out
+    assert "| token update | ours |" in text and "UNet weights unchanged by the optimisation: True." in text
+
+
+def test_effect_metrics_on_known_maps():
+    bench = load("bench_dpl_effect")
+    masks = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
+    masks[0, 0, :4, :4] = True  # object 0: top-left quarter
+    masks[0, 1, 4:, 4:] = True  # object 1: bottom-right quarter
+    maps = torch.zeros(1, 16, 5)
+    own = torch.zeros(4, 4)
+    own[:2, :2] = 1.0  # token 1 exactly on object 0 (4x4 map of the 8x8 masks)
+    maps[0, :, 1] = own.flatten()
+    half = torch.zeros(4, 4)
+    half[2:, 2:] = 1.0
+    half[0, 3] = 1.0  # token 2: object 1 plus one background cell
+    maps[0, :, 2] = half.flatten()
+    rows = bench.map_metrics(maps, (4, 4), [[[1], [2]]], masks, [[0, 1]])
+    assert rows[0]["iou"] == 1.0 and rows[0]["mass_own"] == 1.0 and rows[0]["peak"] == "own"
+    assert rows[1]["mass_own"] == pytest.approx(0.8) and rows[1]["mass_background"] == pytest.approx(0.2)
+    assert rows[1]["iou"] == pytest.approx(16 / 20) and rows[1]["iou_ceiling"] == 1.0
+    # caption order: "a blue square ... a red circle" names object 1 first
+    from attncraft.shapes.world import Scene, SceneObject
+
+    scene = Scene(objects=(SceneObject("circle", "red", position="left"), SceneObject("square", "blue", position="right")))
+    assert bench.caption_order("a blue square on the right and a red circle on the left", scene.objects) == [1, 0]
+    caption, target, edited = bench.make_edit(scene, "a blue square on the right and a red circle on the left", [1, 0],
+                                              "color", np.random.default_rng(0))
+    assert edited == 1 and target.objects[0] == scene.objects[0] and target.objects[1].color not in ("red", "blue")
+    assert caption == f"a {target.objects[1].color} square on the right and a red circle on the left"
+    disc = bench.region(0.5, 0.5, 0.25, 8, margin_px=0.0)
+    assert disc[4, 4] and not disc[0, 0]

@@ -1,0 +1,23 @@
+"""``benchmarks/bench_text_to_video.py`` runs both variants on tiny models (CPU); no timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_text_to_video.py"
+
+
+def test_text_to_video_benchmark_runs_on_tiny_models(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_text_to_video", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    # main() asserts that the schedule reached the UNet as (2 * frames, 77, width)
+    assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--rounds", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    for variant in ("stock", "schedule"):
+        assert len(results[variant]) == 1 and results[variant][0]["ms_per_step"] > 0
+    table = capsys.readouterr().out
+    assert "| schedule |" in table and "frames [0, 2, 4, 7]" in table
