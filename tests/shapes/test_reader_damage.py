@@ -5,7 +5,9 @@
   at least 97 % of them are still read exactly. The targets for JPEG (97 % at quality 75, 90 % at
   quality 50) are not met yet: the reader reaches about 90 % and 75 % (500 renders,
   ``benchmarks/bench_reader_damage.py``; the misses are mostly small objects whose colour differs
-  from the background more in chroma than in luma, which JPEG stores at a quarter of the pixels).
+  from the background - or, for a pattern, from its shade - in chroma far more than in luma: purple,
+  red or green on gray, blue on brown, yellow's patterns; JPEG keeps chroma at a quarter of the
+  pixels).
   Those targets are strict expected failures here, so meeting them shows; lower floors guard
   against a regression meanwhile. Softness alone never makes a render implausible.
 * A canvas that is no scene of the world (one colour, two halves, quadrants, a band, a ring, a
