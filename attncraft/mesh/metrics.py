@@ -14,8 +14,10 @@ and the stylised mesh's exported **vertex colours** are compared with the palett
 * **pattern** (when the prompt asks for one): the share of the asked colour's pixels that are in its
   pattern shade or the prompt's second colour (``two_tone``: 0 for a plain mesh, about one half for
   stripes or checks), and what the Shapes reader makes of turntable renders (8 azimuths, albedo on the
-  world's gray background, 64 px): the share of views whose largest object has the asked colour, and
-  that object's mean pattern-shade fraction (``reader_pattern_fraction``; a plain object has 0).
+  world's gray background, 64 px): the share of views whose largest region has the asked colour, and
+  that region's mean pattern-shade fraction (``reader_pattern_fraction``; a plain object has 0). A
+  view of a mesh fills most of the canvas, so the reader refuses it as no object of the 2-D world;
+  the regions it refuses count here as well.
   The reader's pattern *type* (stripes vs dots vs checks) is not used: it correlates with the 2-D
   world's patterns at the world's period, drawn flat, which a pattern on a curved surface at the
   mesh's own scale never matches (measured: painted procedural meshes read as "plain" in every view,
@@ -110,8 +112,12 @@ def batched_color_fractions(vertices: torch.Tensor, faces: torch.Tensor, colors:
 
 
 def _reader_views(vertices, faces, colors, parsed: ParsedMeshPrompt, frames: int = 8, size: int = 64) -> dict[str, float]:
+    """The reader on turntable views: share of views whose largest region has the asked colour, and the
+    share of that region's pixels in the pattern shade. A mesh view fills most of the canvas, which the
+    reader's plausibility limits (made for the 2-D world's scenes) refuse as no object; the region it
+    refused is still the mesh, so refused regions count here like objects."""
     from attncraft.shapes.palette import BACKGROUND_RGB
-    from attncraft.shapes.reader import read_image
+    from attncraft.shapes.reader import classify_pixels, read_image
 
     elev, azim = turntable_views(frames, 15.0)
     cams = _albedo_cameras(vertices.device, elev, azim)
@@ -119,13 +125,14 @@ def _reader_views(vertices, faces, colors, parsed: ParsedMeshPrompt, frames: int
                                     lighting=False).image.cpu().numpy()
     hits, fractions = 0, []
     for img in images:
-        objects = read_image(img).objects
-        if not objects:
+        scene = read_image(img)
+        regions = [r for r in list(scene.objects) + list(scene.rejected) if r.mask is not None]
+        if not regions:
             continue
-        biggest = max(objects, key=lambda o: o.area)
+        biggest = max(regions, key=lambda o: o.area)
         if biggest.color == parsed.color:
             hits += 1
-            fractions.append(biggest.pattern_fraction)
+            fractions.append(float(classify_pixels(img)[1][biggest.mask].mean()))
     return {"reader_color_views": hits / frames,
             "reader_pattern_fraction": float(np.mean(fractions)) if fractions else 0.0}
 
