@@ -69,3 +69,19 @@ def progress_bar(
         for done, item in enumerate(iterable, start=1):
             yield item
             update(done, postfix() if postfix else "")
+
+
+def step_counter(on_step: Callable[[int, int], None] | None, total: int) -> Callable:
+    """A diffusers ``callback_on_step_end`` that counts the steps of every call it is passed to and
+    reports ``on_step(done, total)`` after each (nothing when ``on_step`` is None); it returns the
+    callback kwargs unchanged. One counter may serve several denoising loops (e.g. two stages)."""
+    done = 0
+
+    def callback(pipeline, step, timestep, kwargs):
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, total)
+        return kwargs
+
+    return callback

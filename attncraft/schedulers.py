@@ -33,3 +33,21 @@ def set_scheduler(pipe, name: str) -> None:
     class_name, overrides = SCHEDULERS[name]
     cls = getattr(diffusers, class_name)
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+
+
+_OWN_SCHEDULER = "_attncraft_own_scheduler"
+
+
+def use_scheduler(pipe, name: str | None) -> None:
+    """Run ``pipe`` with the named scheduler, or with the one it was loaded with for ``None``.
+
+    The pipeline's own scheduler is remembered the first time, and a named one is built from it: a
+    pipeline that serves many runs (a batch worker) never carries one run's choice into the next.
+    """
+    own = pipe.__dict__.get(_OWN_SCHEDULER)
+    if own is None:
+        own = pipe.scheduler
+        object.__setattr__(pipe, _OWN_SCHEDULER, own)
+    pipe.scheduler = own
+    if name:
+        set_scheduler(pipe, name)

@@ -23,11 +23,12 @@ fields. All runs of one mesh topology and field are stepped together
 are the command-line options (defaults: the settings of the measurement in benchmarks/RESULTS.md).
 
 Writes ``claim.json`` (every curve), ``claim.md`` (the Markdown block for benchmarks/RESULTS.md) and
-``claim.png`` (score against iteration, mean and interquartile band of each field) into ``--out``.
+``xmesh_claim.png`` (score against iteration, mean and interquartile band of each field) into ``--out``.
 
-GPU run (one H200, about 4 minutes with MIT-30):
+GPU run (one H200; expected under 5 minutes: the MIT-30 part stops starting meshes after
+``--budget-minutes``):
 
-    python benchmarks/bench_xmesh_claim.py --clip assets/models/shapes-clip --mit30 .mit30 --device cuda --out $OUT/claim
+    python benchmarks/bench_xmesh_claim.py --clip assets/models/shapes-clip --mit30 .mit30 --device cuda --budget-minutes 3.2 --out $OUT/claim
 
 (``.mit30`` from ``python tools/pack_mit30.py ../shared/data/mit30 .mit30``: 4.2 MB for the 11 meshes.)
 
@@ -113,18 +114,20 @@ def build_meshes(args):
 
 
 def group_runs(meshes, prompts_per_mesh, seeds):
-    """Runs grouped by (field, face array): [(field, [(mesh index, prompt, colour, seed)])]."""
+    """Runs grouped by (face array, field): [(field, [(mesh index, prompt, colour, seed)])].
+
+    Both fields of one topology are adjacent, so a time budget that stops the MIT-30 part early
+    leaves whole pairs (never a TDAM curve without its Text2Mesh partner)."""
     import numpy as np
 
+    by_faces: dict = {}
+    for m, (_, _, _, mesh) in enumerate(meshes):
+        key = (mesh.faces.shape, hash(np.ascontiguousarray(mesh.faces).tobytes()))
+        by_faces.setdefault(key, []).append(m)
     groups = []
-    for field in FIELDS:
-        by_faces: dict = {}
-        for m, (_, _, _, mesh) in enumerate(meshes):
-            key = (mesh.faces.shape, hash(np.ascontiguousarray(mesh.faces).tobytes()))
-            by_faces.setdefault(key, []).append(m)
-        for members in by_faces.values():
-            runs = [(m, p, c, s) for m in members for (p, c) in prompts_per_mesh[m] for s in seeds]
-            groups.append((field, runs))
+    for members in by_faces.values():
+        runs = [(m, p, c, s) for m in members for (p, c) in prompts_per_mesh[m] for s in seeds]
+        groups += [(field, runs) for field in FIELDS]
     return groups
 
 
@@ -150,10 +153,10 @@ def calibrate(meshes, prompts_per_mesh, guide, renderer, settings, device):
 
 
 def first_reaching(curve, threshold, cap):
-    for it, v in curve:
-        if v > threshold:
-            return it
-    return cap
+    """ITS of one recorded curve (the reference's rule: first evaluation strictly above the threshold)."""
+    from attncraft.mesh.benchmark import its_from_curve
+
+    return its_from_curve(curve, threshold, cap)
 
 
 def run_group(field, runs, meshes, guide, renderer, settings, args, device, log):
@@ -378,9 +381,38 @@ def main(argv=None):
     log(f"ITS threshold {threshold:.4f} (untouched {calib_stats[0]:.4f}, painted {calib_stats[1]:.4f})")
     records, timings = [], []
     budget_s = 60 * args.budget_minutes
+    if device.type == "cuda":
+        hardware = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    else:
+        hardware = f"CPU {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+    def write_outputs(final):
+        """claim.md / claim.json / xmesh_claim.png from the groups done so far (rewritten after each group,
+        so a run stopped from outside still leaves every finished curve)."""
+        rows, paired = summarize(records, threshold, args.iterations)
+        total_s = time.perf_counter() - t_start
+        notes = skipped + ([] if final else ["run stopped before the end: the groups after the last one listed are missing"])
+        md = markdown(args, rows, paired, threshold, calib_stats, timings, hardware, notes, total_s, len(records),
+                      colours, len(seeds))
+        payload = {"settings": {**settings.to_dict(), "eval_every": args.eval_every}, "clip": label,
+                   "threshold": threshold, "calibration_means": calib_stats,
+                   "rows": {f"{k[0]}|{k[1]}": v for k, v in rows.items()}, "paired": paired, "skipped": notes,
+                   "complete": final, "seconds": total_s, "records": records}
+        for name, text in (("claim.md", md), ("claim.json", json.dumps(payload))):
+            tmp = out / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(out / name)
+        tmp = out / ".xmesh_claim.tmp.png"
+        plot(tmp, records, threshold, args.iterations)
+        tmp.replace(out / "xmesh_claim.png")
+        return md
+
+    over_budget: set[int] = set()  # topologies (by their run list) whose pair was not started
     for field, runs in group_runs(meshes, prompts_per_mesh, seeds):
         set_name = meshes[runs[0][0]][0]
-        if set_name == "MIT-30" and time.perf_counter() - t_start > budget_s:
+        if set_name == "MIT-30" and (id(runs) in over_budget or
+                                     (field == FIELDS[0] and time.perf_counter() - t_start > budget_s)):
+            over_budget.add(id(runs))
             skipped.append(f"{meshes[runs[0][0]][1]} ({field}): time budget of {args.budget_minutes} min reached")
             continue
         names = sorted({meshes[m][1] for m, *_ in runs})
@@ -394,22 +426,8 @@ def main(argv=None):
                             "clip": [[it, c[k]] for it, c in zip(curves["iteration"], curves["clip"])],
                             "color": [[it, c[k]] for it, c in zip(curves["iteration"], curves["color"])],
                             "train": [[it, c[k]] for it, c in zip(curves["iteration"], curves["train"]) if c is not None]})
-    rows, paired = summarize(records, threshold, args.iterations)
-    if device.type == "cuda":
-        hardware = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    else:
-        hardware = f"CPU {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    total_s = time.perf_counter() - t_start
-    md = markdown(args, rows, paired, threshold, calib_stats, timings, hardware, skipped, total_s, len(records), colours,
-                  len(seeds))
-    (out / "claim.md").write_text(md)
-    payload = {"settings": {**settings.to_dict(), "eval_every": args.eval_every}, "clip": label, "threshold": threshold,
-               "calibration_means": calib_stats, "rows": {f"{k[0]}|{k[1]}": v for k, v in rows.items()},
-               "paired": paired, "skipped": skipped, "seconds": total_s, "records": records}
-    (out / "claim.json").write_text(json.dumps(payload))
-    plot(out / "xmesh_claim.png", records, threshold, args.iterations)
-    print(md)
-
+        write_outputs(final=False)
+    print(write_outputs(final=True))
 
 if __name__ == "__main__":
     main()

@@ -94,7 +94,7 @@ def check_output_types(make: Factory, call: dict, reference: Factory | None = No
     assert_same(as_pt.movedim(-3, -1).cpu().numpy(), as_np, 0.0, "pt output")
     pil = np.stack([np.stack([np.asarray(f) for f in x]) if isinstance(x, list) else np.asarray(x) for x in as_pil])
     assert_same(pil, (as_np * 255).round().astype(np.uint8), 0.0, "pil output")
-    assert latents.shape[1] == pipe.unet.config.in_channels
+    assert latents.shape[1] == pipe.unet.config.out_channels  # 9 inputs but 4 latent channels for FancyVideo
     assert_same(_decode(pipe, latents), as_np, 1e-6, "decoded latent output")
     _compare(as_np, reference, lambda p: generate(p, call), reference_atol, "np output")
 

@@ -101,10 +101,12 @@ def xformers_available() -> bool:
     return xformers_problem() is None
 
 
-def check_backend(name: str) -> str:
+def check_backend(name: str, probe: bool = True) -> str:
+    """``name`` if it is a known backend that runs here; ``probe=False`` checks the name alone (for
+    work that will run on another machine, e.g. batch jobs checked before they go to GPU workers)."""
     if name not in BACKENDS:
         raise InputError(f"unknown attention backend {name!r}", f"pass one of {', '.join(BACKENDS)}")
-    if name == "xformers":
+    if probe and name == "xformers":
         problem = xformers_problem()
         if problem is not None:
             raise InputError(problem, _install_fix(problem))

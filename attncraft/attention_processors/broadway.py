@@ -467,4 +467,3 @@ class BroadWay(AttentionTechnique):
             "interpolation": self.interpolation, "clamp_negative": self.clamp_negative,
             "temporal_self_guidance": self.temporal_self_guidance, "motion_enhancement": self.motion_enhancement,
         }  # fmt: skip
-

@@ -16,6 +16,7 @@ import sys
 
 import typer
 
+from attncraft.cli import convert as convert_cmd
 from attncraft.cli import edit as edit_cmd
 from attncraft.cli import image as image_cmd
 from attncraft.cli import video as video_cmd
@@ -40,10 +41,11 @@ app.command("image")(image_cmd.image)
 app.command("edit")(edit_cmd.edit)
 app.command("video")(video_cmd.video)
 app.command("customize")(realcustom_cmd.customize)
+app.add_typer(convert_cmd.app, name="convert")
 
 # Optional command groups: each registers itself only if its module exists, so the CLI keeps
 # working while a group is being developed.
-for _module_name, _group_name in (("world", "world"), ("mesh", "mesh")):
+for _module_name, _group_name in (("world", "world"), ("mesh", "mesh"), ("batch", "batch")):
     try:
         _module = __import__(f"attncraft.cli.{_module_name}", fromlist=["app"])
     except ModuleNotFoundError as _exc:  # pragma: no cover - only while a group is absent

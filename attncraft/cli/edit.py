@@ -14,10 +14,12 @@ colour change of its first object.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from attncraft.batch.jobs import RUNNER_OPTIONS, register_job
 from attncraft.cli.common import DeviceOption, ModelOption, OutOption, OverwriteOption, TrustPickleOption, console, quiet_libraries
 
 
@@ -98,26 +100,45 @@ def edit(
     trust_pickle: bool = TrustPickleOption,
 ) -> None:
     """Edit an image with Prompt-to-Prompt after null-text inversion, optionally with DPL."""
+    options = {k: v for k, v in locals().items() if k not in RUNNER_OPTIONS}
     quiet_libraries()
-    from attncraft.attention_processors.dpl import DPLConfig
-    from attncraft.attention_processors.prompt_to_prompt import MODES, make_controllers, tokenize_prompt
-    from attncraft.errors import InputError
-    from attncraft.loading import load_text_to_image
     from attncraft.outputs import prepare_output_dir, reserve_dir
-    from attncraft.pipelines.dpl import real_image_edit_pipeline
-    from attncraft.pipelines.inversion import Inversion, NullTextSettings, prepare_image
     from attncraft.pipelines.text_to_image import output_name
-    from attncraft.progress import progress_task
-    from attncraft.validation import check_finite, check_input_file, check_int_range, check_seed, check_text
 
-    # ---- arguments, before anything is loaded
+    plan = check_edit_options(**options)
+    out = prepare_output_dir(out)
+    loaded, pipe = load_edit_model(options, device)
+    written, _settings = run_edit(loaded, pipe, plan, options,
+                                  lambda target, seed: reserve_dir(out, output_name(target, seed), overwrite=overwrite))
+    console.print(f"wrote {len(written)} files to {written[0].parent}/")
+    for path in written:
+        typer.echo(str(path))
+
+
+@dataclass
+class EditPlan:
+    """What :func:`check_edit_options` found: the saved inversion (loaded) and the parsed --reweight."""
+
+    saved: object
+    weights: dict[str, float]
+
+
+def check_edit_options(image=None, source=None, target=None, mode="replace", dpl=False, reweight=None, cross_replace=0.8,
+                       self_replace=0.4, inversion=None, method="nti", null_steps=None, null_lr=None, dpl_steps=21,
+                       steps=None, guidance=None, seed=0, **_other) -> EditPlan:
+    """Every check of ``attncraft edit`` that needs no model (the edit batch job runs them too)."""
+    from attncraft.attention_processors.prompt_to_prompt import MODES
+    from attncraft.errors import InputError
+    from attncraft.pipelines.inversion import Inversion
+    from attncraft.validation import check_finite, check_input_file, check_int_range, check_seed
+
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}", f"pass one of {', '.join(MODES)}")
     if method not in ("nti", "ddim"):
         raise InputError(f"unknown --method {method!r}", "pass nti or ddim")
     if dpl and method != "nti":
         raise InputError("--dpl runs with null-text inversion", "drop --method ddim")
-    seed = check_seed(seed)
+    check_seed(seed)
     check_finite("--cross-replace", cross_replace, 0.0, 1.0, example=0.8)
     check_finite("--self-replace", self_replace, 0.0, 1.0, example=0.4)
     if steps is not None:
@@ -133,15 +154,41 @@ def edit(
         check_input_file(image, "image")
     saved = None
     if inversion is not None:
+        inversion = Path(inversion)
         check_input_file(inversion if inversion.suffix else Path(str(inversion) + ".safetensors"), "saved inversion")
         saved = Inversion.load(inversion)
     weights = _parse_reweight(reweight)
     if mode == "reweight" and not weights:
         raise InputError("--mode reweight needs --reweight WORD=SCALE", "pass e.g. --reweight circle=2")
-    out = prepare_output_dir(out)
+    return EditPlan(saved, weights)
 
-    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle)
-    pipe = real_image_edit_pipeline(loaded.pipeline)
+
+def load_edit_model(options: dict, device: str = "auto"):
+    """The model of an edit and its editing pipeline (:func:`real_image_edit_pipeline`)."""
+    quiet_libraries()
+    from attncraft.loading import load_text_to_image
+    from attncraft.pipelines.dpl import real_image_edit_pipeline
+
+    loaded = load_text_to_image(options["model"], device=device, dtype=options["dtype"], config=options["config"],
+                                trust_pickle=options["trust_pickle"])
+    return loaded, real_image_edit_pipeline(loaded.pipeline)
+
+
+def run_edit(loaded, pipe, plan: EditPlan, options: dict, folder_for, progress: bool | None = None) -> tuple[list[Path], dict]:
+    """Invert (or take the saved inversion), edit, and write every result into ``folder_for(target,
+    seed)`` (called once the source and target are known); returns the files written and the settings."""
+    from attncraft.attention_processors.dpl import DPLConfig
+    from attncraft.attention_processors.prompt_to_prompt import make_controllers, tokenize_prompt
+    from attncraft.errors import InputError
+    from attncraft.pipelines.inversion import NullTextSettings, prepare_image
+    from attncraft.progress import progress_task
+    from attncraft.validation import check_text
+
+    o = options
+    image, inversion, saved, weights = o["image"], o["inversion"], plan.saved, plan.weights
+    source, target, mode, dpl, nouns, seed = o["source"], o["target"], o["mode"], o["dpl"], o["nouns"], o["seed"]
+    steps, guidance, method, width, height = o["steps"], o["guidance"], o["method"], o["width"], o["height"]
+    cross_replace, self_replace = o["cross_replace"], o["self_replace"]
     shapes = loaded.reference == "shapes"
     if saved is not None:
         saved.check(pipe, source=f"the saved inversion {str(inversion)!r}")
@@ -170,7 +217,7 @@ def edit(
     noun_list = _words(nouns) or (saved.nouns[0] if saved and saved.nouns else []) or (_shape_nouns(source) if shapes else [])
     if dpl and not noun_list:
         raise InputError("--dpl needs the nouns of the source prompt", "pass --nouns, e.g. --nouns cat,dog")
-    blend_words = _words(local_blend)
+    blend_words = _words(o["local_blend"])
     # every word-level problem is found now, before the inversion
     tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
     src_tokens = tokenize_prompt(tokenizer, source, noun_list if dpl else (), collapse=True)
@@ -195,26 +242,27 @@ def edit(
             settings.guidance_scale = guidance
         settings.width = width or settings.width
         settings.height = height or settings.height
-        with progress_task("generating the source", settings.num_inference_steps) as update:
+        with progress_task("generating the source", settings.num_inference_steps, enabled=progress) as update:
             source_image = generate(loaded, settings, on_step=lambda i, n: update(i)).images[0]
 
-    console.print(f"model: {loaded.label}")
-    folder = reserve_dir(out, output_name(target, seed), overwrite=overwrite)
+    if progress is not False:
+        console.print(f"model: {loaded.label}")
+    folder = Path(folder_for(target, seed))
     total = steps if saved is not None else 3 * steps
     phases = {"inversion": 0, "optimisation": steps, "editing": 0 if saved is not None else 2 * steps}
-    with progress_task("inversion + " + ("DPL + " if dpl else "") + "editing", total) as update:
+    with progress_task("inversion + " + ("DPL + " if dpl else "") + "editing", total, enabled=progress) as update:
         def on_progress(phase, done, n):
             update(phases[phase] + done, phase)
 
         if saved is None:
-            null_text = NullTextSettings.faithful() if faithful else NullTextSettings()
-            if null_steps is not None:
-                null_text.inner_steps = null_steps
-            null_text.lr = null_lr or (SHAPES_NULL_LR if shapes else null_text.lr)
+            null_text = NullTextSettings.faithful() if o["faithful"] else NullTextSettings()
+            if o["null_steps"] is not None:
+                null_text.inner_steps = o["null_steps"]
+            null_text.lr = o["null_lr"] or (SHAPES_NULL_LR if shapes else null_text.lr)
             inv = pipe.invert(
-                source_image, source, nouns=noun_list or None, dpl=DPLConfig(token_steps=dpl_steps) if dpl else None,
-                method=method, num_inference_steps=steps, guidance_scale=guidance, null_text=null_text,
-                height=height, width=width, on_progress=on_progress,
+                source_image, source, nouns=noun_list or None,
+                dpl=DPLConfig(token_steps=o["dpl_steps"]) if dpl else None, method=method, num_inference_steps=steps,
+                guidance_scale=guidance, null_text=null_text, height=height, width=width, on_progress=on_progress,
             )
         else:
             inv = saved
@@ -238,9 +286,7 @@ def edit(
     }
     written = _write_results(folder, settings, source_image, reconstruction, edited, inv, store, saved is None,
                              noun_list or _words(nouns) or _changed_words(source, target), pipe)
-    console.print(f"wrote {len(written)} files to {folder}/")
-    for path in written:
-        typer.echo(str(path))
+    return written, settings
 
 
 def _changed_words(source: str, target: str) -> list[str]:
@@ -286,3 +332,25 @@ def _write_results(folder, settings, source_image, reconstruction, edited, inv, 
         written.append(save_png_with_settings(picture, folder / "maps.png", dict(settings, picture="attention maps", words=words), overwrite=True))
     del torch
     return written
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``edit`` batch job: one result folder per job, the model loaded once per worker
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_edit_jobs(model, jobs) -> None:
+    loaded, pipe = model
+    for job in jobs:
+        _written, job.settings = run_edit(loaded, pipe, check_edit_options(**job.options), job.options,
+                                          lambda target, seed: job.folder(), progress=False)
+
+
+register_job(
+    "edit", edit,
+    check=check_edit_options,
+    load=load_edit_model,
+    run=_run_edit_jobs,
+    model_options=("model", "config", "dtype", "trust_pickle"),
+    name_option="target",
+)

@@ -19,10 +19,12 @@ torch and the mesh modules are imported inside the commands so ``--help`` stays 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from attncraft.batch.jobs import register_job
 from attncraft.errors import InputError
 from attncraft.validation import check_finite, check_input_file, check_int_range, check_seed, check_text, looks_like_path
 
@@ -98,6 +100,52 @@ def _check_run_options(iterations: int, views: int, resolution: int, seed: int, 
         check_finite("--lr", lr, 0, low_inclusive=False, example=5e-4)
 
 
+@dataclass
+class StylizePlan:
+    """The checked arguments of ``mesh stylize`` (what the checks derived from the options)."""
+
+    mesh: str
+    prompt: str
+    background: tuple[float, float, float]
+    formats: list[str]
+    turntable: str
+    stem: str
+
+
+def check_stylize_options(mesh=None, prompt=None, *, iterations=1200, views=5, resolution=224, lr=5e-4, seed=23,
+                          field="xmesh", background="white", target_edge=None, max_vertices=None, name=None,
+                          formats="glb,ply,obj", turntable="mp4", frames=48, **_other) -> StylizePlan:
+    """Every check of ``mesh stylize`` that needs no CLIP (the mesh job runs them too)."""
+    from attncraft.mesh.stylize import DEFAULT_PROMPT
+
+    mesh_ref, prompt_text = _split_args(mesh, prompt)
+    _check_mesh_path(mesh_ref, prompt is not None)
+    prompt_text = check_text("prompt", DEFAULT_PROMPT if prompt_text is None else prompt_text)
+    _check_run_options(iterations, views, resolution, seed, lr)
+    if target_edge is not None:
+        check_finite("--target-edge", target_edge, 0, low_inclusive=False, example=0.03)
+    if max_vertices is not None:
+        check_int_range("--max-vertices", max_vertices, 3)
+    if name is not None:
+        check_text("--name", name)
+        if Path(name).name != name or name in (".", ".."):
+            raise InputError(f"--name {name!r} is not a file name", "pass a name without folders, e.g. --name chair")
+    turntable_kind = turntable.lower().strip(".")
+    if turntable_kind not in ("mp4", "gif", "none"):
+        raise InputError(f"unknown turntable format {turntable!r}", "pass --turntable mp4, gif or none")
+    fmt_list = [f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmt_list if f not in ("glb", "ply", "obj")]
+    if bad:
+        raise InputError(f"unknown mesh format(s) {', '.join(bad)}", "pass --formats with glb, ply and/or obj")
+    if field not in ("xmesh", "text2mesh"):
+        raise InputError(f"unknown style field {field!r}", "pass --field xmesh or --field text2mesh")
+    if turntable_kind != "none":
+        check_int_range("--frames", frames, 1, 1000, example=48)
+    rgb = _background(background)
+    stem = "default" if mesh_ref == "default" else Path(mesh_ref).stem
+    return StylizePlan(mesh_ref, prompt_text, rgb, fmt_list, turntable_kind, name or stem)
+
+
 @app.command("stylize")
 def stylize(
     mesh: str = typer.Argument(None, help="Mesh file (.obj/.ply/.glb/.gltf/.off/.stl) or 'default' (procedural torus)."),
@@ -130,34 +178,14 @@ def stylize(
 ) -> None:
     """Stylise a mesh from a text prompt (colour + displacement per vertex, guided by CLIP)."""
     quiet_libraries()
-    from attncraft.mesh.stylize import DEFAULT_PROMPT, stylize_mesh
+    from attncraft.mesh.stylize import stylize_mesh
     from attncraft.outputs import prepare_output_dir, reserve_dir
 
-    mesh_ref, prompt_text = _split_args(mesh, prompt)
-    _check_mesh_path(mesh_ref, prompt is not None)
-    prompt_text = check_text("prompt", DEFAULT_PROMPT if prompt_text is None else prompt_text)
-    _check_run_options(iterations, views, resolution, seed, lr)
-    if target_edge is not None:
-        check_finite("--target-edge", target_edge, 0, low_inclusive=False, example=0.03)
-    if max_vertices is not None:
-        check_int_range("--max-vertices", max_vertices, 3)
-    if name is not None:
-        check_text("--name", name)
-        if Path(name).name != name or name in (".", ".."):
-            raise InputError(f"--name {name!r} is not a file name", "pass a name without folders, e.g. --name chair")
-    turntable_kind = turntable.lower().strip(".")
-    if turntable_kind not in ("mp4", "gif", "none"):
-        raise InputError(f"unknown turntable format {turntable!r}", "pass --turntable mp4, gif or none")
-    fmt_list = [f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip()]
-    bad = [f for f in fmt_list if f not in ("glb", "ply", "obj")]
-    if bad:
-        raise InputError(f"unknown mesh format(s) {', '.join(bad)}", "pass --formats with glb, ply and/or obj")
-    if field not in ("xmesh", "text2mesh"):
-        raise InputError(f"unknown style field {field!r}", "pass --field xmesh or --field text2mesh")
-    if turntable_kind != "none":
-        check_int_range("--frames", frames, 1, 1000, example=48)
-    rgb = _background(background)
-    stem = "default" if mesh_ref == "default" else Path(mesh_ref).stem
+    plan = check_stylize_options(mesh, prompt, iterations=iterations, views=views, resolution=resolution, lr=lr,
+                                 seed=seed, field=field, background=background, target_edge=target_edge,
+                                 max_vertices=max_vertices, name=name, formats=formats, turntable=turntable, frames=frames)
+    mesh_ref, prompt_text, rgb, fmt_list, turntable_kind, stem = (
+        plan.mesh, plan.prompt, plan.background, plan.formats, plan.turntable, plan.stem)
     parent = prepare_output_dir(out)  # before any work: a file, a read-only folder or a full disk fails now
     result = stylize_mesh(mesh_ref, prompt_text, clip=clip, device=device, dtype=dtype, renderer=renderer,
                           max_vertices=max_vertices, refine=refine, target_edge=target_edge, log=_echo,
@@ -219,3 +247,59 @@ def bench(
                            log=_echo, iterations=iterations, views=views, resolution=resolution, seed=seed)
     _echo(f"{report.computed} computed, {report.cached} reused, {len(report.skipped)} meshes skipped (missing)")
     typer.echo(report.paths["markdown"].read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``mesh`` batch job: ``mesh stylize`` with its options; the CLIP is loaded once per worker
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoadedGuide:
+    guide: object
+    device: object
+    dtype: object
+
+
+def _load_guide(options: dict, device: str = "auto") -> _LoadedGuide:
+    quiet_libraries()
+    from attncraft.devices import resolve_device, resolve_dtype
+    from attncraft.mesh.stylize import make_guide
+
+    dev = resolve_device(device)
+    autocast = resolve_dtype(options["dtype"], dev)
+    return _LoadedGuide(make_guide(options["clip"], dev, autocast, options["trust_pickle"]), dev, autocast)
+
+
+def _run_mesh_jobs(loaded: _LoadedGuide, jobs) -> None:
+    from attncraft.mesh.stylize import stylize_mesh
+
+    for job in jobs:
+        o = job.options
+        plan = check_stylize_options(**o)
+        result = stylize_mesh(plan.mesh, plan.prompt, clip=loaded.guide, device=loaded.device, dtype=loaded.dtype,
+                              renderer=o["renderer"], max_vertices=o["max_vertices"], refine=o["refine"],
+                              target_edge=o["target_edge"], allow_partial=o["allow_partial"],
+                              memory_check=not o["skip_memory_check"], iterations=o["iterations"], views=o["views"],
+                              resolution=o["resolution"], learning_rate=o["lr"], seed=o["seed"], field=o["field"],
+                              geoloss=o["geoloss"], background=plan.background, progress=False)
+        result.save(job.folder(), plan.stem, formats=plan.formats,
+                    turntable=None if plan.turntable == "none" else plan.turntable, frames=o["frames"],
+                    device=result.settings["device"], overwrite=True)
+        score = result.final_score_or_none
+        if score is not None:
+            job.metrics["clip_score"] = score
+        if result.eval_score is not None:
+            job.metrics["eval_score"] = result.eval_score
+        job.metrics.update({k: v for k, v in (result.ground_truth or {}).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        job.settings = {**result.settings, "prompt": result.prompt, "clip": result.clip_label, "mesh": result.mesh_source}
+
+
+register_job(
+    "mesh", stylize,
+    check=check_stylize_options,
+    load=_load_guide,
+    run=_run_mesh_jobs,
+    model_options=("clip", "dtype", "trust_pickle"),
+)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from attncraft.batch.jobs import RUNNER_OPTIONS, register_job
 from attncraft.cli.common import (
     DeviceOption,
     DtypeOption,
@@ -93,25 +95,59 @@ def customize(
     dtype: str = DtypeOption,
 ) -> None:
     """Draw the subject of --subject where the prompt says --word; the rest follows the text."""
+    options = {k: v for k, v in locals().items() if k not in RUNNER_OPTIONS}
     quiet_libraries()
-    import torch
-
-    from attncraft.errors import InputError
-    from attncraft.loading import EMBEDDED_ALIASES, load_text_to_image
     from attncraft.outputs import prepare_output_dir, save_png_with_settings
-    from attncraft.pipelines.realcustom import GUIDANCE_MODES, MASK_PASSES, realcustom_pipeline_for
-    from attncraft.pipelines.text_to_image import check_values, output_name, settings_from_options, validate
+    from attncraft.pipelines.text_to_image import output_name
     from attncraft.progress import progress_task
-    from attncraft.realcustom.modules import SHAPES_ADAPTER_DIR, checkpoint_file
-    from attncraft.schedulers import set_scheduler
+
+    image = check_customize_options(**options)  # everything that can be checked before a model is loaded
+    out = prepare_output_dir(out)
+    model = load_customize_model(options, device)
+    settings, run = customize_settings(model, options)
+    console.print(f"model: {model.loaded.label}; RealCustom: {settings.extra['adapter']}")
+    with progress_task("denoising", settings.num_inference_steps) as update:
+        result = run(image, lambda i: update(i))
+    tile = _tile(settings)
+    paths = []
+    for i, img in enumerate(result.images):
+        meta = settings.for_image(i)
+        path = save_png_with_settings(img, out / f"{output_name(prompt, meta['seed'])}.png", meta, overwrite=overwrite,
+                                      companions=("_masks.png",))
+        save_png_with_settings(_mask_strip(img, result.masks[:, i], tile), path.with_name(path.stem + "_masks.png"),
+                               _mask_settings(meta), overwrite=True)
+        paths.append(path)
+    console.print(f"wrote {len(paths)} image{'s' if len(paths) != 1 else ''} (and their mask strips) to {out}/")
+    for path in paths:
+        typer.echo(str(path))
+
+
+def _tile(settings) -> int:
+    return max(64, min(settings.width, settings.height, 128))
+
+
+def _mask_settings(meta: dict) -> dict:
+    return {**meta, "content": "final image, then the influence mask of each step"}
+
+
+def check_customize_options(prompt, subject, word, model="shapes", adapter=None, steps=None, guidance=None,
+                            image_guidance=None, guidance_mode=None, gamma_scope=None, gamma_num=None,
+                            mask_reuse_step=None, mask_pass="batched", seed=0, count=1, width=None, height=None,
+                            negative=None, **_other):
+    """Every check of ``attncraft customize`` that needs no model (its batch job runs them too);
+    returns the subject image."""
+    from attncraft.errors import InputError
+    from attncraft.loading import EMBEDDED_ALIASES
+    from attncraft.pipelines.realcustom import GUIDANCE_MODES, MASK_PASSES
+    from attncraft.pipelines.text_to_image import check_values
+    from attncraft.realcustom.modules import checkpoint_file
     from attncraft.validation import check_finite, check_int_range, check_text
 
-    # -- everything that can be checked before a model is loaded --------------------------------
     check_values(prompt, negative, steps, guidance, seed, count, width, height)
     check_text("--word", word)
     if not re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", prompt, flags=re.IGNORECASE):
         raise InputError(f"the word {word!r} is not in the prompt {prompt!r}", "pass a --word that appears in the prompt as a whole word")
-    image = _read_subject(subject)
+    image = _read_subject(Path(subject))
     for name, value, low, high in (("--image-guidance", image_guidance, None, None), ("--gamma-scope", gamma_scope, 0, 1),
                                    ("--gamma-num", gamma_num, 0, 1)):
         if value is not None:
@@ -129,54 +165,105 @@ def customize(
         raise InputError("--adapter is needed for a model other than shapes", "pass the RealCustom checkpoint trained for this model")
     if adapter is not None and not checkpoint_file(adapter).is_file():
         raise InputError(f"the RealCustom checkpoint {adapter!r} does not exist", "pass its realcustom.safetensors file or folder")
-    out = prepare_output_dir(out)
+    return image
 
-    # -- the model ------------------------------------------------------------------------------
-    loaded = load_text_to_image(model, device=device, dtype=dtype, config=config, trust_pickle=trust_pickle)
-    settings = settings_from_options(loaded, prompt, seed=seed, count=count, negative_prompt=negative,
-                                     num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                                     scheduler=scheduler)
-    validate(settings, loaded)
+
+@dataclass
+class CustomizeModel:
+    """A loaded model with its RealCustom pipeline and checkpoint (one per worker in a batch)."""
+
+    loaded: object
+    pipe: object
+    checkpoint: Path
+    checkpoint_sha256: str
+
+
+def load_customize_model(options: dict, device: str = "auto") -> CustomizeModel:
+    """The model of ``options`` with the RealCustom checkpoint (``adapter``) loaded into its pipeline."""
+    quiet_libraries()
+    from attncraft.loading import load_text_to_image
+    from attncraft.pipelines.realcustom import realcustom_pipeline_for
+    from attncraft.realcustom.modules import SHAPES_ADAPTER_DIR, checkpoint_file
+
+    loaded = load_text_to_image(options["model"], device=device, dtype=options["dtype"], config=options["config"],
+                                trust_pickle=options["trust_pickle"])
     pipe = realcustom_pipeline_for(loaded.pipeline)
-    if settings.scheduler:
-        set_scheduler(pipe, settings.scheduler)
-    pipe.load_realcustom(adapter, image_encoder=image_encoder)
-    options = pipe.options_from(word, guidance_mode=guidance_mode, image_guidance_scale=image_guidance, gamma_scope=gamma_scope,
-                                gamma_num=gamma_num, use_scoring=False if no_scoring else None, mask_mode=mask_mode,
-                                mask_reused_step=mask_reuse_step, mask_pass=mask_pass)
-    ckpt = checkpoint_file(adapter if adapter else SHAPES_ADAPTER_DIR)
+    pipe.load_realcustom(options["adapter"], image_encoder=options["image_encoder"])
+    ckpt = checkpoint_file(options["adapter"] if options["adapter"] else SHAPES_ADAPTER_DIR)
+    return CustomizeModel(loaded, pipe, ckpt, hashlib.sha256(ckpt.read_bytes()).hexdigest())
+
+
+def customize_settings(model: CustomizeModel, options: dict):
+    """The settings of a run (model defaults filled in, recorded in every image) and ``run(subject
+    image, on_step)``, which makes its images and masks (the pipeline's output)."""
+    import torch
+
+    from attncraft.pipelines.text_to_image import settings_from_options, validate
+    from attncraft.schedulers import use_scheduler
+
+    o, loaded, pipe = options, model.loaded, model.pipe
+    settings = settings_from_options(loaded, o["prompt"], seed=o["seed"], count=o["count"], negative_prompt=o["negative"],
+                                     num_inference_steps=o["steps"], guidance_scale=o["guidance"], width=o["width"],
+                                     height=o["height"], scheduler=o["scheduler"])
+    validate(settings, loaded)
+    run_options = pipe.options_from(o["word"], guidance_mode=o["guidance_mode"], image_guidance_scale=o["image_guidance"],
+                                    gamma_scope=o["gamma_scope"], gamma_num=o["gamma_num"],
+                                    use_scoring=False if o["no_scoring"] else None, mask_mode=o["mask_mode"],
+                                    mask_reused_step=o["mask_reuse_step"], mask_pass=o["mask_pass"])
+    subject = Path(o["subject"])
     settings.extra.update(
         task="customize", subject=str(subject), subject_sha256=hashlib.sha256(subject.read_bytes()).hexdigest(),
-        word=word, adapter=str(ckpt), adapter_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest(),
-        image_encoder=pipe.realcustom_encoder.reference or image_encoder, guidance_mode=options.guidance_mode,
-        image_guidance_scale=float(options.image_guidance_scale), gamma_scope=float(options.gamma_scope),
-        gamma_num=float(options.gamma_num), use_scoring=bool(options.use_scoring), mask_mode=options.mask_mode,
-        mask_reused_step=options.mask_reused_step, mask_pass=options.mask_pass,
+        word=o["word"], adapter=str(model.checkpoint), adapter_sha256=model.checkpoint_sha256,
+        image_encoder=pipe.realcustom_encoder.reference or o["image_encoder"], guidance_mode=run_options.guidance_mode,
+        image_guidance_scale=float(run_options.image_guidance_scale), gamma_scope=float(run_options.gamma_scope),
+        gamma_num=float(run_options.gamma_num), use_scoring=bool(run_options.use_scoring), mask_mode=run_options.mask_mode,
+        mask_reused_step=run_options.mask_reused_step, mask_pass=run_options.mask_pass,
     )
-    console.print(f"model: {loaded.label}; RealCustom: {ckpt}")
 
-    gen_device = "cpu" if pipe._execution_device.type == "mps" else pipe._execution_device
-    generators = [torch.Generator(device=gen_device).manual_seed(seed + i) for i in range(count)]
-    with progress_task("denoising", settings.num_inference_steps) as update:
-        result = pipe(
-            prompt=[prompt] * count, subject_image=image, subject_word=word,
+    def run(image, on_step=None):
+        use_scheduler(pipe, settings.scheduler)
+        gen_device = "cpu" if pipe._execution_device.type == "mps" else pipe._execution_device
+        count, negative = settings.count, settings.negative_prompt
+        generators = [torch.Generator(device=gen_device).manual_seed(settings.seed + i) for i in range(count)]
+        return pipe(
+            prompt=[settings.prompt] * count, subject_image=image, subject_word=o["word"],
             negative_prompt=[negative] * count if negative else None, num_inference_steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale, width=settings.width, height=settings.height, generator=generators,
-            callback_on_step_end=lambda p, i, t, kw: (update(i + 1), kw)[1],
-            image_guidance_scale=options.image_guidance_scale, guidance_mode=options.guidance_mode,
-            gamma_scope=options.gamma_scope, gamma_num=options.gamma_num, use_scoring=options.use_scoring,
-            mask_mode=options.mask_mode, mask_reused_step=options.mask_reused_step, mask_pass=options.mask_pass,
+            callback_on_step_end=lambda p, i, t, kw: ((on_step or (lambda _i: None))(i + 1), kw)[1],
+            image_guidance_scale=run_options.image_guidance_scale, guidance_mode=run_options.guidance_mode,
+            gamma_scope=run_options.gamma_scope, gamma_num=run_options.gamma_num, use_scoring=run_options.use_scoring,
+            mask_mode=run_options.mask_mode, mask_reused_step=run_options.mask_reused_step, mask_pass=run_options.mask_pass,
         )
-    tile = max(64, min(settings.width, settings.height, 128))
-    paths = []
-    for i, img in enumerate(result.images):
-        meta = settings.for_image(i)
-        path = save_png_with_settings(img, out / f"{output_name(prompt, meta['seed'])}.png", meta, overwrite=overwrite,
-                                      companions=("_masks.png",))
-        save_png_with_settings(_mask_strip(img, result.masks[:, i], tile), path.with_name(path.stem + "_masks.png"),
-                               {**meta, "content": "final image, then the influence mask of each step"}, overwrite=True)
-        paths.append(path)
-    console.print(f"wrote {len(paths)} image{'s' if len(paths) != 1 else ''} (and their mask strips) to {out}/")
-    for path in paths:
-        typer.echo(str(path))
 
+    return settings, run
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``customize`` batch job: the model and RealCustom checkpoint loaded once per worker
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_customize_jobs(model: CustomizeModel, jobs) -> None:
+    for job in jobs:
+        image = check_customize_options(**job.options)
+        settings, run = customize_settings(model, job.options)
+        result = run(image)
+        tile = _tile(settings)
+        for i, img in enumerate(result.images):
+            meta = settings.for_image(i)
+            part = i if settings.count > 1 else None
+            job.save_png(img, meta, part=part)
+            job.save_png(_mask_strip(img, result.masks[:, i], tile), _mask_settings(meta),
+                         part="masks" if part is None else f"{i}_masks")
+        meta = settings.for_image(0)
+        meta.pop("index_in_batch", None)
+        job.settings = {**meta, "count": settings.count}
+
+
+register_job(
+    "customize", customize,
+    check=check_customize_options,
+    load=load_customize_model,
+    run=_run_customize_jobs,
+    model_options=("model", "config", "dtype", "trust_pickle", "adapter", "image_encoder"),
+)

@@ -152,8 +152,13 @@ def load_clip(ref: str | None = None, device: torch.device | str = "cpu", dtype:
             label = ("random stand-in (tiny CLIP with random weights; the shapes CLIP is not in "
                      "assets/models/shapes-clip yet, so scores are not meaningful)")
             return _finish(model, device, dtype), load_clip_tokenizer(), label
+        from attncraft.shapes.models import shapes_clip_reads_meshes
+
         model, tok, _ = load_clip(str(folder), device, dtype, trust_pickle)
-        return model, tok, f"shapes CLIP ({folder})"
+        note = "" if shapes_clip_reads_meshes(folder) else (
+            "; not trained on mesh renders, so it cannot guide colour: install the weights of "
+            "tools/gpu/train_shapes_clip_mesh.sh")
+        return model, tok, f"shapes CLIP ({folder}{note})"
     if ref_s.lower().startswith("random"):
         size = ref_s.split(":", 1)[1] if ":" in ref_s else "tiny"
         model = build_random_clip(size)

@@ -14,10 +14,8 @@ and the stylised mesh's exported **vertex colours** are compared with the palett
 * **pattern** (when the prompt asks for one): the share of the asked colour's pixels that are in its
   pattern shade or the prompt's second colour (``two_tone``: 0 for a plain mesh, about one half for
   stripes or checks), and what the Shapes reader makes of turntable renders (8 azimuths, albedo on the
-  world's gray background, 64 px): the share of views whose largest region has the asked colour, and
-  that region's mean pattern-shade fraction (``reader_pattern_fraction``; a plain object has 0). A
-  view of a mesh fills most of the canvas, so the reader refuses it as no object of the 2-D world;
-  the regions it refuses count here as well.
+  world's gray background, 64 px, the mesh at a big world object's size, :data:`READER_DISTANCE`): the share of views whose largest object has the asked colour, and
+  that object's mean pattern-shade fraction (``reader_pattern_fraction``; a plain object has 0).
   The reader's pattern *type* (stripes vs dots vs checks) is not used: it correlates with the 2-D
   world's patterns at the world's period, drawn flat, which a pattern on a curved surface at the
   mesh's own scale never matches (measured: painted procedural meshes read as "plain" in every view,
@@ -111,28 +109,31 @@ def batched_color_fractions(vertices: torch.Tensor, faces: torch.Tensor, colors:
     return counts.gather(1, idx[:, None])[:, 0] / counts.sum(-1).clamp(min=1)
 
 
+READER_DISTANCE = 3.5
+"""Camera distance of the reader's turntable views, in units of the evaluation distance: the unit-sphere
+mesh then spans about a quarter of the canvas, a big object of the 2-D world (the reader refuses a region
+larger than any object of the world as background-like)."""
+
+
 def _reader_views(vertices, faces, colors, parsed: ParsedMeshPrompt, frames: int = 8, size: int = 64) -> dict[str, float]:
-    """The reader on turntable views: share of views whose largest region has the asked colour, and the
-    share of that region's pixels in the pattern shade. A mesh view fills most of the canvas, which the
-    reader's plausibility limits (made for the 2-D world's scenes) refuse as no object; the region it
-    refused is still the mesh, so refused regions count here like objects."""
     from attncraft.shapes.palette import BACKGROUND_RGB
-    from attncraft.shapes.reader import classify_pixels, read_image
+    from attncraft.shapes.reader import read_image
 
     elev, azim = turntable_views(frames, 15.0)
-    cams = _albedo_cameras(vertices.device, elev, azim)
-    images = TorchRenderer().render(vertices, faces, colors.clamp(0, 1), cams, size, background=BACKGROUND_RGB["gray"],
-                                    lighting=False).image.cpu().numpy()
+    cams = _albedo_cameras(vertices.device, elev, azim, radius=EVAL_RADIUS * READER_DISTANCE)
+    supersample = 4  # rendered at 4x and box-filtered, as the world draws its anti-aliased objects
+    big = TorchRenderer().render(vertices, faces, colors.clamp(0, 1), cams, size * supersample,
+                                 background=BACKGROUND_RGB["gray"], lighting=False).image
+    images = torch.nn.functional.avg_pool2d(big.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1).cpu().numpy()
     hits, fractions = 0, []
     for img in images:
-        scene = read_image(img)
-        regions = [r for r in list(scene.objects) + list(scene.rejected) if r.mask is not None]
-        if not regions:
+        objects = read_image(img).objects
+        if not objects:
             continue
-        biggest = max(regions, key=lambda o: o.area)
+        biggest = max(objects, key=lambda o: o.area)
         if biggest.color == parsed.color:
             hits += 1
-            fractions.append(float(classify_pixels(img)[1][biggest.mask].mean()))
+            fractions.append(biggest.pattern_fraction)
     return {"reader_color_views": hits / frames,
             "reader_pattern_fraction": float(np.mean(fractions)) if fractions else 0.0}
 

@@ -3,6 +3,8 @@
 * :mod:`.text_to_image` - plain SD 1.x/2.x/SDXL text-to-image with reproducible PNG outputs;
 * :mod:`.text_to_video` - AnimateDiff text-to-video with per-frame prompt schedules
   (:class:`TextToVideoPipeline`), reproducible video outputs;
+* :mod:`.fancyvideo` - :class:`FancyVideoPipeline`: the released FancyVideo model (image-to-video and
+  two-stage text-to-video);
 * :mod:`.realcustom` - :class:`RealCustomPipeline` (SD 1.x/2.x, Shapes SD) and
   :class:`RealCustomXLPipeline` (SDXL);
 * :mod:`.prompt_to_prompt` - :class:`PromptToPromptPipeline` (SDXL: ``PromptToPromptXLPipeline``):
@@ -28,6 +30,7 @@ _LAZY = {
     "RealCustomXLPipeline": "realcustom",
     "PromptToPromptPipeline": "prompt_to_prompt",
     "PromptToPromptXLPipeline": "prompt_to_prompt",
+    "FancyVideoPipeline": "fancyvideo",
     "RealImageEditPipeline": "dpl",
     "RealImageEditXLPipeline": "dpl",
     "Inversion": "inversion",
@@ -35,6 +38,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "FancyVideoPipeline",
     "Inversion",
     "NullTextSettings",
     "PromptToPromptPipeline",

@@ -21,7 +21,7 @@ from attncraft import __version__
 from attncraft.errors import InputError
 from attncraft.loading import LoadedPipeline
 from attncraft.outputs import save_png_with_settings
-from attncraft.schedulers import SCHEDULERS, set_scheduler
+from attncraft.schedulers import SCHEDULERS, use_scheduler
 from attncraft.validation import check_finite, check_int_range, check_seed, check_text, check_token_count
 
 MAX_COUNT = 64
@@ -139,6 +139,17 @@ def settings_from_options(loaded: LoadedPipeline, prompt: str, *, seed: int = 0,
     return settings
 
 
+BATCHED_FIELDS = ("prompt", "negative_prompt", "seed", "count", "extra")
+"""Fields in which the settings of one :func:`generate_many` call may differ."""
+
+
+def batch_signature(settings: TextToImageSettings) -> tuple:
+    """Settings with equal signatures can share one pipeline call (:func:`generate_many`). Whether a
+    negative prompt is given at all is part of it: SDXL encodes "no negative prompt" as zeros."""
+    data = asdict(settings)
+    return (tuple((k, v) for k, v in sorted(data.items()) if k not in BATCHED_FIELDS), bool(settings.negative_prompt))
+
+
 def generate(
     loaded: LoadedPipeline,
     settings: TextToImageSettings,
@@ -150,26 +161,49 @@ def generate(
     ``on_step(image_step, total_steps)`` is called after every denoising step (for progress bars).
     Extra keyword arguments go to the diffusers pipeline call unchanged.
     """
-    validate(settings, loaded)
+    return generate_many(loaded, [settings], on_step, **pipeline_kwargs)
+
+
+def generate_many(
+    loaded: LoadedPipeline,
+    settings_list: list[TextToImageSettings],
+    on_step: Callable[[int, int], None] | None = None,
+    **pipeline_kwargs: Any,
+):
+    """One pipeline call for several settings that differ only in prompt, negative prompt, seed and
+    count (equal :func:`batch_signature`); the images come in order, ``count`` of each settings.
+
+    Every image has its own generator (seed ``seed + i`` of its settings), so its starting noise is
+    the one a call with those settings alone would draw.
+    """
+    for settings in settings_list:
+        validate(settings, loaded)
+    first = settings_list[0]
+    if any(batch_signature(s) != batch_signature(first) for s in settings_list[1:]):
+        raise ValueError("generate_many needs settings that differ only in prompt, negative prompt, seed and count")
     pipe = loaded.pipeline
-    if settings.scheduler:
-        set_scheduler(pipe, settings.scheduler)
+    use_scheduler(pipe, first.scheduler)
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
-    generators = [torch.Generator(device=gen_device).manual_seed(settings.seed + i) for i in range(settings.count)]
+    prompts, negatives, generators = [], [], []
+    for settings in settings_list:
+        for i in range(settings.count):
+            prompts.append(settings.prompt)
+            negatives.append(settings.negative_prompt)
+            generators.append(torch.Generator(device=gen_device).manual_seed(settings.seed + i))
 
     def callback(pipeline, step, timestep, kwargs):
         if on_step is not None:
-            on_step(step + 1, settings.num_inference_steps)
+            on_step(step + 1, first.num_inference_steps)
         return kwargs
 
     return pipe(
-        prompt=[settings.prompt] * settings.count,
-        negative_prompt=[settings.negative_prompt] * settings.count if settings.negative_prompt else None,
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
-        width=settings.width,
-        height=settings.height,
+        prompt=prompts,
+        negative_prompt=negatives if first.negative_prompt else None,
+        num_inference_steps=first.num_inference_steps,
+        guidance_scale=first.guidance_scale,
+        width=first.width,
+        height=first.height,
         generator=generators,
         callback_on_step_end=callback,
         **pipeline_kwargs,

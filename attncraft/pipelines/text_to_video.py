@@ -72,6 +72,7 @@ from diffusers import AnimateDiffPipeline
 from attncraft import __version__
 from attncraft.errors import InputError
 from attncraft.loading import LoadedPipeline
+from attncraft.progress import step_counter
 from attncraft.video.prompts import PromptSchedule, as_schedule, interpolate_embeddings
 
 __all__ = [
@@ -572,24 +573,16 @@ def generate_video(
     ``settings.vstar``; extra keyword arguments go to the pipeline call.
     FreeNoise (``settings.free_noise``) is enabled for the call and restored afterwards.
     """
-    from attncraft.schedulers import set_scheduler
+    from attncraft.schedulers import use_scheduler
 
     validate_video(settings, loaded)
     pipe = loaded.pipeline
     techniques = (*settings.techniques(pipe.unet), *techniques)
-    if settings.scheduler:
-        set_scheduler(pipe, settings.scheduler)
+    use_scheduler(pipe, settings.scheduler)
     device = pipe._execution_device
     generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(settings.seed)
     total = settings.num_inference_steps * (getattr(pipe, "_free_init_num_iters", 1) if getattr(pipe, "free_init_enabled", False) else 1)
-    done = [0]
-
-    def callback(pipeline, step, timestep, kwargs):
-        done[0] += 1
-        if on_step is not None:
-            on_step(done[0], total)
-        return kwargs
-
+    callback = step_counter(on_step, total)
     if settings.ctgm is not None:
         from attncraft.attention_processors.ctgm import ctgm_technique
 

@@ -4,7 +4,7 @@ The Shapes models are the project's embedded default: the real classes (transfor
 ``CLIPTextModel``, diffusers ``AutoencoderKL`` / ``UNet2DConditionModel`` / ``StableDiffusionPipeline``)
 at a miniature size, trained on the procedural Shapes world (``attncraft.shapes.world``).
 
-Size budget (fp16 on disk, all Shapes weights together < 60 MB, see :func:`shapes_size_budget`):
+Size budget (fp16 on disk, all Shapes weights together < 80 MB, see :func:`shapes_size_budget`):
 
 - shapes CLIP: text tower hidden 128 x 4 layers (its 49408 x 128 token embedding is most of it),
   ViT image tower 64 px / patch 8, hidden 128 x 6 layers.
@@ -48,8 +48,8 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_SCHEDULER = "DPMSolverMultistepScheduler"
 
-#: The full-size budget for all Shapes weights in fp16.
-SIZE_BUDGET_BYTES = 60 * 1000 * 1000
+#: The full-size budget for all shipped Shapes weights in fp16 (CLIP, SD, and the motion and technique parts).
+SIZE_BUDGET_BYTES = 80 * 1000 * 1000
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -310,6 +310,16 @@ def build_random_shapes_sd_pipeline(seed: int = 0):
 def trained_shapes_clip_available(folder: str | Path | None = None) -> bool:
     folder = Path(folder) if folder is not None else SHAPES_CLIP_DIR
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def shapes_clip_reads_meshes(folder: str | Path | None = None) -> bool:
+    """Whether a shapes CLIP folder was trained on renders of painted 3-D meshes (its
+    ``training_log.json`` records a ``mesh_fraction`` > 0), i.e. whether it can guide X-Mesh."""
+    path = (Path(folder) if folder is not None else SHAPES_CLIP_DIR) / "training_log.json"
+    try:
+        return float(json.loads(path.read_text()).get("mesh_fraction") or 0) > 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def trained_shapes_sd_available(folder: str | Path | None = None) -> bool:

@@ -117,3 +117,20 @@ def test_unreachable_hub_without_offline_flag():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ERR cannot load model 'some-org/some-model'" in out.stdout, out.stderr[-2000:]
     assert "Hub is unreachable" in out.stdout
+
+
+def test_use_scheduler_puts_the_pipelines_own_scheduler_back():
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from attncraft.schedulers import use_scheduler
+
+    own = DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    pipe = SimpleNamespace(scheduler=own)
+    use_scheduler(pipe, "euler")
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler) and pipe.scheduler.config.prediction_type == "v_prediction"
+    use_scheduler(pipe, "euler")  # built from the own scheduler again, not from the previous choice
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    use_scheduler(pipe, None)
+    assert pipe.scheduler is own

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attncraft.progress import progress_bar, progress_task
+from attncraft.progress import progress_bar, progress_task, step_counter
 
 
 def test_progress_bar_yields_every_item_enabled_or_not(capsys):
@@ -20,3 +20,14 @@ def test_progress_task_counts_callback_progress(capsys):
     with progress_task("silent", 5, enabled=False) as update:
         update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_step_counter_counts_across_loops_and_returns_the_kwargs():
+    seen = []
+    callback = step_counter(lambda done, total: seen.append((done, total)), 3)
+    kwargs = {"latents": object()}
+    assert callback(None, 0, 999, kwargs) is kwargs
+    callback(None, 1, 500, {})
+    callback(None, 0, 999, {})  # a second denoising loop (e.g. the video stage) continues the count
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert step_counter(None, 2)(None, 0, 1, kwargs) is kwargs

@@ -110,3 +110,25 @@ def test_mit30_layout_is_discovered(mit30):
     assert len(entries) == 30 and all(len(e.prompts) == 5 for e in entries)
     present = [e.name for e in entries if e.mesh_path is not None]
     assert "horse" in present and len(present) >= 1
+
+
+def test_claim_groups_keep_both_fields_of_a_topology_adjacent():
+    """The claim script's time budget stops MIT-30 between topologies, never between the two fields of one."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_xmesh_claim.py"
+    spec = importlib.util.spec_from_file_location("bench_xmesh_claim_under_test", path)
+    claim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claim)
+    from attncraft.mesh.procedural import procedural_mesh
+
+    meshes = [("procedural", name, name, procedural_mesh(name, "smooth", 0, grid_size=(12, 8)))
+              for name in ("sphere", "torus")]
+    meshes.append(("procedural", "blobby sphere", "sphere", procedural_mesh("sphere", "blobby", 1, grid_size=(12, 8))))
+    prompts = [[(f"a red {noun}", "red")] for (_, _, noun, _) in meshes]
+    groups = claim.group_runs(meshes, prompts, seeds=[0, 1])
+    assert [f for f, _ in groups] == ["xmesh", "text2mesh"] * 2
+    assert groups[0][1] is groups[1][1] and groups[2][1] is groups[3][1]  # one run list per topology, both fields
+    assert sorted({m for m, *_ in groups[0][1]}) == [0, 2]  # the sphere and its blobby variant share faces
+    assert len(groups[0][1]) == 4 and claim.first_reaching([(None, 0.9), (0, 0.1), (10, 0.3)][1:], 0.2, 150) == 10

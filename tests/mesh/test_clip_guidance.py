@@ -123,3 +123,21 @@ def test_perspective_fill_follows_the_background_and_white_is_unchanged(test_gui
     assert torch.equal(la.loss, lb.loss) and torch.equal(la.similarities, lb.similarities)
     lc = guidance_loss(test_guide, imgs, text, plan, torch.Generator().manual_seed(3), fill=fill)
     assert not torch.equal(lc.similarities, lb.similarities)
+
+
+def test_default_label_says_whether_the_shapes_clip_reads_meshes(tmp_path, monkeypatch):
+    import json
+
+    import attncraft.mesh.clip_guidance as cg
+    from attncraft.shapes.models import shapes_clip_reads_meshes
+
+    folder = tmp_path / "shapes-clip"
+    load_clip("random:test", "cpu")[0].save_pretrained(folder)
+    assert not shapes_clip_reads_meshes(folder)  # no training log
+    (folder / "training_log.json").write_text(json.dumps({"stage": "clip"}))
+    assert not shapes_clip_reads_meshes(folder)
+    monkeypatch.setattr(cg, "default_clip_folder", lambda: folder)
+    assert "not trained on mesh renders" in load_clip(None, "cpu")[2]
+    (folder / "training_log.json").write_text(json.dumps({"stage": "clip", "mesh_fraction": 0.5}))
+    assert shapes_clip_reads_meshes(folder)
+    assert load_clip(None, "cpu")[2] == f"shapes CLIP ({folder})"

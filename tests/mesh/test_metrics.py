@@ -31,9 +31,6 @@ def test_pattern_metrics_and_the_batched_colour_fraction():
     striped = painted_colors(MeshScene("sphere", "blue", "striped"), mesh.vertices, GRID)
     m = mesh_metrics(mesh.vertices, mesh.faces, striped, "a striped blue sphere", resolution=48)
     assert m["color_fraction"] > 0.99 and 0.3 < m["two_tone"] < 0.7 and m["reader_color_views"] == 1.0
-    assert 0.3 < m["reader_pattern_fraction"] < 0.7  # the views the reader refuses as too big still count
-    red = painted_colors(MeshScene("sphere", "red", "striped"), mesh.vertices, GRID)
-    assert mesh_metrics(mesh.vertices, mesh.faces, red, "a striped blue sphere", resolution=48)["reader_color_views"] == 0.0
     plain = painted_colors(MeshScene("sphere", "blue"), mesh.vertices, GRID)
     assert mesh_metrics(mesh.vertices, mesh.faces, plain, "a striped blue sphere", resolution=48,
                         reader=False)["two_tone"] == 0.0

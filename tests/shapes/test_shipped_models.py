@@ -7,7 +7,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from attncraft.shapes.models import SHAPES_CLIP_DIR, SHAPES_SD_DIR, load_shapes_clip
+from attncraft.shapes.models import (
+    SHAPES_CLIP_DIR,
+    SHAPES_SD_DIR,
+    SIZE_BUDGET_BYTES,
+    load_shapes_clip,
+    shapes_clip_reads_meshes,
+)
 from attncraft.shapes.scoring import score_image
 from attncraft.shapes.world import COLORS, render_scenes, sample_scenes
 from attncraft.tokenizer import load_clip_tokenizer
@@ -16,7 +22,8 @@ from attncraft.tokenizer import load_clip_tokenizer
 def test_shipped_weights_are_fp16_and_within_budget():
     files = [p for d in (SHAPES_CLIP_DIR, SHAPES_SD_DIR) for p in d.rglob("*.safetensors")]
     assert len(files) == 4  # CLIP, text encoder, VAE, UNet
-    assert sum(p.stat().st_size for p in files) < 60e6
+    shipped = list(SHAPES_CLIP_DIR.parent.rglob("*.safetensors"))  # with the motion and technique parts
+    assert sum(p.stat().st_size for p in shipped) < SIZE_BUDGET_BYTES == 80e6
     from safetensors import safe_open
 
     for path in files:
@@ -71,14 +78,7 @@ def test_shapes_clip_steers_mesh_colour():
     assert means["blue"][2] > means["blue"][0] + 0.1
 
 
-def _clip_reads_meshes() -> bool:
-    import json
-
-    log = SHAPES_CLIP_DIR / "training_log.json"
-    return log.is_file() and json.loads(log.read_text()).get("mesh_fraction", 0) > 0
-
-
-needs_mesh_clip = pytest.mark.skipif(not _clip_reads_meshes(), reason="the shipped shapes CLIP was not trained on mesh "
+needs_mesh_clip = pytest.mark.skipif(not shapes_clip_reads_meshes(), reason="the shipped shapes CLIP was not trained on mesh "
                                      "renders (tools/gpu/train_shapes_clip_mesh.sh makes one)")
 
 

@@ -153,7 +153,7 @@ def test_cli_evaluate_clip(trained, tmp_path):
 
 
 # ------------------------------------------------------------------------ architecture and budget
-def test_full_size_budget_under_60_mb():
+def test_full_size_architectures_fit_the_size_budget():
     from attncraft.shapes.models import SIZE_BUDGET_BYTES, shapes_size_budget
 
     budget = shapes_size_budget()
@@ -419,3 +419,27 @@ def test_clip_mesh_fine_tune_from_a_trained_clip(trained, tmp_path):
     res = eval_clip_mesh(tmp_path / "clip-mesh", ecfg, torch.device("cpu"))
     assert set(res["conditions"]) == {"render", "train", "xmesh"}
     assert set(res["conditions"]["train"]["accuracy"]) == {"color", "shape", "pattern", "joint"}
+
+
+def test_unet_warm_start_keeps_the_text_encoder_its_unet_was_trained_with(trained, tmp_path):
+    """A CLIP whose text tower moved (the mesh fine-tune trains it) does not reach a fine-tuned SD."""
+    from transformers import CLIPTextModel
+
+    from attncraft.shapes.training.clip import build_clip_model
+    from attncraft.shapes.training.configs import get_configs
+    from attncraft.shapes.training.unet import train_unet
+
+    root, _ = trained
+    other = build_clip_model(get_configs("smoke").clip, seed=5)  # another text tower, same shapes
+    other.save_pretrained(tmp_path / "other-clip")
+    info = train_unet(_run_args(tmp_path / "sd", init_dir=str(root / "shapes-sd"), max_steps=0,
+                                clip_dir=str(tmp_path / "other-clip"), vae_dir=str(root / "shapes-vae")), quiet=True)
+    assert info["steps"] == 0
+    log = json.loads((tmp_path / "sd" / "training_log.json").read_text())
+    assert log["text_encoder_from"] == str(root / "shapes-sd" / "text_encoder")
+    before = CLIPTextModel.from_pretrained(str(root / "shapes-sd" / "text_encoder"))
+    after = CLIPTextModel.from_pretrained(str(tmp_path / "sd" / "text_encoder"))
+    a, b = before.state_dict(), after.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    emb = after.get_input_embeddings().weight
+    assert not torch.equal(other.text_model.embeddings.token_embedding.weight.half().float(), emb)

@@ -2,7 +2,7 @@
 # fine-tuned from the shipped one (config `finetune`, attncraft/shapes/training/configs.py: 4 in 5
 # multi-object captions by a relation, vertical ones preferred, half of each batch at t >= 500, the
 # original peak lr 5e-4 after 200 warm-up steps; "over" is no longer a background phrase), with the
-# shipped text encoder (= assets/models/shapes-clip's text tower) and the shipped VAE frozen; then the
+# shipped text encoder (shapes-sd/text_encoder, the one its UNet was trained with) and VAE frozen; then the
 # whole evaluation, per relation word and the relation flip probe included.
 # Wall time ~7.3 min on one H200 (UNet 6 min from the process start, evaluation <= 1.5 min).
 #

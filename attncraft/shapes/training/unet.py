@@ -10,7 +10,8 @@ Choices, and why (the budget is ~6 minutes on one H200):
   min-SNR-style truncation (Hang et al. 2023) that tames the many easy low-noise steps but, unlike
   diffusers' ``min(snr, 5) / (snr + 1)``, keeps full weight on the high-noise steps where the layout
   (which colour and shape goes where) is decided, which is what the reader measures.
-* **Frozen** text tower (from the trained shapes CLIP folder) and **frozen** VAE; latents of the
+* **Frozen** text tower (from the trained shapes CLIP folder; a warm start from a shapes SD folder
+  keeps that folder's own text encoder, the one its UNet was trained with) and **frozen** VAE; latents of the
   pool are computed once (posterior mean x ``scaling_factor``) so a step costs only the UNet.
 * **Caption dropout** 10 %: the text embedding is replaced by that of the empty prompt (what the SD
   pipeline uses as the negative prompt), for classifier-free guidance.
@@ -62,6 +63,23 @@ def load_text_encoder(clip_dir: str | Path, device: torch.device):
     clip = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True, dtype=torch.float32)
     enc = text_encoder_from_clip(clip.float())
     del clip
+    return enc.to(device).eval().requires_grad_(False)
+
+
+def init_text_encoder_folder(init_dir: str | Path | None) -> Path | None:
+    """The text encoder a warm-started UNet was trained with: ``<init>/text_encoder`` when ``--init``
+    is a shapes SD pipeline folder, else ``None`` (a bare UNet folder: the CLIP's text tower is used)."""
+    if not init_dir:
+        return None
+    folder = Path(init_dir) / "text_encoder"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def load_sd_text_encoder(folder: str | Path, device: torch.device):
+    """A saved shapes SD ``CLIPTextModel`` folder, frozen, in fp32."""
+    from transformers import CLIPTextModel
+
+    enc = CLIPTextModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     return enc.to(device).eval().requires_grad_(False)
 
 
@@ -244,7 +262,12 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     n_caps = len(cfg.caption_omits)
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, relation=cfg.caption_relation,
                                      vertical=cfg.caption_vertical), workers=workers)
-    text_encoder = load_text_encoder(clip_dir, device)
+    # A fine-tune of a shapes SD folder keeps the text encoder its UNet was trained with: the shapes CLIP's
+    # text tower moves when the CLIP is fine-tuned (the mesh fine-tune trains it), SD's own copy does not.
+    te_folder = init_text_encoder_folder(args.init_dir)
+    text_encoder = load_sd_text_encoder(te_folder, device) if te_folder else load_text_encoder(clip_dir, device)
+    text_encoder_from = str(te_folder) if te_folder else f"{clip_dir} (text tower)"
+    say(f"text encoder: {text_encoder_from}")
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
     hidden = text_encoder.config.hidden_size
@@ -331,6 +354,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "compiled": model_fn.compiled,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
         "clip_dir": str(clip_dir),
+        "text_encoder_from": text_encoder_from,
         "vae_dir": str(vae_dir),
         "heldout_v_loss": probe,
         "heldout_relation_flip_v_loss": flip,

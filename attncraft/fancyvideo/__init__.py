@@ -1,0 +1,1 @@
+"""The released FancyVideo model on diffusers (see ``attncraft.pipelines.fancyvideo``)."""
