@@ -169,6 +169,8 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torc
          limit: int | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` on ``(batch, heads, tokens, dim)`` (or ``(batch, tokens, dim)``,
     one head) tensors, in batch slices within the kernels' grid limit (see the module doc)."""
+    if query.shape[0] * _heads(query) <= (MAX_KERNEL_BATCH if limit is None else limit):  # the usual case, kept lean
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
     per_row, shared = _batch_mask(mask, query)
 
     def attend(q, k, v, m):
