@@ -49,7 +49,7 @@ demo: $(STAMP)
 demo-picture: $(STAMP)
 	rm -rf outputs/demo-picture
 	$(MESH_DEMO) --turntable none --formats ply --out outputs/demo-picture
-	cp "$$(find outputs/demo-picture -name '*_views.png' | head -n 1)" docs/images/xmesh-red-torus.png
+	mkdir -p docs/images && cp "$$(find outputs/demo-picture -name '*_views.png' | head -n 1)" docs/images/xmesh-red-torus.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -238,7 +238,7 @@ def score(
 
     if as_json:
         typer.echo(json.dumps({"file": str(file), "prompt": prompt, "scores": scores, "parsed": parsed.to_dict(),
-                               "read": seen}, indent=2, sort_keys=True))  # fmt: skip
+                               "read": seen, "reasons": scores.reasons}, indent=2, sort_keys=True))  # fmt: skip
         return
     from rich.console import Console
     from rich.table import Table
@@ -251,3 +251,5 @@ def score(
     for key, value in scores.items():
         table.add_row(key, f"{value:.2f}")
     stdout.print(table)
+    for reason in scores.reasons:
+        stdout.print(f"rejected: {reason}", markup=False, highlight=False)

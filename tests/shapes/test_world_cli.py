@@ -58,6 +58,24 @@ def test_score_prints_scores(tmp_path, capsys):
     assert all(v == 1.0 for v in data["scores"].values()), data["scores"]
     code, out, _ = _run(["world", "score", png, "--prompt", "a purple triangle and a green star", "--json"], capsys)
     assert code == 0 and json.loads(out)["scores"]["exact"] == 0.0
+    assert json.loads(out)["reasons"] == []
+
+
+def test_score_says_why_a_canvas_is_refused(capsys):
+    """A canvas of two halves is no pair of hearts: the table shows plausible 0, the reasons follow."""
+    from pathlib import Path
+
+    png = str(Path(__file__).parent / "regression" / "fool_red_blue_halves.png")
+    prompt = "a red heart on the left and a blue heart on the right"
+    code, out, err = _run(["world", "score", png, "--prompt", prompt, "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0, err
+    assert data["scores"]["plausible"] == 0.0 and data["scores"]["exact"] == 0.0
+    assert len(data["reasons"]) == 3 and all("canvas" in r for r in data["reasons"])
+    assert {r["color"] for r in data["read"]["rejected"]} == {"red", "blue"}
+    code, out, err = _run(["world", "score", png, "--prompt", prompt], capsys)
+    assert code == 0, err
+    assert out.count("rejected: ") == 3 and "red region at (0.25, 0.50): fills 50 %" in " ".join(out.split())
 
 
 def test_render_and_score_video(tmp_path, capsys):

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Retrain and re-measure the Shapes parts on one GPU machine, in dependency order, as much side by side as
+# the dependencies allow (every training has a wall-clock budget; jobs sharing the GPU get fewer steps each):
+#
+#   wave 1   motion adapter | SD relation fine-tune | mesh-reading CLIP | cost benchmarks (random weights, in turn)
+#   wave 2   after SD:      RealCustom parts + measurement, DPL effect (n = 200)
+#            after CLIP:    X-Mesh claim
+#            after motion:  motion evaluation on the (new) SD, CTGM training + measurement, BroadWay/VSTAR effects
+#
+# A job whose product exists goes on to its dependants even when its own evaluation failed (the product is
+# what they need). Each job writes into $OUT/<job>/ (its log in job.log, its exit status in .rc); the
+# trained folders stay as the job scripts leave them (split tars), to be unpacked as the model card says.
+#
+#   run from the repository root, carrying .whl:  OUT=/tmp/refresh bash tools/gpu/refresh_all.sh
+#   JOBS="motion sd clip" limits wave 1 (default: all); SKIP_BENCH=1 leaves the cost benchmarks out.
+# Wall time: about 20-25 minutes on one H200 (wave 1 ~8 min, wave 2 ~10-15 min, the benchmarks beside them).
+# Every job script it runs was run on an H200 on 2026-12-01 from an orchestration of the same shape; this
+# file as a whole has not run yet. Timings taken beside the trainings are noisy (benchmarks/RESULTS.md).
+set -u
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/outputs/refresh}
+JOBS=${JOBS:-motion sd clip}
+mkdir -p "$OUT" /tmp/refresh-work
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+log() { echo "$(date -u +%T) $*" | tee -a "$OUT/refresh.log"; }
+wants() { case " $JOBS " in *" $1 "*) return 0;; *) return 1;; esac; }
+
+# job NAME DIR COMMAND: COMMAND (a string) run in DIR with OUT=$OUT/NAME
+job() {
+  local name=$1 dir=$2; shift 2
+  mkdir -p "$OUT/$name"; log "start $name"
+  local t0=$(date +%s)
+  ( cd "$dir" && export OUT="$OUT/$name" PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" && eval "$*" ) > "$OUT/$name/job.log" 2>&1
+  local rc=$?
+  echo $rc > "$OUT/$name/.rc"; log "end $name rc=$rc after $(( $(date +%s) - t0 )) s"
+  return $rc
+}
+waitrc() { while [ ! -f "$OUT/$1/.rc" ]; do sleep 5; done; }
+
+# Two copies of the tree: BASE keeps the shipped models (wave 1 trains from them), NEW receives the
+# products of wave 1 for wave 2.
+BASE=/tmp/refresh-work/base NEW=/tmp/refresh-work/new
+rm -rf "$BASE" "$NEW"; cp -a "$ROOT" "$BASE"
+
+wants motion && { job motion "$BASE" "WORK=/tmp/refresh-work/motion bash tools/gpu/train_shapes_motion.sh" & }
+wants sd && { job sd "$BASE" "WORK=/tmp/refresh-work/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
+wants clip && { job clip "$BASE" "WORK=/tmp/refresh-work/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  ( job bench_t2v "$BASE" "python3 benchmarks/bench_text_to_video.py --device cuda --rounds 4 --json \$OUT/bench.json > \$OUT/bench.md"
+    job bench_broadway_vstar "$BASE" "python3 benchmarks/bench_broadway_vstar.py --device cuda --rounds 3 --warmup 1 --json \$OUT/bench.json > \$OUT/bench.md"
+    job bench_ctgm "$BASE" "python3 benchmarks/bench_ctgm.py --device cuda --rounds 3 --json \$OUT/bench.json > \$OUT/bench.md"
+    job bench_dpl "$BASE" "python3 benchmarks/bench_dpl.py --device cuda --json \$OUT/bench.json > \$OUT/bench.md"
+    job bench_realcustom "$BASE" "python3 benchmarks/bench_realcustom.py --device cuda --json \$OUT/bench.json > \$OUT/bench.md"
+    job bench_backends "$BASE" "python3 benchmarks/bench_attention_backends.py --device cuda --json \$OUT/bench.json > \$OUT/bench.md" ) &
+fi
+
+# wave 2, SD side
+wants sd && waitrc sd
+cp -a "$BASE" "$NEW"
+if ls "$OUT"/sd/shapes-sd.tar.* > /dev/null 2>&1; then
+  rm -rf "$NEW/assets/models/shapes-sd" && cat "$OUT"/sd/shapes-sd.tar.* | tar -xf - -C "$NEW/assets/models" && log "wave 2 uses the new SD"
+fi
+job realcustom "$NEW" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" &
+job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
+
+# wave 2, CLIP side
+( if wants clip; then waitrc clip; fi
+  if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
+    mkdir -p /tmp/refresh-work/newclip && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C /tmp/refresh-work/newclip
+    CLIP=/tmp/refresh-work/newclip/shapes-clip
+  else CLIP=assets/models/shapes-clip; fi
+  MIT=$([ -d "$BASE/.mit30" ] && echo "--mit30 .mit30")
+  job xmesh_claim "$BASE" "python3 benchmarks/bench_xmesh_claim.py --clip $CLIP $MIT --device cuda --budget-minutes 6 --out \$OUT/claim" ) &
+
+# wave 2, motion side
+if wants motion; then waitrc motion; fi
+[ -f "$OUT/motion/shapes-motion.tar" ] && tar -xf "$OUT/motion/shapes-motion.tar" -C "$NEW/assets/models" && log "wave 2 uses the new motion adapter"
+if [ -f "$NEW/assets/models/shapes-motion/config.json" ]; then
+  job motion_eval "$NEW" "python3 -m attncraft.shapes.training evaluate --what motion --config full --device cuda --minutes 3 --sd assets/models/shapes-sd --adapter assets/models/shapes-motion --out \$OUT" &
+  job ctgm "$NEW" "WORK=/tmp/refresh-work/ctgm ADAPTER=assets/models/shapes-motion bash tools/gpu/train_shapes_ctgm.sh" &
+  job broadway_vstar "$NEW" "python3 benchmarks/measure_broadway_vstar.py --adapter assets/models/shapes-motion --device cuda --count 200 --batch 50 --workers 8 --out \$OUT/measure" &
+else
+  log "no motion adapter: motion_eval, ctgm and broadway_vstar skipped"
+fi
+wait
+log "done"
