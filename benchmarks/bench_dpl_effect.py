@@ -434,7 +434,7 @@ class Bench:
         prompts = [p.text for g in groups for p in g]
         T = self.args.steps
         gen = torch.Generator(device="cpu").manual_seed(SEEDS["generated"])
-        noise = torch.randn(len(keep), 4, 16, 16, generator=gen).repeat_interleave(2, 0).to(self.device)
+        noise = torch.randn(len(keep), 4, 16, 16, generator=gen).repeat_interleave(2, 0).to(self.device, pipe.unet.dtype)
         results = {}
         sources = None
         words = [edit_words(scenes[b], orders[b], items[b]) for b in keep]

@@ -7,11 +7,21 @@ extra is installed, its CUDA kernels load with the installed torch, and a CUDA d
 (xformers has no CPU kernels). All three are checked when the backend is chosen, with one tiny
 attention call, so a bad choice fails early with a clear message instead of mid-generation.
 Tensors that are not on CUDA take SDPA even with the xformers backend.
+
+Batch chunking: the fused CUDA kernels of both backends put the batch (and the heads) on a grid
+dimension limited to 65535 blocks, and fail with ``CUDA error: invalid argument`` beyond it. Attention
+whose batch comes from spatial positions (temporal attention: one sequence per pixel and clip) reaches
+that at ordinary sizes (AnimateDiff at 512x512 with guidance: 2 * 64 * 64 sequences * 8 heads = 65536).
+:func:`sdpa` and :func:`fused_attention` therefore run the kernel on slices of the batch with
+``batch * heads <= MAX_KERNEL_BATCH`` (:func:`map_batch_chunks`), which gives the same values because
+every sequence is attended on its own. The chunking is verified on CPU (chunked == unchunked exactly);
+it is not yet measured on a GPU.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import torch
@@ -20,6 +30,11 @@ import torch.nn.functional as F
 from attncraft.errors import InputError
 
 BACKENDS = ("sdpa", "xformers")
+
+MAX_KERNEL_BATCH = 65535
+"""Largest ``batch * heads`` given to one fused attention call: CUDA's limit on a grid's y and z
+dimensions, which the fused kernels use for the batch and the heads. Conservative (the product, not
+each factor), so it holds whichever of the two a kernel puts on the limited dimension."""
 
 
 def _probe_device() -> torch.device:
@@ -113,18 +128,78 @@ def check_backend(name: str, probe: bool = True) -> str:
     return name
 
 
-def _xformers_attention(xops, query, key, value, mask):
-    """xformers on (batch, heads, tokens, head_dim) tensors; it wants (batch, tokens, heads, head_dim)."""
-    out = xops.memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_bias=mask)
-    return out.transpose(1, 2)
+def batch_chunk_size(heads: int = 1, limit: int | None = None) -> int:
+    """Rows of the batch per kernel call so that ``rows * heads <= limit`` (at least one row);
+    ``limit`` None is :data:`MAX_KERNEL_BATCH` (read at call time)."""
+    limit = MAX_KERNEL_BATCH if limit is None else limit
+    if limit < 1:
+        raise ValueError(f"the kernel batch limit must be positive, not {limit}")
+    return max(1, limit // max(1, heads))
+
+
+def map_batch_chunks(fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor | None], heads: int = 1,
+                     limit: int | None = None) -> torch.Tensor:
+    """``fn(*tensors)`` computed on slices of the batch (dim 0) with ``rows * heads <= limit``.
+
+    For work that is independent per batch row (attention, or a whole temporal block): the slices'
+    results are concatenated along dim 0. ``None`` entries pass through; every tensor must have the
+    batch as its first dimension. One call, on the tensors as given, when the batch fits.
+    """
+    batch = next(t for t in tensors if t is not None).shape[0]
+    rows = batch_chunk_size(heads, limit)
+    if batch <= rows:
+        return fn(*tensors)
+    pieces = [fn(*(None if t is None else t[start:start + rows] for t in tensors)) for start in range(0, batch, rows)]
+    return torch.cat(pieces)
+
+
+def _heads(query: torch.Tensor) -> int:
+    return query.shape[1] if query.dim() == 4 else 1
+
+
+def _batch_mask(mask: torch.Tensor | None, query: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(per_row, shared)``: a mask with one entry per batch row is sliced with the batch; a
+    broadcast one (batch 1, or fewer dimensions) is given whole to every slice."""
+    if mask is not None and mask.dim() == query.dim() and mask.shape[0] == query.shape[0] != 1:
+        return mask, None
+    return None, mask
+
+
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None, *,
+         limit: int | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on ``(batch, heads, tokens, dim)`` (or ``(batch, tokens, dim)``,
+    one head) tensors, in batch slices within the kernels' grid limit (see the module doc)."""
+    if query.shape[0] * _heads(query) <= (MAX_KERNEL_BATCH if limit is None else limit):  # the usual case, kept lean
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    per_row, shared = _batch_mask(mask, query)
+
+    def attend(q, k, v, m):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=shared if m is None else m, dropout_p=0.0,
+                                              is_causal=False)  # fmt: skip
+
+    return map_batch_chunks(attend, (query, key, value, per_row), _heads(query), limit)
+
+
+def _xformers_attention(xops, query, key, value, mask, limit: int | None = None):
+    """xformers on (batch, heads, tokens, head_dim) tensors; it wants (batch, tokens, heads, head_dim).
+    In batch slices within the grid limit, as :func:`sdpa`."""
+    per_row, shared = _batch_mask(mask, query)
+
+    def attend(q, k, v, m):
+        bias = shared if m is None else m
+        return xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+
+    return map_batch_chunks(attend, (query, key, value, per_row), _heads(query), limit).transpose(1, 2)
 
 
 def fused_attention(
-    backend: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    backend: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+    limit: int | None = None,
 ) -> torch.Tensor:
-    """Attention on (batch, heads, tokens, head_dim) tensors, without materialising the map."""
+    """Attention on (batch, heads, tokens, head_dim) tensors, without materialising the map, in batch
+    slices within the kernels' grid limit."""
     if backend == "xformers" and query.is_cuda:
         import xformers.ops as xops
 
-        return _xformers_attention(xops, query, key, value, mask)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return _xformers_attention(xops, query, key, value, mask, limit)
+    return sdpa(query, key, value, mask, limit=limit)

@@ -100,6 +100,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
+from attncraft.attention_processors.backends import map_batch_chunks
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
 from attncraft.attention_processors.layers import LayerInfo, discover_layers
 from attncraft.attention_processors.selection import select_layers
@@ -198,6 +199,11 @@ class TemporalModule(AnimateDiffTransformer3D):
     then ``proj_in`` to ``heads * (C // heads)``, one ``BasicTransformerBlock`` with two temporal
     self-attentions (sinusoidal positions up to ``max_frames``) and a GEGLU feed-forward, and the
     zero-initialised ``proj_out`` back to C. Parameter names are those of diffusers' motion modules.
+
+    The block runs on slices of the ``N*H*W`` sequences with ``sequences * heads <=
+    kernel_batch_limit`` (:func:`~.backends.map_batch_chunks`): TAR has one sequence per (clip,
+    ``attn2`` head, latent pixel), 2 * 8 * 64 * 64 = 65536 on SD 1.5 at 512x512 with guidance, past the
+    fused kernels' CUDA grid limit. Every sequence is independent, so the values are those of one call.
     """
 
     def __init__(self, channels: int, heads: int = DEFAULT_HEADS, max_frames: int = 32):
@@ -207,6 +213,7 @@ class TemporalModule(AnimateDiffTransformer3D):
             activation_fn="geglu", positional_embeddings="sinusoidal", num_positional_embeddings=max_frames,
         )  # fmt: skip
         self.max_frames = max_frames
+        self.kernel_batch_limit: int | None = None  # None: backends.MAX_KERNEL_BATCH
         _zero(self.proj_out)
 
     def branch(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -217,10 +224,14 @@ class TemporalModule(AnimateDiffTransformer3D):
         y = self.norm(x.to(self.proj_in.weight.dtype).contiguous())
         y = y.view(n, num_frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(n * h * w, num_frames, c)
         y = self.proj_in(y)
-        for block in self.transformer_blocks:
-            y = block(y)
+        y = map_batch_chunks(self._blocks, (y,), self.transformer_blocks[0].attn1.heads, self.kernel_batch_limit)
         y = self.proj_out(y)
         return y.view(n, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(nf, c, h, w)
+
+    def _blocks(self, y: torch.Tensor) -> torch.Tensor:
+        for block in self.transformer_blocks:
+            y = block(y)
+        return y
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
         """``x + branch(x)``, in ``x``'s dtype (so a zero branch returns ``x`` exactly)."""

@@ -67,7 +67,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 from diffusers.image_processor import IPAdapterMaskProcessor
 from diffusers.models import attention_processor as diffusers_processors
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
@@ -203,10 +202,7 @@ class AttncraftAttnProcessor:
 
         if not techniques:
             # the stock path, kept as lean as AttnProcessor2_0's (the eager UNet is launch-bound)
-            if self.backend == "sdpa":
-                out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-            else:
-                out = fused_attention(self.backend, query, key, value, attention_mask)
+            out = fused_attention(self.backend, query, key, value, attention_mask)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
             if image_states is not None:
                 out = self._add_image_attention(attn, query, out, image_states, kwargs.get("ip_adapter_masks"))

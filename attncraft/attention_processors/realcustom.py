@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from attncraft.attention_processors.backends import sdpa
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
 from attncraft.attention_processors.selection import CROSS_ATTENTION, LayerSelector, select_layers
 from attncraft.attention_processors.technique import EDIT_ORDER, OBSERVE_ORDER, AttentionTechnique
@@ -211,7 +212,7 @@ class RealCustomVisualAttention(AttentionTechnique):
             b = q.shape[0]
             k = k.to(q.dtype).view(b, -1, heads, head_dim).transpose(1, 2)
             v = v.to(q.dtype).view(b, -1, heads, head_dim).transpose(1, 2)
-            vis = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, heads * head_dim)
+            vis = sdpa(q, k, v).transpose(1, 2).reshape(b, -1, heads * head_dim)
             mask = cond.mask_at(hw, vis.dtype)
             if mask is not None:
                 vis = vis * mask

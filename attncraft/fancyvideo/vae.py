@@ -52,6 +52,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from attncraft.attention_processors.backends import sdpa
 from attncraft.errors import InputError, ModelLoadError
 from attncraft.fancyvideo.strict import strict_from_pretrained
 
@@ -149,8 +150,9 @@ class ResnetBlock3D(nn.Module):
 
 
 def _single_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of ``(N, L, C)`` tensors with one head (scale ``1/sqrt(C)``)."""
-    return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    """Attention of ``(N, L, C)`` tensors with one head (scale ``1/sqrt(C)``); the temporal one has a
+    sequence per latent pixel, so the batch is chunked within the kernels' grid limit."""
+    return sdpa(q[:, None], k[:, None], v[:, None])[:, 0]
 
 
 class SpatialAttention(nn.Module):

@@ -73,6 +73,7 @@ from attncraft.fancyvideo.conditioning import (
     motion_modules_disabled,
 )
 from attncraft.fancyvideo.vae import CVVAEModel, latent_frame_count, video_frame_count
+from attncraft.pipelines.latents import UserLatentsMixin
 from attncraft.progress import step_counter
 
 __all__ = ["FancyVideoPipeline", "FancyVideoPipelineOutput", "FancyVideoSettings", "generate_fancyvideo",
@@ -96,7 +97,7 @@ def _generators(generator) -> list[torch.Generator]:
     return [g for g in (generator if isinstance(generator, (list, tuple)) else [generator]) if isinstance(g, torch.Generator)]
 
 
-class FancyVideoPipeline(AnimateDiffPipeline):
+class FancyVideoPipeline(UserLatentsMixin, AnimateDiffPipeline):
     """FancyVideo image-to-video and two-stage text-to-video (see the module doc).
 
     Build it from a base SD 1.5 pipeline and a converted checkpoint::

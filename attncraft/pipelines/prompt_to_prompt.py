@@ -27,6 +27,7 @@ from attncraft.attention_processors import AttentionStore, get_manager
 from attncraft.attention_processors.prompt_to_prompt import make_controllers, tokenize_prompt
 from attncraft.errors import InputError
 from attncraft.loading import pipeline_as
+from attncraft.pipelines.latents import UserLatentsMixin
 from attncraft.validation import check_text
 
 
@@ -117,11 +118,11 @@ class PromptToPromptMixin:
                              "windows are cross_replace and self_replace, fractions of the steps; see the docstring")
 
 
-class PromptToPromptPipeline(PromptToPromptMixin, StableDiffusionPipeline):
+class PromptToPromptPipeline(PromptToPromptMixin, UserLatentsMixin, StableDiffusionPipeline):
     """Prompt-to-Prompt on SD 1.x / 2.x (and Shapes SD)."""
 
 
-class PromptToPromptXLPipeline(PromptToPromptMixin, StableDiffusionXLPipeline):
+class PromptToPromptXLPipeline(PromptToPromptMixin, UserLatentsMixin, StableDiffusionXLPipeline):
     """Prompt-to-Prompt on SDXL."""
 
 

@@ -60,6 +60,7 @@ from attncraft.attention_processors.realcustom import (
 )
 from attncraft.attention_processors.selection import CROSS_ATTENTION, LayerSelector
 from attncraft.errors import InputError, TechniqueError
+from attncraft.pipelines.latents import UserLatentsMixin
 
 GUIDANCE_MODES = ("paper", "release")
 MASK_PASSES = ("batched", "separate")
@@ -390,7 +391,7 @@ def _prompt_list(prompt: Any) -> list[str]:
     return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
-class RealCustomPipeline(RealCustomMixin, StableDiffusionPipeline):
+class RealCustomPipeline(RealCustomMixin, UserLatentsMixin, StableDiffusionPipeline):
     """``StableDiffusionPipeline`` with RealCustom (SD 1.x/2.x and Shapes SD); see the module docstring."""
 
     @torch.no_grad()
@@ -491,7 +492,7 @@ class RealCustomPipeline(RealCustomMixin, StableDiffusionPipeline):
         return RealCustomPipelineOutput(images=image, nsfw_content_detected=nsfw, masks=masks)
 
 
-class RealCustomXLPipeline(RealCustomMixin, StableDiffusionXLPipeline):
+class RealCustomXLPipeline(RealCustomMixin, UserLatentsMixin, StableDiffusionXLPipeline):
     """``StableDiffusionXLPipeline`` with RealCustom; see the module docstring.
 
     Micro-conditioning ``time_ids`` follow diffusers' (height, width) order, not the release's

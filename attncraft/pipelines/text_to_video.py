@@ -72,6 +72,7 @@ from diffusers import AnimateDiffPipeline
 from attncraft import __version__
 from attncraft.errors import InputError
 from attncraft.loading import LoadedPipeline
+from attncraft.pipelines.latents import UserLatentsMixin
 from attncraft.progress import step_counter
 from attncraft.video.prompts import PromptSchedule, as_schedule, interpolate_embeddings
 
@@ -267,7 +268,7 @@ class _FrameEmbeddings:
         return with_frame_embeddings
 
 
-class TextToVideoPipeline(AnimateDiffPipeline):
+class TextToVideoPipeline(UserLatentsMixin, AnimateDiffPipeline):
     """``AnimateDiffPipeline`` with per-frame prompt schedules and per-call attention techniques.
 
     Extra call arguments (everything else as in ``AnimateDiffPipeline.__call__``):
