@@ -99,3 +99,19 @@ def test_stock_reference_is_the_stock_class():
     """The failing reference above is diffusers' pipeline, not ours (so the fix is what makes ours pass)."""
     assert not issubclass(AnimateDiffPipeline, UserLatentsMixin)
     assert not issubclass(StableDiffusionPipeline, UserLatentsMixin)
+
+
+def test_the_zeroed_motion_copy_leaves_the_half_precision_pipeline_as_it_was(half_video):
+    """The motion evaluation's image-model-per-frame copy shares the text encoder and VAE with the pipeline it
+    is made from; making it must not cast them (diffusers' from_pipe does, to float32, unless given a dtype),
+    or the pipeline's next float16 run fails."""
+    from attncraft.pipelines.text_to_video import TextToVideoPipeline
+    from attncraft.shapes.training.motion_eval import _zeroed_copy
+
+    pipe = TextToVideoPipeline.from_pipe(half_video).to(DTYPE)
+    pipe.set_progress_bar_config(disable=True)
+    before = pipe(generator=torch.Generator().manual_seed(1), **VIDEO).frames
+    copy = _zeroed_copy(pipe)
+    assert {pipe.text_encoder.dtype, pipe.vae.dtype, pipe.unet.dtype, copy.unet.dtype} == {DTYPE}
+    after = pipe(generator=torch.Generator().manual_seed(1), **VIDEO).frames
+    assert torch.equal(before, after)
