@@ -43,6 +43,7 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype):
     from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from attncraft.loading import pipeline_as
     from attncraft.pipelines.text_to_video import TextToVideoPipeline
     from attncraft.tokenizer import load_clip_tokenizer
 
@@ -76,7 +77,10 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype):
         scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False, steps_offset=1),
     ).to(device=device, dtype=dtype)
     stock.set_progress_bar_config(disable=True)
-    ours = TextToVideoPipeline.from_pipe(stock)
+    # not TextToVideoPipeline.from_pipe(stock): without a dtype, diffusers' from_pipe casts the shared modules
+    # (and so stock's) to float32 in place
+    ours = pipeline_as(TextToVideoPipeline, stock)
+    assert ours.unet is stock.unet and ours.unet.dtype == dtype
     ours.set_progress_bar_config(disable=True)
     return stock, ours
 

@@ -21,3 +21,17 @@ def test_text_to_video_benchmark_runs_on_tiny_models(tmp_path, capsys):
         assert len(results[variant]) == 1 and results[variant][0]["ms_per_step"] > 0
     table = capsys.readouterr().out
     assert "| schedule |" in table and "frames [0, 2, 4, 7]" in table
+
+
+def test_both_variants_keep_the_dtype_asked_for():
+    """The benchmark's pipelines share their modules; building the second must not cast them (diffusers'
+    from_pipe does, to float32, without a dtype): both run in the dtype the table reports."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_text_to_video", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stock, ours = bench.build(tiny=True, device=torch.device("cpu"), dtype=torch.float16)
+    for pipe in (stock, ours):
+        assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float16}
+    assert ours.unet is stock.unet
