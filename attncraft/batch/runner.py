@@ -158,7 +158,7 @@ def run_batch(
             backend, out_dir, workers=workers, gpus=gpus, device=device, score=score, extra_modules=extra_modules,
             ray_address=ray_address, threads=threads)
         summary.backend = engine.describe()
-        log(f"{len(jobs)} jobs: {summary.already_done} already done, {len(pending)} to run in {len(units)} "
+        log(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}: {summary.already_done} already done, {len(pending)} to run in {len(units)} "
             f"call{'s' if len(units) != 1 else ''} on {summary.backend}")
         by_id = {job.id: job for job in pending}
 

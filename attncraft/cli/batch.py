@@ -124,7 +124,7 @@ def check(
     for job in jobs:
         commands[job.command] = commands.get(job.command, 0) + 1
         typer.echo(f"{job.id[:12]}  {job.stem}  {job.source}")
-    _echo(f"{len(jobs)} jobs ({', '.join(f'{n} {c}' for c, n in sorted(commands.items()))}): no problems")
+    _echo(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} ({', '.join(f'{n} {c}' for c, n in sorted(commands.items()))}): no problems")
 
 
 @app.command("schema")
