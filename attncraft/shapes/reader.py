@@ -902,18 +902,56 @@ def _matte(
 
 JPEG_QUALITIES = tuple(range(20, 100, 5))
 """JPEG qualities :func:`jpeg_quality` recognises an image as saved with (PIL's, 4:2:0)."""
-JPEG_EVIDENCE = 0.7
-"""An image is taken for a JPEG of quality q when saving it again at q changes it by less than this
-share of what saving it at the highest quality of :data:`JPEG_QUALITIES` changes. A JPEG is nearly a
-fixed point of its own quality (its blocks already hold only what that quantisation keeps): 0.0-0.9
-for JPEG 75 or 50 of world renders and generated images, most under 0.3. Images that were never
-JPEG-compressed change least at the highest quality: the ratio was never under 0.98 on 300 world
-renders and 240 generated images, clean, blurred or resized, so none of them takes step 7."""
+JPEG_EVIDENCE = 0.8
+"""Recompression evidence: an image is taken for a JPEG of quality q when saving it again at q
+changes it by less than this share of what saving it at the highest quality of
+:data:`JPEG_QUALITIES` changes (a JPEG is nearly a fixed point of its own quality). Images that were
+never JPEG-compressed change least at the highest quality: the ratio was never under 0.98 on 500
+world renders and 240 generated images, clean, blurred or resized."""
+JPEG_GRID_EVIDENCE = 0.11
+"""Quantisation evidence: the mean distance (in quantisation steps, 0..0.5) of the luma DCT
+coefficients of the image's 8x8 blocks from the nearest multiple of the luma quantisation table of
+quality q, over the coefficients of at least one step with a step of at least 5. A JPEG of quality
+q keeps its coefficients on that grid (0.01-0.2, half of them under 0.075); any other image has them
+anywhere (0.14-0.26 on the same images, clean, blurred or resized, the least over every quality)."""
+
+
+@lru_cache(maxsize=1)
+def _luma_tables() -> dict[int, np.ndarray]:
+    """PIL's luma quantisation table (natural order) of each quality of :data:`JPEG_QUALITIES`."""
+    import io
+
+    from PIL import Image
+
+    out = {}
+    for q in JPEG_QUALITIES:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=q)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            out[q] = np.array(im.quantization[0], dtype=np.float64)
+    return out
+
+
+def _grid_distance(a: np.ndarray, table: np.ndarray) -> float:
+    """:data:`JPEG_GRID_EVIDENCE`'s statistic of the uint8 image ``a`` for one luma table (1.0 when
+    fewer than 20 coefficients count)."""
+    k = np.arange(8)
+    dct = np.sqrt(2 / 8) * np.cos(np.pi * (2 * k[None] + 1) * k[:, None] / 16)
+    dct[0] /= np.sqrt(2)
+    y = a.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) - 128.0
+    h, w = y.shape[0] // 8 * 8, y.shape[1] // 8 * 8
+    blocks = y[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
+    coef = (dct[None] @ blocks @ dct.T[None]).reshape(-1, 64)[:, 1:] / table[None, 1:]
+    counted = (np.abs(coef) > 0.5) & (table[None, 1:] >= 5)
+    n = int(counted.sum())
+    return float((np.abs(coef - np.round(coef)) * counted).sum() / n) if n >= 20 else 1.0
 
 
 def jpeg_quality(image: Any) -> int | None:
     """The quality (one of :data:`JPEG_QUALITIES`) an image was JPEG-compressed with, or None when
-    it shows no evidence of it (see :data:`JPEG_EVIDENCE`)."""
+    it shows no evidence of it. The quality is the one whose recompression changes the image least
+    (below the highest); the evidence is :data:`JPEG_EVIDENCE` or :data:`JPEG_GRID_EVIDENCE`."""
     from attncraft.shapes.damage import jpeg, to_uint8
 
     a = to_uint8(image)
@@ -921,7 +959,10 @@ def jpeg_quality(image: Any) -> int | None:
     if err[-1] <= 0:
         return None
     k = int(err[:-1].argmin())
-    return JPEG_QUALITIES[k] if err[k] < JPEG_EVIDENCE * err[-1] else None
+    q = JPEG_QUALITIES[k]
+    if err[k] < JPEG_EVIDENCE * err[-1] or _grid_distance(a, _luma_tables()[q]) < JPEG_GRID_EVIDENCE:
+        return q
+    return None
 
 
 JPEG_ANGLES = (0.0, -4.0, 4.0)
