@@ -1,15 +1,14 @@
 """The reader under mild damage, and against canvases made to fool it.
 
 * Clean world renders are read exactly (every attribute of every object, the background, and no
-  region refused); under Gaussian blur of radius 1 and resizing 64 -> 48 -> 64 (bicubic, bilinear)
-  at least 97 % of them are still read exactly. The targets for JPEG (97 % at quality 75, 90 % at
-  quality 50) are not met yet: the reader reaches about 90 % and 75 % (500 renders,
-  ``benchmarks/bench_reader_damage.py``; the misses are mostly small objects whose colour differs
-  from the background - or, for a pattern, from its shade - in chroma far more than in luma: purple,
-  red or green on gray, blue on brown, yellow's patterns; JPEG keeps chroma at a quarter of the
-  pixels).
-  Those targets are strict expected failures here, so meeting them shows; lower floors guard
-  against a regression meanwhile. Softness alone never makes a render implausible.
+  region refused); under Gaussian blur of radius 1, JPEG quality 75 and resizing 64 -> 48 -> 64
+  (bicubic, bilinear) at least 97 % of them are still read exactly. The target for JPEG 50 (90 %)
+  is met on the benchmark's 500 renders (``benchmarks/bench_reader_damage.py``) but not on the 100
+  renders here (89 %; the misses are mostly shapes of small objects whose colour differs from the
+  background in chroma far more than in luma - purple, red or blue on gray, blue on brown - and JPEG
+  images that show too little evidence of their compression for the reader's JPEG step). It is a
+  strict expected failure here, so meeting it shows; a lower floor guards against a regression
+  meanwhile. Softness alone never makes a render implausible.
 * A canvas that is no scene of the world (one colour, two halves, quadrants, a band, a ring, a
   region too big, shapes like none of the world's, noise, a gradient) is refused: ``plausible`` is 0,
   the reasons say what and why, and ``exact`` is 0 even for the prompt the canvas imitates best.
@@ -29,9 +28,9 @@ from attncraft.shapes.world import Scene, SceneObject, render_scenes, sample_sce
 N_RENDERS = 100
 TARGET = {"clean": 1.0, "blur1": 0.97, "jpeg75": 0.97, "resize": 0.97, "resize-bilinear": 0.97, "jpeg50": 0.90}
 """Least share of renders read exactly under each damage (the reader's robustness targets)."""
-FLOOR = {"jpeg75": 0.85, "jpeg50": 0.70}
+FLOOR = {"jpeg50": 0.85}
 """Where a target is not met yet: the least share the reader must keep meanwhile (it was 27.5 % at
-JPEG 50 before the reader was made robust)."""
+JPEG 50 before the reader was made robust, 75 % before its JPEG step)."""
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,7 @@ def test_jpeg_renders_keep_their_floor(damaged_scores, name):
 
 
 @pytest.mark.slow  # 600 readings
-@pytest.mark.xfail(strict=True, reason="the JPEG targets are not met yet (about 90 % at quality 75, 75 % at 50)")
+@pytest.mark.xfail(strict=True, reason="JPEG 50: 89 % of these 100 renders (91-93 % of the benchmark's 500), target 90 %")
 @pytest.mark.parametrize("name", list(FLOOR))
 def test_jpeg_renders_meet_the_target(damaged_scores, name):
     exact, missed = _exact(damaged_scores[name])
