@@ -39,8 +39,8 @@ resizing). And it must say no to what is no scene of the world at all.
    it is nearly unchanged by recompression at some quality, or its luma DCT coefficients sit on that
    quality's quantisation grid; never the case on the clean, blurred or resized renders and generated
    images measured), each object's shape and pattern are re-decided by analysis by synthesis
-   (:func:`_refine_jpeg`): its three finalist shapes (poses of step 3, turned by +-4 degrees) with
-   each pattern are drawn by the world's renderer, compressed at the image's quality, and the one
+   (:func:`_refine_jpeg`): every shape of the world (fitted as in step 3, turned by 0 and +-4
+   degrees) with each pattern is drawn by the world's renderer, compressed at the image's quality, and the one
    closest to the image wins. JPEG keeps colour at a quarter of the pixels, which is what breaks
    steps 3-4 for small objects differing from the background (or their shade) mostly in hue; the
    synthesis compares like with like. Any other image is read exactly as without this step.
@@ -916,7 +916,7 @@ JPEG_EVIDENCE = 0.8
 """Recompression evidence: an image is taken for a JPEG of quality q when saving it again at q
 changes it by less than this share of what saving it at the highest quality of
 :data:`JPEG_QUALITIES` changes (a JPEG is nearly a fixed point of its own quality). Images that were
-never JPEG-compressed change least at the highest quality: the ratio was never under 0.98 on 500
+never JPEG-compressed change least at the highest quality: the ratio was never under 0.98 on 300
 world renders and 240 generated images, clean, blurred or resized."""
 JPEG_GRID_EVIDENCE = 0.11
 """Quantisation evidence: the mean distance (in quantisation steps, 0..0.5) of the luma DCT
@@ -990,10 +990,12 @@ def _refine_jpeg(p: _Pending, objects: list[DetectedObject], alts: list[tuple]) 
 
     JPEG keeps colour at a quarter of the pixels and quantises it hardest, so a small object whose
     colour differs from the background (or from its pattern shade) mostly in hue loses the corners
-    and stripes the template matching and pattern correlation look for. Here every finalist shape of
-    the template match (at its own fitted pose) is drawn with every pattern by the world's renderer,
-    with the other objects as read, compressed at the image's own quality, and compared with the image
-    around the object (squared RGB error); the object takes the candidate that reproduces the image
+    and stripes the template matching and pattern correlation look for. Here every shape of the world
+    (fitted to the object as in :func:`_match_shapes`, with all six shapes refined, and turned by
+    :data:`JPEG_ANGLES`) is drawn with every pattern by the world's renderer, with the other objects as
+    read, compressed at the image's own quality (all candidates stacked in one image, each on whole
+    16x16 macroblocks around the object, which JPEG codes independently), and compared with the image
+    around the object (squared RGB error, away from the other objects); the object takes the candidate that reproduces the image
     best, and keeps its reading where that is its own. Objects are re-decided one after another,
     largest first, each with the others as decided so far.
     """
