@@ -8,8 +8,9 @@ from attncraft.cli.app import main
 
 
 def run_cli(args, capsys):
+    """``attncraft ARGS`` in this process (arguments as strings): (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as info:
-        main(args)
+        main(list(map(str, args)))
         raise SystemExit(0)
     captured = capsys.readouterr()
     return info.value.code, captured.out, captured.err

@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -47,17 +46,6 @@ def write_jsonl(path: Path, jobs: list[dict]) -> Path:
 
 def solid_jobs(labels, **options) -> list[dict]:
     return [{"command": "solid", "label": label, **options} for label in labels]
-
-
-def run_cli(args, capsys):
-    """``attncraft ARGS`` in this process: (exit code, stdout, stderr)."""
-    from attncraft.cli.app import main
-
-    with pytest.raises(SystemExit) as info:
-        main(list(map(str, args)))
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def records(out: Path) -> list[dict]:

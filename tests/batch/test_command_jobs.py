@@ -10,7 +10,8 @@ from PIL import Image
 
 from attncraft.batch.manifest import load_manifest
 from attncraft.outputs import read_png_settings
-from batch_helpers import run_cli, write_jsonl
+from batch_helpers import write_jsonl
+from cli_runner import run_cli
 
 
 def pixels(path) -> np.ndarray:

@@ -14,7 +14,8 @@ from PIL import Image
 import fake_jobs  # noqa: F401 - registers the "solid" job type
 from attncraft.batch.manifest import load_manifest
 from attncraft.batch.runner import run_batch
-from batch_helpers import run_cli, write_jsonl
+from batch_helpers import write_jsonl
+from cli_runner import run_cli
 
 MODULES = ("fake_jobs",)
 FAILED_BORDER = (198, 40, 40)  # the failed card's border, #c62828

@@ -10,7 +10,8 @@ import pytest
 
 import fake_jobs  # noqa: F401 - registers the "solid" job type
 from attncraft.batch.manifest import ManifestError, canonical_json, load_manifest, parse_manifest
-from batch_helpers import run_cli, write_jsonl
+from batch_helpers import write_jsonl
+from cli_runner import run_cli
 
 
 def problems_of(text: str, kind: str = "jsonl") -> list[str]:

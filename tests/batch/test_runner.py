@@ -16,7 +16,8 @@ import fake_jobs  # noqa: F401 - registers the "solid" job type
 from attncraft.batch.manifest import load_manifest
 from attncraft.batch.runner import plan_units, run_batch
 from attncraft.outputs import read_png_settings
-from batch_helpers import records, run_cli, solid_jobs, subprocess_env, temporaries, write_jsonl
+from batch_helpers import records, solid_jobs, subprocess_env, temporaries, write_jsonl
+from cli_runner import run_cli
 
 MODULES = ("fake_jobs",)
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from cli_runner import run_cli
 import tiny_models as tm
 from attncraft.attention_processors.broadway import BroadWay
 from attncraft.attention_processors.ctgm import CTGM, save_ctgm
 from attncraft.attention_processors.vstar import TemporalAttentionRegularization
-from attncraft.cli.app import main
 from attncraft.errors import InputError
 from attncraft.outputs import read_sidecar
 from attncraft.pipelines.text_to_video import TextToVideoPipeline
@@ -69,14 +69,6 @@ def tiny_cli(tmp_path_factory):
     pipe = frozen_motion_pipeline(sd, adapter)
     path = save_ctgm(trained_like(CTGM.for_pipeline(pipe, mode="all", sites="part")), root / "ctgm.safetensors")
     return ["--model", sd, "--adapter", adapter, "--frames", "3", "--steps", "1", "--size", "32"], path
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_cli_runs_with_a_ctgm_records_it_and_reruns_from_the_sidecar(tiny_cli, tmp_path, capsys):

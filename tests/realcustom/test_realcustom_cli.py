@@ -6,20 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_runner import run_cli
 import tiny_models as tm
-from attncraft.cli.app import main
 from attncraft.outputs import read_png_settings
 from attncraft.realcustom.modules import RealCustomAdapter, save_adapter
 
 PROMPT = "a big star on the left and a blue circle at the top on a gray background"
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

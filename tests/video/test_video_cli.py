@@ -8,17 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from attncraft.cli.app import main
+from cli_runner import run_cli
 from attncraft.outputs import read_png_settings, read_sidecar
 from attncraft.video import read_video
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 @pytest.fixture
