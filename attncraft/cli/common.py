@@ -32,6 +32,15 @@ TrustPickleOption = typer.Option(
 )
 
 
+# options of the image-making commands (image, customize; video and edit take some of them)
+CountOption = typer.Option(1, "--count", "-n", help="Number of images.")
+WidthOption = typer.Option(None, "--width", help="Width in pixels (default: the model's native size).")
+HeightOption = typer.Option(None, "--height", help="Height in pixels (default: the model's native size).")
+NegativeOption = typer.Option(None, "--negative", help="Negative prompt.")
+SchedulerOption = typer.Option(None, "--scheduler", help="ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm, dpm-karras, unipc.")
+ConfigOption = typer.Option(None, "--config", help="For single-file checkpoints: a diffusers folder or Hub id of the same architecture.")
+
+
 def quiet_libraries() -> None:
     """Silence library chatter (deprecations, torchvision fallbacks) that is not for CLI users."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

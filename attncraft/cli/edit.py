@@ -20,7 +20,16 @@ from pathlib import Path
 import typer
 
 from attncraft.batch.jobs import RUNNER_OPTIONS, register_job
-from attncraft.cli.common import DeviceOption, ModelOption, OutOption, OverwriteOption, TrustPickleOption, console, quiet_libraries
+from attncraft.cli.common import (
+    ConfigOption,
+    DeviceOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    TrustPickleOption,
+    console,
+    quiet_libraries,
+)
 
 
 SHAPES_NULL_LR = 5e-2
@@ -87,7 +96,7 @@ def edit(
     null_lr: float = typer.Option(None, "--null-lr", help="Null-text learning rate (default 1e-2, the reference's; 5e-2 on Shapes SD, where 1e-2 under-fits)."),
     dpl_steps: int = typer.Option(21, "--dpl-steps", help="DPL token-update iterations per step."),
     model: str = ModelOption,
-    config: str = typer.Option(None, "--config", help="For single-file checkpoints: a diffusers folder or Hub id of the same architecture."),
+    config: str = ConfigOption,
     steps: int = typer.Option(None, "--steps", help="DDIM steps (default: the model's recommendation, 50 for SD models)."),
     guidance: float = typer.Option(None, "--guidance", "-g", help="Guidance scale of inversion and editing (default: the model's, 7.5 for SD)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated source (without IMAGE) and of the default scene."),
