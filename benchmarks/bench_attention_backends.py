@@ -45,6 +45,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from attncraft.attention_processors import get_manager
 from attncraft.attention_processors.backends import xformers_problem
+from attncraft.devices import DTYPES
 
 
 def build(model: str, tiny: bool) -> tuple[torch.nn.Module, dict[str, int]]:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     problem = xformers_problem() if device.type == "cuda" else "xformers has no CPU kernels"
     variants = ["sdpa"] + (["xformers", "diffusers-xformers"] if problem is None else [])

@@ -42,6 +42,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from attncraft.attention_processors import AttentionStore, get_manager, select_layers
+from attncraft.devices import DTYPES
 
 
 def build_unet(tiny: bool) -> tuple[UNet2DConditionModel, int, int]:
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     def fresh_unet():
         torch.manual_seed(0)  # every copy gets the same weights

@@ -40,6 +40,7 @@ import torch
 from attncraft.attention_processors import apply_techniques
 from attncraft.attention_processors.broadway import BroadWay
 from attncraft.attention_processors.vstar import TemporalAttentionRegularization
+from attncraft.devices import DTYPES
 
 VARIANTS = ("stock", "broadway", "vstar", "both")
 
@@ -234,7 +235,7 @@ def interleaved(pipe, variants: Sequence[str], techniques_of, args, device) -> d
 def main(argv: list[str] | None = None) -> int:
     args = run_arguments(__doc__.split("\n")[0]).parse_args(argv)
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     built = time.perf_counter()
     pipe = build_pipeline(args.tiny, device, dtype)

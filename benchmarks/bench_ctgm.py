@@ -37,6 +37,7 @@ import torch
 
 from attncraft.attention_processors import apply_techniques
 from attncraft.attention_processors.ctgm import CTGM
+from attncraft.devices import DTYPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_broadway_vstar import build_pipeline, fmt, interleaved, run_arguments  # noqa: E402  (shared pieces)
@@ -78,7 +79,7 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     args = run_arguments(__doc__.split("\n")[0]).parse_args(argv)
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     built = time.perf_counter()
     pipe = build_pipeline(args.tiny, device, dtype)

@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    from attncraft.devices import DTYPES
+
+    dtype = DTYPES[args.dtype]
     t_build = time.perf_counter()
     pipe, subject = build(args.tiny, device, dtype)
     build_s = time.perf_counter() - t_build

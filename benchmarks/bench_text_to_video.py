@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args.size = args.size or (32 if args.tiny else 512)
     args.steps = args.steps or (2 if args.tiny else 25)
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    from attncraft.devices import DTYPES
+
+    dtype = DTYPES[args.dtype]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     stock, ours = build(args.tiny, device, dtype)

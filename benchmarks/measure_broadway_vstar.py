@@ -60,6 +60,7 @@ import torch
 from attncraft.attention_processors import AttentionTechnique
 from attncraft.attention_processors.broadway import BroadWay, default_reference_block, temporal_energy
 from attncraft.attention_processors.vstar import TemporalAttentionRegularization
+from attncraft.devices import DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 BROADWAY_SEED, VSTAR_SEED = 120, 121
@@ -203,7 +204,7 @@ def open_run(args):
     args.steps = args.steps or int(defaults.get("num_inference_steps", 25))
     args.guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 7.5))
     pool = mp.get_context("fork").Pool(args.workers, initializer=_init_worker) if args.workers > 0 else None
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     pipe = load_pipeline(args.model, args.adapter, torch.device(args.device), dtype)
 
     def score(videos, prompts):

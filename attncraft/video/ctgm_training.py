@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from attncraft.attention_processors.ctgm import CTGM, CrossFrameTextGuidance, load_ctgm, resolve_mode, save_ctgm
+from attncraft.devices import DTYPES
 from attncraft.errors import AttncraftError, InputError
 
 __all__ = [
@@ -298,7 +299,7 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise InputError(f"{out} exists", "pass --overwrite to replace it, or another --out")
     dataset = VideoCaptionFolder(args.data, args.frames, args.width, args.height)
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     pipe = frozen_motion_pipeline(args.model, args.adapter, device, dtype)
     ctgm, technique = attach_ctgm(pipe, args.mode, args.sites, args.faithful, args.init)

@@ -87,7 +87,9 @@ def main(argv=None) -> int:
     from attncraft.pipelines.fancyvideo import FancyVideoPipeline
 
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    from attncraft.devices import DTYPES
+
+    dtype = DTYPES[args.dtype]
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
