@@ -134,7 +134,8 @@ def bench_model(model: str, args, device, dtype, variants: list[str]) -> dict:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 continue
-            timed(unet, inputs, args.warmup, device)
+            if args.warmup:  # --warmup 0: no untimed calls
+                timed(unet, inputs, args.warmup, device)
         rounds = {v: [] for v in variants}
         peaks = {}
         for r in range(args.rounds):
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="sd15,animatediff")
     parser.add_argument("--steps", type=int, default=10, help="UNet calls per timed round")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed UNet calls per variant first (0: none)")
     parser.add_argument("--tiny", action="store_true", help="tiny UNets for a CPU smoke run")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
