@@ -706,18 +706,19 @@ def load_text_to_video(
                           adapter=motion.reference, adapter_label=motion.label)
 
 
-def pipeline_as(cls, pipe):
-    """``pipe``'s components as a pipeline of class ``cls`` (diffusers' ``from_pipe``): nothing is
-    copied or re-cast (``from_pipe`` alone would cast every module to float32, in place, and warn)."""
+def pipeline_as(cls, pipe, **components):
+    """``pipe``'s components as a pipeline of class ``cls`` (diffusers' ``from_pipe``), with any of them
+    replaced by ``components`` (e.g. ``unet=``): nothing is copied or re-cast (``from_pipe`` alone would
+    cast every module, the ones shared with ``pipe`` too, to float32 in place, and warn)."""
     import logging
 
-    if isinstance(pipe, cls):
+    if isinstance(pipe, cls) and not components:
         return pipe
     logger = logging.getLogger("diffusers")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        out = cls.from_pipe(pipe, dtype=pipe.unet.dtype)
+        out = cls.from_pipe(pipe, dtype=pipe.unet.dtype, **components)
     finally:
         logger.setLevel(level)
     out.set_progress_bar_config(disable=True)

@@ -149,19 +149,17 @@ def save_samples(out: Path, videos: np.ndarray, fps: float = 8.0) -> list[str]:
 
 def _zeroed_copy(pipe):
     """The same pipeline with every motion module's output projection at zero: the image model per frame.
-
-    ``from_pipe`` is given the pipeline's own dtype: without one, diffusers casts the new pipeline, and
-    with it every component it shares with ``pipe`` (text encoder, VAE), to float32 in place, and the
-    next fp16 run of ``pipe`` then fails (float32 text states make float32 latents)."""
+    It shares the text encoder and VAE with ``pipe``, which keep their dtype (see :func:`pipeline_as`)."""
     import copy
 
+    from attncraft.loading import pipeline_as
     from attncraft.shapes.models import zero_motion_outputs
 
     unet = copy.deepcopy(pipe.unet)
     for block in [*unet.down_blocks, *unet.up_blocks, unet.mid_block]:
         if hasattr(block, "motion_modules"):
             zero_motion_outputs(block.motion_modules)
-    return type(pipe).from_pipe(pipe, unet=unet, torch_dtype=pipe.unet.dtype)
+    return pipeline_as(type(pipe), pipe, unet=unet)
 
 
 @torch.no_grad()
