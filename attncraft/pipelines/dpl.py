@@ -20,6 +20,10 @@ updates off (``token_steps <= 1``) it is null-text inversion exactly. Deviations
 only the placeholder vectors get gradients (UNet and text encoder frozen: no weight gradients), the
 token-update pass stops the UNet once the loss layers have run, the map average counts its steps,
 a missing background cluster drops L_bg for that scene (logged), one noun gives L_dj = 0 (warned).
+Cost (no effect on the result beyond float32 rounding): the backpropagating passes take the explicit
+attention product in float32 on CUDA (``DPLConfig.attention``, see
+:func:`~attncraft.pipelines.inversion.explicit_attention_wanted`), and the loop waits for the GPU
+only where it must read a value (the early-stop checks); ``DPLConfig.precision="tf32"`` is opt-in.
 """
 
 from __future__ import annotations
