@@ -40,7 +40,7 @@
 set -uo pipefail
 export TEXT=${TEXT:-1}
 if [ "$TEXT" = 1 ]; then export SHAPES_CONFIG=${SHAPES_CONFIG:-finetune-text} TRAIN_TEXT=1
-else export SHAPES_CONFIG=${SHAPES_CONFIG:-finetune}; fi
+else export SHAPES_CONFIG=${SHAPES_CONFIG:-finetune} TRAIN_TEXT=0; fi
 export UNET_INIT=${UNET_INIT:-assets/models/shapes-sd}
 export VAE_DIR=${VAE_DIR:-assets/models/shapes-sd/vae} CLIP_DIR=${CLIP_DIR:-assets/models/shapes-clip}
 export MIN_UNET=${MIN_UNET:-6} MIN_EVAL=${MIN_EVAL:-1.5}
