@@ -2,13 +2,13 @@
 
 * Clean world renders are read exactly (every attribute of every object, the background, and no
   region refused); under Gaussian blur of radius 1, JPEG quality 75 and resizing 64 -> 48 -> 64
-  (bicubic, bilinear) at least 97 % of them are still read exactly. The target for JPEG 50 (90 %)
-  is met on the benchmark's 500 renders (``benchmarks/bench_reader_damage.py``) but not on the 100
-  renders here (89 %; the misses are mostly shapes of small objects whose colour differs from the
-  background in chroma far more than in luma - purple, red or blue on gray, blue on brown - and JPEG
-  images that show too little evidence of their compression for the reader's JPEG step). It is a
-  strict expected failure here, so meeting it shows; a lower floor guards against a regression
-  meanwhile. Softness alone never makes a render implausible.
+  (bicubic, bilinear) at least 97 % of them are still read exactly. JPEG 50's target (90 %) is
+  stated on 500 renders, and 100 are too few to tell 90 % from 93 % (89 % of the first 100 here,
+  90.2 % of all 500 of this seed, 91.6 % and 93.2 % on two other seeds' 500): it is checked on 500
+  renders of its own, with a floor of 85 % on the first 100 beside the other damages. The misses are
+  mostly shapes of small objects whose colour differs from the background in chroma far more than in
+  luma (purple, red or blue on gray, blue on brown) and JPEG images that show too little evidence of
+  their compression for the reader's JPEG step. Softness alone never makes a render implausible.
 * A canvas that is no scene of the world (one colour, two halves, quadrants, a band, a ring, a
   region too big, shapes like none of the world's, noise, a gradient) is refused: ``plausible`` is 0,
   the reasons say what and why, and ``exact`` is 0 even for the prompt the canvas imitates best.
@@ -29,8 +29,8 @@ N_RENDERS = 100
 TARGET = {"clean": 1.0, "blur1": 0.97, "jpeg75": 0.97, "resize": 0.97, "resize-bilinear": 0.97, "jpeg50": 0.90}
 """Least share of renders read exactly under each damage (the reader's robustness targets)."""
 FLOOR = {"jpeg50": 0.85}
-"""Where a target is not met yet: the least share the reader must keep meanwhile (it was 27.5 % at
-JPEG 50 before the reader was made robust, 75 % before its JPEG step)."""
+"""Where 100 renders cannot check the target: the least share of them the reader must keep (it was
+27.5 % at JPEG 50 before the reader was made robust, 75 % before its JPEG step)."""
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,17 @@ def test_jpeg_renders_keep_their_floor(damaged_scores, name):
     assert exact >= FLOOR[name], (name, exact, missed)
 
 
-@pytest.mark.slow  # 600 readings
-@pytest.mark.xfail(strict=True, reason="JPEG 50: 89 % of these 100 renders (93.2 % of the benchmark's 500), target 90 %")
+TARGET_RENDERS = 500
+"""Renders on which a target is stated (the reader's robustness targets are shares of 500 renders)."""
+
+
+@pytest.mark.slow  # 500 JPEG readings, about 25 s
 @pytest.mark.parametrize("name", list(FLOOR))
-def test_jpeg_renders_meet_the_target(damaged_scores, name):
-    exact, missed = _exact(damaged_scores[name])
+def test_jpeg_renders_meet_the_target_on_500_renders(name):
+    scenes = sample_scenes(TARGET_RENDERS, seed=41)  # the first 100 are the renders above
+    images = [to_uint8(t) for t in render_scenes(scenes, size=64).images]
+    reads = read_images([DAMAGES[name](a) for a in images])
+    exact, missed = _exact([score_image(None, s, read=r) for s, r in zip(scenes, reads)])
     assert exact >= TARGET[name], (name, exact, missed)
 
 
