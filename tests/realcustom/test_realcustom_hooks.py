@@ -160,6 +160,28 @@ def test_visual_branch_touches_only_its_rows_and_equals_the_formula():
     assert torch.allclose(with_branch[2:3], expected, atol=1e-5)
 
 
+def test_one_condition_over_adjacent_blocks_equals_one_condition_per_block():
+    """The release's zero-image and subject branches as one attention call (the pipeline's way)
+    give the same output as one call per block."""
+    unet = tm.sd_unet().eval()
+    adapter = _adapter(unet)
+    x, ehs = _unet_inputs(unet)
+    zero, subject = adapter.project(torch.randn(1, 9, 16)), adapter.project(torch.randn(1, 9, 16))
+    mask = adaptive_mask(torch.rand(1, 16, 16), 0.25)
+    visual = RealCustomVisualAttention(adapter)
+    with torch.no_grad(), get_manager(unet).applied(visual):
+        visual.conditions = [VisualCondition(slice(1, 2), VisualTokens(zero), mask=mask),
+                             VisualCondition(slice(2, 3), VisualTokens(subject), mask=mask)]
+        apart = unet(x, 500, encoder_hidden_states=ehs).sample
+        visual.conditions = [VisualCondition(slice(1, 3), VisualTokens(torch.cat([zero, subject])),
+                                             mask=torch.cat([mask, mask]))]
+        together = unet(x, 500, encoder_hidden_states=ehs).sample
+        visual.conditions = []
+        plain = unet(x, 500, encoder_hidden_states=ehs).sample
+    assert torch.allclose(together, apart, atol=1e-6)
+    assert torch.equal(together[0], plain[0]) and (together[1:] - plain[1:]).abs().amax() > 1e-3
+
+
 def test_weights_on_projected_keys_equal_projecting_reweighted_features():
     unet = tm.sd_unet().eval()
     adapter = _adapter(unet)

@@ -413,7 +413,8 @@ def default_rows(gamma_scopes=GAMMA_SCOPES) -> list[Row]:
             Row("RealCustom without the scoring module", options={"gamma_scope": 0.25, "use_scoring": False})]
     rows += [Row(f"RealCustom, gamma_scope {g}", options={"gamma_scope": g}) for g in gamma_scopes if g != 0.25]
     rows += [Row("RealCustom, binary mask", options={"gamma_scope": 0.25, "mask_mode": "binary"}),
-             Row("RealCustom, separate mask pass (mask of z_t)", options={"gamma_scope": 0.25, "mask_pass": "separate"})]
+             Row("RealCustom, separate mask pass (mask of z_t)", options={"gamma_scope": 0.25, "mask_pass": "separate"}),
+             Row("RealCustom, mask read from the text + image rows", options={"gamma_scope": 0.25, "mask_pass": "conditional"})]
     return rows
 
 
