@@ -138,7 +138,8 @@ class Counters:
     def __enter__(self):
         import attncraft.attention_processors.realcustom as rc
 
-        c = self.counts = {"unet_calls": 0, "unet_rows": 0, "word_maps": 0, "visual_attention": 0, "encoder_calls": 0}
+        c = self.counts = {"unet_calls": 0, "unet_rows": 0, "word_maps": 0, "visual_attention": 0, "visual_flops": 0,
+                           "encoder_calls": 0}
 
         def unet_hook(module, args, kwargs):
             c["unet_calls"] += 1
@@ -153,9 +154,10 @@ class Counters:
             c["word_maps"] += int(probs.shape[0] * probs.shape[1])
             return add(reader, call, probs)
 
-        def counted_attention(*args, **kwargs):
+        def counted_attention(q, k, *args, **kwargs):
             c["visual_attention"] += 1
-            return attention(*args, **kwargs)
+            c["visual_flops"] += 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]  # Q K^T and P V
+            return attention(q, k, *args, **kwargs)
 
         self._undo = [lambda: setattr(rc.WordMapReader, "_add", add), lambda: setattr(rc, "sdpa", attention)]
         rc.WordMapReader._add, rc.sdpa = counted_add, counted_attention
@@ -182,6 +184,24 @@ class Counters:
             self._syncs.__exit__(*exc)
             self.counts["host_syncs"] = sum("synchroniz" in str(w.message) for w in self._seen)
         return False
+
+
+def unet_flops_per_row(pipe, size: int) -> float:
+    """FLOPs of one UNet row at ``size`` (SDXL conditioning), counted on the meta device (no compute)."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = pipe.unet.config
+    latent = size // pipe.vae_scale_factor
+    proj = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+        added = {"text_embeds": torch.zeros(1, proj), "time_ids": torch.zeros(1, 6)}
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            unet(torch.zeros(1, 4, latent, latent), torch.tensor(500.0), encoder_hidden_states=torch.zeros(
+                1, 77, config.cross_attention_dim), added_cond_kwargs=added)
+    return float(counter.get_total_flops())
 
 
 def timed(fn, device: torch.device) -> float:
@@ -260,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
                           t / p for t, p in zip(times[name], times["plain"])),
                       **counts[name], "peak_gib": peaks.get(name)} for name in names}
     results["anchors_ms"] = {str(k): statistics.median(v) for k, v in anchors.items()}
+    row_flops = unet_flops_per_row(pipe, size)
+    results["unet_tflop_per_row"] = row_flops / 1e12
+    plain_flops = results["plain"]["unet_rows"] * row_flops
+    for name in names:  # what the arithmetic alone costs against plain: UNet rows and the visual branch
+        r = results[name]
+        r["flop_ratio"] = (r["unet_rows"] * row_flops + r["visual_flops"]) / plain_flops
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     import diffusers
 
@@ -271,21 +297,21 @@ def main(argv: list[str] | None = None) -> int:
           f"SigLIP-so400m-size image encoder, RealCustom parts on {len(pipe.realcustom_adapter.layer_names)} cross-attention "
           f"layers), {size}x{size}, {args.steps} steps, {args.dtype}, batch 1, median of {args.rounds} interleaved runs "
           f"to the latents; build {build_s:.0f} s.  ")
-    print(f"UNet call alone: {results['anchors_ms']['2']:.1f} ms at batch 2, {results['anchors_ms']['3']:.1f} ms at batch 3.")
+    print(f"UNet call alone: {results['anchors_ms']['2']:.1f} ms at batch 2, {results['anchors_ms']['3']:.1f} ms at batch 3; "
+          f"{row_flops / 1e9:.1f} GFLOP per row (counted).")
     print()
     print("| variant | ms / run (median) | ms / step | ratio to plain | paired ratio | UNet calls | rows in all calls "
-          "| word maps (row x layer) | visual attention calls | image-encoder calls | host syncs | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| FLOP ratio | word maps (row x layer) | visual attention calls | image-encoder calls | host syncs | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         r = results[name]
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         print(f"| {name} | {r['ms_per_run']:.0f} | {r['ms_per_run'] / args.steps:.1f} | {r['ratio']:.3f} | "
-              f"{r['paired_ratio']:.3f} | {r['unet_calls']} | {r['unet_rows']} | {r['word_maps']} | "
+              f"{r['paired_ratio']:.3f} | {r['unet_calls']} | {r['unet_rows']} | {r['flop_ratio']:.3f} | {r['word_maps']} | "
               f"{r['visual_attention']} | {r['encoder_calls']} | {r.get('host_syncs', '-')} | {peak} |")
     print()
-    rows_bound = {name: results[name]["unet_rows"] / results["plain"]["unet_rows"] for name in names}
-    print("Rows in all calls relative to plain (what the UNet alone costs, if its time is proportional to rows): "
-          + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in rows_bound.items() if name != "plain") + ".  ")
+    print("FLOP ratio: (UNet rows x FLOPs per row + the visual branch's attention FLOPs) / plain's, the time ratio a "
+          "compute-bound GPU cannot beat for that schedule.  ")
     print("Targets: release <= 1.2x (goal 1.1x), release_reuse <= 1.1x (goal 1.05x); with the mask read from the "
           "text + image rows: release_condmask, release_condmask_reuse.")
     if args.json:

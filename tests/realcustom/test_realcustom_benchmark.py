@@ -37,6 +37,15 @@ def test_benchmark_runs_every_variant_with_the_expected_unet_rows(tmp_path, caps
         # one visual attention call per layer and call with image rows (the release's two blocks as one)
         assert r["visual_attention"] == (0 if name == "plain" else 3 * layers), name
         assert r["encoder_calls"] == {"plain": 0, "paper": 1, "paper_reuse": 1}.get(name, 2), name
+    # the visual branch runs on the zero-image and subject rows in release mode (all image tokens), on
+    # the subject rows in paper mode (the scoring module's top gamma_num = 0.8 of the tokens)
+    tokens = 16  # the tiny SigLIP: 32 px / patch 8
+    kept = int(0.8 * tokens)
+    assert results["release"]["visual_flops"] == results["release_condmask"]["visual_flops"] > 0
+    assert results["release"]["visual_flops"] * kept == 2 * tokens * results["paper"]["visual_flops"]
+    assert results["plain"]["flop_ratio"] == 1.0
+    assert results["release_condmask"]["flop_ratio"] < results["release"]["flop_ratio"] < results["paper"]["flop_ratio"]
+    assert results["unet_tflop_per_row"] > 0
     assert "| release_reuse |" in capsys.readouterr().out
 
 
@@ -47,6 +56,6 @@ def test_benchmark_variant_subset_and_unknown_variant(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "2", "--rounds", "1",
                        "--anchor-calls", "1", "--variants", "release_condmask", "--json", str(out)]) == 0
-    assert set(json.loads(out.read_text())) == {"plain", "release_condmask", "anchors_ms"}
+    assert set(json.loads(out.read_text())) == {"plain", "release_condmask", "anchors_ms", "unet_tflop_per_row"}
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--device", "cpu", "--variants", "nope"])

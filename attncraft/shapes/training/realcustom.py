@@ -418,6 +418,17 @@ def default_rows(gamma_scopes=GAMMA_SCOPES) -> list[Row]:
     return rows
 
 
+def mask_source_rows() -> list[Row]:
+    """Where the word map comes from: the text-only rows (the method) or the text + image rows
+    (``mask_pass="conditional"``, the cheaper option), with the paper's and the release's guidance."""
+    release = {"guidance_mode": "release", "use_scoring": False}
+    return [Row("RealCustom (scoring, gamma_scope 0.25)", options={"gamma_scope": 0.25}),
+            Row("RealCustom, mask read from the text + image rows", options={"gamma_scope": 0.25, "mask_pass": "conditional"}),
+            Row("RealCustom, release guidance (no scoring)", options={"gamma_scope": 0.25, **release}),
+            Row("RealCustom, release guidance, mask read from the text + image rows",
+                options={"gamma_scope": 0.25, "mask_pass": "conditional", **release})]
+
+
 def score_example(item: tuple[np.ndarray, dict[str, Any]]) -> dict[str, float]:
     """Reader scores of one generated image (see the module docstring); runs in worker processes."""
     from attncraft.shapes.captions import ParsedObject, ParsedScene
