@@ -14,9 +14,26 @@ Variants:
   computed and thrown away), the whole token-embedding matrix optimised (AdamW on 49408 x 768,
   other rows restored after each step), the UNet run to its end;
 * ``ours`` - the default of :mod:`attncraft.pipelines.dpl`: fp32, gradients only for the
-  placeholder vectors / the null embedding, the maps computed only on the five loss layers (fused
-  attention elsewhere), the token pass stopped once the loss layers have run;
+  placeholder vectors / the null embedding, the maps computed only on the five loss layers, the
+  token pass stopped once the loss layers have run, attention ``auto`` (on CUDA in fp32: the
+  explicit product, torch's ``math`` SDPA kernel, on every layer without a technique);
+* ``ours_sdpa`` - ``ours`` with the fused SDPA kernel everywhere (``attention="fused"``: in fp32
+  that is the memory-efficient kernel; the default before the ``auto`` choice);
+* ``ours_explicit`` - ``ours`` with the explicit product forced on every layer
+  (``attention="explicit"``); with ``ours_sdpa`` it isolates the attention kernel's share;
+* ``ours_tf32`` - ``ours`` with TF32 matmuls and convolutions for the iterations
+  (``precision="tf32"``: float32 storage, scoped, restored after);
 * ``ours_bf16`` - the same with the mixed-precision option (bf16 autocast).
+
+Every ``ours*`` variant (and the reference's null-text one) starts from the same embedding and
+takes the same number of iterations on the same inputs, so the benchmark also reports, per
+variant, the largest absolute difference of its optimised embedding from ``ours`` (strict fp32)
+after them: the effect of the kernel and precision choices on the result.
+
+``--profile DIR`` writes ``DIR/dpl_profile.md``: for ``reference``, ``ours`` and ``ours_sdpa``, the
+top CUDA kernels by device time per iteration, and the host time (until the last launch returns),
+the wall time and the summed kernel time per iteration (host close to wall with kernels well below
+it means the iteration is launch-bound).
 
 Also: peak memory per variant, and one whole invert + DPL + edit wall time with the pipeline at
 reduced iterations (``--whole-token-steps``, ``--whole-null-steps``), from which the full-setting
@@ -25,7 +42,7 @@ time (21 token and 51 null-text iterations per step) is extrapolated.
 The weights are random: the SD 1.5 architecture costs the same with random weights, and no real
 weights are reachable from the benchmark machine. Usage::
 
-    python benchmarks/bench_dpl.py --device cuda --json $OUT/bench_dpl.json     # about 2-3 min on an H200
+    python benchmarks/bench_dpl.py --device cuda --json $OUT/bench_dpl.json --profile $OUT   # about 2-3 min on an H200
     python benchmarks/bench_dpl.py --tiny --device cpu                            # smoke test
 """
 
@@ -48,10 +65,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attncraft.attention_processors import AttentionTechnique, get_manager  # noqa: E402
 from attncraft.attention_processors.dpl import DPLConfig, LossMaps, StopForward, dpl_losses, stop_after  # noqa: E402
 from attncraft.attention_processors.prompt_to_prompt import attention_plan, tokenize_prompt  # noqa: E402
-from attncraft.pipelines.inversion import DDIMSchedule, ModelAdapter, ddim_step, frozen  # noqa: E402
+from attncraft.pipelines.inversion import DDIMSchedule, ModelAdapter, ddim_step, frozen, tf32_scope  # noqa: E402
 
 PROMPT = "a photo of a cat and a dog on a sofa"
 NOUNS = ["cat", "dog"]
+
+VARIANTS = {  # our variants: (autocast dtype, attention kernel, TF32)
+    "ours": (None, "auto", False),
+    "ours_sdpa": (None, "fused", False),
+    "ours_explicit": (None, "explicit", False),
+    "ours_tf32": (None, "auto", True),
+    "ours_bf16": (torch.bfloat16, "auto", False),
+}
+PROFILED = ("reference", "ours", "ours_sdpa")
 
 
 def build_pipeline(tiny: bool, device: torch.device):
@@ -139,9 +165,10 @@ class Setup:
 
 
 class OursToken:
-    def __init__(self, s: Setup, autocast: torch.dtype | None):
+    def __init__(self, s: Setup, variant: str):
         self.s = s
-        self.model = ModelAdapter(s.pipe, autocast)
+        autocast, attention, self.tf32 = VARIANTS[variant]
+        self.model = ModelAdapter(s.pipe, autocast, attention=attention)
         emb = s.pipe.text_encoder.get_input_embeddings()
         init = emb.weight[[s.pipe.tokenizer(n, add_special_tokens=False).input_ids[0] for n in NOUNS]].detach().float()
         self.vectors = [init[None].clone().requires_grad_(True)]
@@ -150,7 +177,8 @@ class OursToken:
     @contextlib.contextmanager
     def active(self):
         s = self.s
-        with frozen(s.pipe.unet, s.pipe.vae, s.pipe.text_encoder), s.manager.applied(s.collector):
+        with frozen(s.pipe.unet, s.pipe.vae, s.pipe.text_encoder), s.manager.applied(s.collector), \
+                tf32_scope(s.device, self.tf32):
             s.manager.context.cfg_batched = False
             yield
             s.manager.context.cfg_batched = None
@@ -169,6 +197,9 @@ class OursToken:
         loss.backward()
         self.opt.step()
         s.collector.reset()
+
+    def result(self) -> torch.Tensor:
+        return self.vectors[0].detach()
 
 
 class ReferenceToken:
@@ -218,6 +249,9 @@ class ReferenceToken:
             self.emb.weight[rows] = self.original[rows]
         s.collector.reset()
 
+    def result(self) -> None:
+        return None  # the whole table is the parameter: not comparable with the vectors of ours
+
 
 # -- null-text iterations ---------------------------------------------------------------------------
 
@@ -225,8 +259,8 @@ class ReferenceToken:
 class NullStep:
     def __init__(self, s: Setup, variant: str):
         self.s, self.variant = s, variant
-        autocast = torch.bfloat16 if variant == "ours_bf16" else None
-        self.model = ModelAdapter(s.pipe, autocast)
+        autocast, attention, self.tf32 = VARIANTS.get(variant, (None, "fused", False))
+        self.model = ModelAdapter(s.pipe, autocast, attention=attention)
         self.param = s.null.embeds.detach().clone().requires_grad_(True)
         self.opt = torch.optim.Adam([self.param], lr=1e-2)
         self.explicit = ExplicitEverywhere()
@@ -243,7 +277,8 @@ class NullStep:
                     yield
                     s.pipe.unet.zero_grad(set_to_none=True)
             else:
-                yield
+                with tf32_scope(s.device, self.tf32):
+                    yield
 
     def step(self):
         s = self.s
@@ -256,6 +291,9 @@ class NullStep:
         self.opt.step()
         if self.variant == "reference":
             s.pipe.unet.zero_grad(set_to_none=True)
+
+    def result(self) -> torch.Tensor:
+        return self.param.detach()
 
 
 # -- timing -------------------------------------------------------------------------------------------
@@ -290,7 +328,54 @@ def time_variants(variants: dict, rounds: int, iters: int, warmup: int, device) 
                     results[name]["peak_gib"] = max(results[name]["peak_gib"], torch.cuda.max_memory_allocated() / 2**30)
     for name in names:
         results[name]["ms"] = statistics.median(results[name]["rounds"])
+        results[name]["iterations"] = warmup + rounds * iters
     return results
+
+
+def embedding_differences(variants: dict, results: dict) -> None:
+    """Max |embedding - ours'| after the same iterations, per variant whose embedding compares."""
+    base = variants["ours"].result().float()
+    for name, v in variants.items():
+        other = v.result()
+        results[name]["max_abs_diff_vs_ours"] = None if other is None else float((other.float() - base).abs().max())
+
+
+def profile_variants(variants: dict, label: str, iters: int, device) -> tuple[list[str], dict]:
+    """torch.profiler summary of ``iters`` iterations per variant (after one untimed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    lines, summary = [], {}
+    for name in PROFILED:
+        v = variants[name]
+        with v.active():
+            v.step()
+            sync(device)
+            with profile(activities=activities) as prof:
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    v.step()
+                host = (time.perf_counter() - t0) * 1000 / iters
+                sync(device)
+                wall = (time.perf_counter() - t0) * 1000 / iters
+        kernels: dict[str, list[float]] = {}
+        for event in prof.events():
+            if str(getattr(event, "device_type", "")).endswith("CUDA"):
+                entry = kernels.setdefault(event.name, [0.0, 0])
+                entry[0] += event.time_range.elapsed_us() / 1000 / iters
+                entry[1] += 1 / iters
+        busy = sum(ms for ms, _ in kernels.values())
+        summary[name] = {"host_ms": host, "wall_ms": wall, "kernel_ms": busy if kernels else None}
+        lines += [f"### {label}, {name}", "",
+                  f"Per iteration: host {host:.1f} ms (until the last launch returns), wall {wall:.1f} ms, "
+                  + (f"summed kernel time {busy:.1f} ms." if kernels else "no CUDA kernels recorded (CPU run)."), ""]
+        if kernels:
+            lines += ["| kernel | ms / iteration | launches / iteration | share of kernel time |", "|---|---|---|---|"]
+            for kname, (ms, count) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:12]:
+                short = kname if len(kname) <= 90 else kname[:87] + "..."
+                lines.append(f"| `{short.replace('|', '/')}` | {ms:.2f} | {count:.0f} | {ms / busy:.1%} |")
+            lines.append("")
+    return lines, summary
 
 
 def whole_run(pipe, size, device, steps, token_steps, null_steps) -> dict:
@@ -311,6 +396,12 @@ def whole_run(pipe, size, device, steps, token_steps, null_steps) -> dict:
             "token_updates": int(inv.extras["dpl_updates"].sum())}
 
 
+def flags() -> str:
+    matmul = torch.get_float32_matmul_precision()
+    return (f"float32 matmul precision {matmul!r}, cuDNN TF32 {torch.backends.cudnn.allow_tf32} (torch's defaults, "
+            "kept by every variant but ours_tf32)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -322,32 +413,57 @@ def main(argv=None) -> int:
     parser.add_argument("--whole-token-steps", type=int, default=2)
     parser.add_argument("--whole-null-steps", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="write DIR/dpl_profile.md: top kernels, host vs device time per iteration")
+    parser.add_argument("--profile-iters", type=int, default=3)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     pipe, size = build_pipeline(args.tiny, device)
     s = Setup(pipe, size, device, args.steps)
-    before = [v.detach().clone() for v in pipe.unet.state_dict().values()]
-    token = time_variants({"reference": ReferenceToken(s), "ours": OursToken(s, None),
-                           "ours_bf16": OursToken(s, torch.bfloat16)}, args.rounds, args.iters, args.warmup, device)
-    null = time_variants({name: NullStep(s, name) for name in ("reference", "ours", "ours_bf16")},
-                         args.rounds, args.iters, args.warmup, device)
-    unchanged = all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), before))
+    before = [v.detach().cpu().clone() for v in pipe.unet.state_dict().values()]  # on the host: not in the peaks
+    token_variants = {"reference": ReferenceToken(s), **{name: OursToken(s, name) for name in VARIANTS}}
+    null_variants = {name: NullStep(s, name) for name in ("reference", *VARIANTS)}
+    token = time_variants(token_variants, args.rounds, args.iters, args.warmup, device)
+    null = time_variants(null_variants, args.rounds, args.iters, args.warmup, device)
+    embedding_differences(token_variants, token)
+    embedding_differences(null_variants, null)
+    profile_lines, profile_summary = [], {}
+    if args.profile is not None:
+        for label, variants in (("token update", token_variants), ("null-text", null_variants)):
+            lines, summary = profile_variants(variants, label, args.profile_iters, device)
+            profile_lines += lines
+            profile_summary[label] = summary
+    unchanged = all(torch.equal(a, b.cpu()) for a, b in zip(before, pipe.unet.state_dict().values()))
     del before
     whole = whole_run(pipe, size, device, args.steps, args.whole_token_steps, args.whole_null_steps)
     full = args.steps * (21 * token["ours"]["ms"] + 51 * null["ours"]["ms"]) / 1000
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "CPU"
+    command = f"python benchmarks/bench_dpl.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     lines = [
         f"## {datetime.date.today()} — DPL iteration cost, {'tiny model' if args.tiny else 'SD 1.5 size (random weights)'}, {size}x{size}",
         "",
-        f"Hardware: {gpu}; torch {torch.__version__}. Command: `python benchmarks/bench_dpl.py {' '.join(argv if argv is not None else sys.argv[1:])}`. "
-        f"Median of {args.rounds} interleaved rounds of {args.iters} iterations, batch 1, timestep {int(s.t)} of {args.steps}.",
+        f"Hardware: {gpu}; torch {torch.__version__}. Command: `{command}`. "
+        f"Median of {args.rounds} interleaved rounds of {args.iters} iterations, batch 1, timestep {int(s.t)} of {args.steps}. "
+        f"Flags: {flags()}. \"max abs diff\": largest absolute difference of the variant's optimised embedding "
+        f"from ours' (strict fp32) after the same {token['ours']['iterations']} iterations.",
         "",
-        "| iteration | variant | ms / iteration | x reference | peak GiB |",
-        "|---|---|---|---|---|",
+        "| iteration | variant | ms / iteration | x reference | peak GiB | max abs diff vs ours |",
+        "|---|---|---|---|---|---|",
     ]
+    ratios = []
     for label, res in (("token update", token), ("null-text", null)):
         for name, r in res.items():
-            lines.append(f"| {label} | {name} | {r['ms']:.1f} | {r['ms'] / res['reference']['ms']:.2f} | {r['peak_gib']:.2f} |")
+            diff = r["max_abs_diff_vs_ours"]
+            ratio = r["ms"] / res["reference"]["ms"]
+            lines.append(f"| {label} | {name} | {r['ms']:.1f} | {ratio:.2f} | {r['peak_gib']:.2f} | "
+                         f"{'-' if diff is None else f'{diff:.2e}'} |")
+            ratios.append(f"{label} {name}: {r['ms']:.1f} ms = {ratio:.2f}x reference")
+    if profile_summary:
+        lines += ["", "Per iteration, host time (until the last launch returns) / wall / summed kernel time (ms):"]
+        for label, summary in profile_summary.items():
+            lines.append("; ".join(f"{label} {name} {v['host_ms']:.1f} / {v['wall_ms']:.1f} / "
+                                   f"{'-' if v['kernel_ms'] is None else format(v['kernel_ms'], '.1f')}"
+                                   for name, v in summary.items()) + ".")
     lines += [
         "",
         f"Whole invert + DPL + edit ({args.steps} steps, {args.whole_token_steps} token and {args.whole_null_steps} null-text "
@@ -359,10 +475,18 @@ def main(argv=None) -> int:
     ]
     text = "\n".join(lines)
     print(text)
+    print()
+    for line in ratios:
+        print(line)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        (args.profile / "dpl_profile.md").write_text("\n".join(
+            [f"# DPL iteration profile ({gpu}, torch {torch.__version__})", "", f"Command: `{command}`.", "",
+             *profile_lines]) + "\n")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"token": token, "null": null, "whole": whole, "extrapolated_full_s": full,
-                                         "markdown": text}, indent=2))
+                                         "profile": profile_summary, "markdown": text}, indent=2))
     return 0
 
 

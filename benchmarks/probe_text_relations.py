@@ -29,6 +29,7 @@ def probe(model: str, pairs=PAIRS, max_captions: int = 24) -> list[dict]:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from attncraft.shapes.palette import COLORS
+    from attncraft.shapes.training.unet import relative_state_change
     from attncraft.shapes.world import SHAPES
 
     tok = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
@@ -48,14 +49,8 @@ def probe(model: str, pairs=PAIRS, max_captions: int = 24) -> list[dict]:
         t2 = [t.replace(f" {w1} ", f" {w2} ") for t in t1]
         h1, ids = states(t1)
         h2, _ = states(t2)
-        rel = (h1 - h2).norm(dim=-1) / h1.norm(dim=-1).clamp(min=1e-12)  # (N, L)
-        eos = (ids == tok.eos_token_id).int().argmax(dim=1)  # first end token
-        pos = torch.arange(ids.shape[1])[None]
-        words, pad = pos <= eos[:, None], pos > eos[:, None]
         rows.append({"pair": f"{w1} / {w2}", "captions": len(t1),
-                     "tokens": float((rel * words).sum() / words.sum()),
-                     "max": float(rel[words].max()),
-                     "after_end": float((rel * pad).sum() / pad.sum().clamp(min=1))})
+                     **relative_state_change(h1, h2, ids, tok.eos_token_id)})
     return rows
 
 

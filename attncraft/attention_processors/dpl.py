@@ -35,6 +35,7 @@ Deviations from the reference code (see the DPL spec, section 12):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -88,7 +89,14 @@ class DPLConfig:
     bg_downsample: str = "nearest"
     """``nearest`` (default), ``area`` (area average >= 0.5) or ``reference`` (dilating)."""
     precision: str = "fp32"
-    """``fp32`` (default, as the reference) or ``bf16``/``fp16``: autocast for the optimisation passes."""
+    """Precision of the optimisation passes (token updates and null-text): ``fp32`` (default, as the
+    reference and the spec), ``tf32`` (float32 storage, TF32 tensor-core matmuls and convolutions on
+    CUDA for those passes only, restored afterwards; the same as ``fp32`` elsewhere) or
+    ``bf16``/``fp16`` (autocast). The benchmark reports each one's effect on the optimised embeddings."""
+    attention: str = "auto"
+    """Attention kernel of the optimisation passes that backpropagate: ``auto`` (default: the
+    explicit product in float32 on CUDA within a memory budget, the fused kernel otherwise; see
+    :func:`attncraft.pipelines.inversion.explicit_attention_wanted` for why), ``explicit`` or ``fused``."""
 
     def validate(self) -> DPLConfig:
         check_int_range("token_steps", self.token_steps, 0, 1000, example=21)
@@ -102,8 +110,10 @@ class DPLConfig:
         check_finite("label_threshold", self.label_threshold, 0.0, 1.0)
         if self.bg_downsample not in ("nearest", "area", "reference"):
             raise InputError(f"unknown background downsampling {self.bg_downsample!r}", "pass nearest, area or reference")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise InputError(f"unknown DPL precision {self.precision!r}", "pass fp32, bf16 or fp16")
+        if self.precision not in ("fp32", "tf32", "bf16", "fp16"):
+            raise InputError(f"unknown DPL precision {self.precision!r}", "pass fp32, tf32, bf16 or fp16")
+        if self.attention not in ("auto", "explicit", "fused"):
+            raise InputError(f"unknown DPL attention kernel {self.attention!r}", "pass auto, explicit or fused")
         return self
 
     def to_dict(self) -> dict:
@@ -129,6 +139,14 @@ def smoothing_kernel(sigma: float = 0.5, size: int = 3) -> torch.Tensor:
     g = torch.exp(-((x / (2 * sigma)) ** 2))
     k = g[:, None] * g[None, :]
     return (k / k.sum()).float()
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_on(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, 3, 3) :func:`smoothing_kernel` on ``device``, made once (a host-to-device copy per
+    loss evaluation would wait for the GPU at every token update)."""
+    with torch.inference_mode(False):  # a normal tensor, usable in a backward whatever the first caller's mode
+        return smoothing_kernel(sigma).to(device, dtype)[None, None]
 
 
 def _token_maps(maps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -159,7 +177,7 @@ def attention_balancing_loss(
     if smooth:
         lead = per.shape[:-2]
         flat = per.reshape(-1, 1, *per.shape[-2:])
-        kernel = smoothing_kernel(sigma).to(flat.device, flat.dtype)[None, None]
+        kernel = _kernel_on(float(sigma), flat.device, flat.dtype)
         flat = F.conv2d(F.pad(flat, (1, 1, 1, 1), mode="reflect"), kernel)
         per = flat.reshape(*lead, *per.shape[-2:])
     peak = per.flatten(-2).amax(-1)  # (..., K)
@@ -339,13 +357,18 @@ class TokenSplice:
         self.embeddings = list(embeddings)
 
     @contextlib.contextmanager
-    def active(self, rows: torch.Tensor, positions: torch.Tensor, vectors: Sequence[torch.Tensor]) -> Iterator[None]:
+    def active(self, rows: torch.Tensor, positions: torch.Tensor, vectors: Sequence[torch.Tensor],
+               max_row: int | None = None) -> Iterator[None]:
+        """``max_row``: the largest of ``rows`` when the caller knows it (reading it from a GPU
+        tensor would wait for the GPU)."""
         if len(vectors) != len(self.embeddings):
             raise ValueError(f"{len(vectors)} vector sets for {len(self.embeddings)} text encoders")
+        if max_row is None:
+            max_row = int(rows.max()) if rows.numel() else -1
         handles = []
         for module, vec in zip(self.embeddings, vectors):
             def hook(mod, args, out, vec=vec):
-                if out.dim() != 3 or rows.numel() == 0 or int(rows.max()) >= out.shape[0]:
+                if out.dim() != 3 or rows.numel() == 0 or max_row >= out.shape[0]:
                     return out
                 return out.index_put((rows.to(out.device), positions.to(out.device)), vec.to(out.device, out.dtype))
 

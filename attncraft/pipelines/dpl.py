@@ -20,6 +20,10 @@ updates off (``token_steps <= 1``) it is null-text inversion exactly. Deviations
 only the placeholder vectors get gradients (UNet and text encoder frozen: no weight gradients), the
 token-update pass stops the UNet once the loss layers have run, the map average counts its steps,
 a missing background cluster drops L_bg for that scene (logged), one noun gives L_dj = 0 (warned).
+Cost (no effect on the result beyond float32 rounding): the backpropagating passes take the explicit
+attention product in float32 on CUDA (``DPLConfig.attention``, see
+:func:`~attncraft.pipelines.inversion.explicit_attention_wanted`), and the loop waits for the GPU
+only where it must read a value (the early-stop checks); ``DPLConfig.precision="tf32"`` is opt-in.
 """
 
 from __future__ import annotations
@@ -72,12 +76,13 @@ from attncraft.pipelines.inversion import (
     model_fingerprint,
     null_text_inversion,
     prepare_image,
+    tf32_scope,
 )
 from attncraft.validation import check_finite, check_int_range, check_text
 
 log = logging.getLogger("attncraft.dpl")
 
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +252,7 @@ def dpl_inversion(
 
     def cond_at(i: int, latents: torch.Tensor, t: torch.Tensor) -> TextConditioning:
         nonlocal vectors
-        taken = torch.zeros(B, dtype=torch.long)
+        taken = torch.zeros(B, dtype=torch.long, device=model.device)
         if token_updates:
             params = [v.clone().requires_grad_(True) for v in vectors]
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -267,17 +272,17 @@ def dpl_inversion(
                     optimizer.zero_grad(set_to_none=True)
                     (values.total * active).sum().backward()
                     optimizer.step()
-                    with torch.no_grad():
+                    with torch.no_grad():  # scenes already below their thresholds keep their vectors
                         for p, old in zip(params, before):
-                            p[~active] = old[~active]
-                    taken += active.cpu().long()
+                            p.copy_(torch.where(active.view(-1, 1, 1), p, old))
+                    taken += active.long()
                 else:  # every update was taken: measure where the last one left the maps
                     with torch.no_grad():
                         values = measure(i, params, latents, t)
             for key in final:
                 final[key].append(getattr(values, key).detach().cpu())
             vectors = [p.detach() for p in params]
-        updates.append(taken)
+        updates.append(taken.cpu())
         history.append([v.clone() for v in vectors])
         with torch.no_grad():
             return model.encode(tokens.dynamic, vectors, owners, image_size)
@@ -363,7 +368,9 @@ class RealImageEditMixin:
         pixels = torch.cat(pixels)
         H, W = arrays[0].shape[:2]
         tokens = scene_tokens(self.tokenizer if self.tokenizer is not None else self.tokenizer_2, prompts, noun_lists)
-        fast = ModelAdapter(self, AUTOCAST[config.precision] if config is not None else None)
+        fast = ModelAdapter(self, AUTOCAST[config.precision] if config is not None else None,
+                            attention=config.attention if config is not None else "auto")
+        tf32 = config is not None and config.precision == "tf32"
         model = ModelAdapter(self)
         plan = attention_plan(self)
         schedule = DDIMSchedule.from_scheduler(self.scheduler, steps, model.device)
@@ -408,8 +415,9 @@ class RealImageEditMixin:
                     maps, valid = noun_maps(cross_store.average(map_resolution).float(), tokens, map_resolution)
                     background = background_masks(sa, self_resolution, maps, valid, tokens.names, map_resolution, config)
                     extras["background"] = background
-                result = dpl_inversion(fast, trajectory, schedule, tokens, null_init, guidance, nti, config, background, plan,
-                                       (H, W), on_step=lambda k: report("optimisation", k, steps))
+                with tf32_scope(model.device, tf32):
+                    result = dpl_inversion(fast, trajectory, schedule, tokens, null_init, guidance, nti, config, background,
+                                           plan, (H, W), on_step=lambda k: report("optimisation", k, steps))
                 nulls = result.null.null_embeddings
                 token_vectors = result.token_vectors
                 extras.update(nti_losses=result.null.losses, nti_iterations=result.null.iterations,

@@ -19,6 +19,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #                 VAE (logs: stage2_vae.log, vae_training_log.json)
 #   UNET_INIT=DIR start the UNet from DIR's weights instead of a fresh initialisation
 #   COMPILE=1     torch.compile the UNet (falls back to eager if compilation fails)
+#   TRAIN_TEXT=1  train the text encoder jointly with the UNet (`--train-text`, with the config's text settings;
+#                 config finetune-text does so by default); TEXT_LR=LR its peak learning rate
 #   DONE=FILE     touched when everything has finished (for runs started in the background)
 # Longer than one 10-minute command: start it in the background (setsid) with OUT outside the
 # command's output folder, and collect OUT in a later command once DONE exists.
@@ -39,6 +41,8 @@ DONE=${DONE:-}
 EXTRA=()
 [ -n "$UNET_INIT" ] && EXTRA+=(--init "$UNET_INIT")
 [ "${COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
+[ "${TRAIN_TEXT:-0}" = 1 ] && EXTRA+=(--train-text)
+[ -n "${TEXT_LR:-}" ] && EXTRA+=(--text-lr "$TEXT_LR")
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
 T="python3 -m attncraft.shapes.training"

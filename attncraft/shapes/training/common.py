@@ -45,6 +45,8 @@ class RunArgs:
     init_dir: str | None = None  # vae/unet: warm start from these weights
     lr: float | None = None  # peak learning rate (None: the config's)
     mesh_fraction: float | None = None  # clip: share of mesh renders per batch (None: the config's)
+    train_text: bool = False  # unet: train the text encoder jointly (as the config's train_text)
+    text_lr: float | None = None  # unet: the text encoder's peak learning rate (None: the config's)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -194,7 +196,9 @@ class TrainingSteps:
     """The training loop's clock: ``for step, lr in steps`` until ``max_steps`` or the budget ends.
 
     Starts the training timer, sets each step's learning rate on ``optimizer`` (warm-up, then cosine
-    over the steps or the wall-clock window), and counts the finished steps in :attr:`done`.
+    over the steps or the wall-clock window), and counts the finished steps in :attr:`done`. A param
+    group with its own ``peak_lr`` (and ``warmup``) follows the same cosine from its own peak after its
+    own warm-up; the yielded ``lr`` is the config's (the groups without their own peak).
     """
 
     def __init__(self, budget: Budget, max_steps: int | None, cfg: Any, optimizer):
@@ -208,7 +212,8 @@ class TrainingSteps:
             frac = progress_fraction(self.done, self.max_steps, self.budget)
             self.lr = lr_at(self.done, frac, self.cfg.lr, self.cfg.warmup, self.cfg.final_lr_ratio)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = self.lr if "peak_lr" not in group else lr_at(
+                    self.done, frac, group["peak_lr"], group.get("warmup", self.cfg.warmup), self.cfg.final_lr_ratio)
             yield self.done, self.lr
             self.done += 1
 

@@ -370,12 +370,25 @@ def captioned_batch(pool: DevicePool, batch: int, text_encoder, empty: torch.Ten
     """A training batch from ``pool`` (``latents`` and ``tokens`` of several captions per example): the
     latents (float32) and the text states of one random caption each, replaced by ``empty`` (the
     empty prompt's states, ``(1, T, D)``) with probability ``dropout`` (for classifier-free guidance)."""
-    device = pool.device
-    idx = pool.sample_index(batch)
-    cap = torch.randint(0, pool.data["tokens"].shape[1], (batch,), device=device)
-    z0 = pool.data["latents"][idx].float()
-    ids = pool.data["tokens"][idx, cap].long()
+    z0, ids = _pool_batch(pool, batch)
     with torch.no_grad(), autocast:
         cond = text_encoder(ids).last_hidden_state.float()
-    drop = torch.rand(batch, device=device) < dropout
+    drop = torch.rand(batch, device=pool.device) < dropout
     return z0, torch.where(drop[:, None, None], empty.expand(batch, -1, -1), cond)
+
+
+def captioned_ids(pool: DevicePool, batch: int, empty_ids: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`captioned_batch` for a text encoder being trained: the latents and the token ids of one
+    random caption each, replaced by ``empty_ids`` (the empty prompt's ids, ``(1, T)``) with probability
+    ``dropout``; the caller encodes them (with gradients), so the empty prompt's states are always the
+    current encoder's, as at sampling."""
+    z0, ids = _pool_batch(pool, batch)
+    drop = torch.rand(batch, device=pool.device) < dropout
+    return z0, torch.where(drop[:, None], empty_ids.expand(batch, -1), ids)
+
+
+def _pool_batch(pool: DevicePool, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random examples of ``pool``: their latents (float32) and the ids of one random caption each."""
+    idx = pool.sample_index(batch)
+    cap = torch.randint(0, pool.data["tokens"].shape[1], (batch,), device=pool.device)
+    return pool.data["latents"][idx].float(), pool.data["tokens"][idx, cap].long()

@@ -23,11 +23,18 @@ Choices, and why (the budget is ~6 minutes on one H200):
   change the data and the timesteps, never the objective: more relation captions (vertical ones
   above all) and half of each batch at t >= 500, for a UNet that must learn which object of a
   vertical relation goes on top. :func:`relation_flip_probe` measures whether it did.
+* **Text encoder trained too** (``train_text``: config ``finetune-text`` or ``--train-text``, see
+  :data:`~attncraft.shapes.training.configs.FINETUNE_TEXT`): the parts :func:`select_text_parameters`
+  picks get their own learning rate and warm-up, the EMA covers them, and the log records which
+  tensors were trained, that the others are bit for bit unchanged, and how far the states moved
+  (:func:`text_drift`). The saved text encoder keeps the folder's format (fp16 safetensors under
+  ``text_model.*``, the same config, the tokenizer untouched).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,7 @@ from attncraft.shapes.training.data import (
     DevicePool,
     SceneChunks,
     captioned_batch,
+    captioned_ids,
     fill_pool,
     maybe_refresh,
     render_uint8,
@@ -81,6 +89,79 @@ def load_sd_text_encoder(folder: str | Path, device: torch.device):
 
     enc = CLIPTextModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     return enc.to(device).eval().requires_grad_(False)
+
+
+def select_text_parameters(text_encoder, last_layers: int | None = None,
+                           embeddings: bool = True) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """Mark what a joint fine-tune trains of a ``CLIPTextModel`` (everything else is frozen): the last
+    ``last_layers`` transformer layers (None: all) with the final layer norm, and the token embeddings
+    when ``embeddings``; never the position embeddings. Returns ``{"layers": [...], "embeddings": [...],
+    "frozen": [...]}`` of ``(name, parameter)``."""
+    import re
+
+    n_layers = int(text_encoder.config.num_hidden_layers)
+    first = 0 if last_layers is None else max(0, n_layers - int(last_layers))
+    groups: dict[str, list] = {"layers": [], "embeddings": [], "frozen": []}
+    for name, param in text_encoder.named_parameters():
+        short = name.removeprefix("text_model.")
+        layer = re.match(r"encoder\.layers\.(\d+)\.", short)
+        if short.startswith("embeddings.token_embedding."):
+            group = "embeddings" if embeddings else "frozen"
+        elif (layer and int(layer.group(1)) >= first) or short.startswith("final_layer_norm."):
+            group = "layers"
+        else:
+            group = "frozen"
+        param.requires_grad_(group != "frozen")
+        groups[group].append((name, param))
+    return groups
+
+
+def describe_text_training(groups: dict[str, list], n_layers: int, last_layers: int | None) -> str:
+    """One line for the training log: which parts of the text encoder are trained and which are frozen."""
+    first = 0 if last_layers is None else max(0, n_layers - int(last_layers))
+    trained = [f"transformer layers {first}-{n_layers - 1} of 0-{n_layers - 1}" if first < n_layers else None,
+               "final layer norm" if first < n_layers else None,
+               "token embeddings (rows of the words the captions use)" if groups["embeddings"] else None]
+    frozen = ["position embeddings", f"layers 0-{first - 1}" if first else None,
+              None if groups["embeddings"] else "token embeddings"]
+    n_layers_p, n_emb = (sum(p.numel() for _, p in groups[g]) for g in ("layers", "embeddings"))
+    return (f"text encoder trained: {', '.join(t for t in trained if t)} ({n_layers_p / 1e6:.3f} M parameters in "
+            f"the layers, {n_emb / 1e6:.3f} M in the token embeddings); frozen: {', '.join(f for f in frozen if f)}")
+
+
+def relative_state_change(h1: torch.Tensor, h2: torch.Tensor, ids: torch.Tensor, eos_id: int) -> dict[str, float]:
+    """``|h1 - h2| / |h1|`` per token of text states ``(N, L, D)`` of token ids ``(N, L)``: its mean over the
+    caption's tokens (up to the first end token), the largest, and its mean over the padding after it."""
+    rel = (h1 - h2).float().norm(dim=-1) / h1.float().norm(dim=-1).clamp(min=1e-12)  # (N, L)
+    eos = (ids == eos_id).int().argmax(dim=1)
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    words, pad = pos <= eos[:, None], pos > eos[:, None]
+    return {"tokens": float((rel * words).sum() / words.sum()), "max": float(rel[words].max()),
+            "after_end": float((rel * pad).sum() / pad.sum().clamp(min=1))}
+
+
+@torch.no_grad()
+def text_drift(before, after, device, n: int = 256) -> dict[str, dict[str, float]]:
+    """How far a trained text encoder's states moved from the one it started from, on held-out captions
+    (:data:`PROBE_SEED_BASE` scenes): one-object captions (colour, shape, pattern, size, position: what
+    every other part reads) and multi-object captions with a relation, apart."""
+    from attncraft.shapes.captions import caption_scene
+    from attncraft.shapes.world import sample_scenes
+
+    groups: dict[str, list[str]] = {"one_object": [], "relations": []}
+    for k, scene in enumerate(sample_scenes(n, seed=PROBE_SEED_BASE + 2, num_objects=(1, 2))):
+        if len(scene.objects) == 1:
+            groups["one_object"].append(caption_scene(scene, seed=k))
+        else:
+            groups["relations"].append(caption_scene(scene, seed=k, relation=1.0))
+    out = {}
+    for name, texts in groups.items():
+        if not texts:
+            continue
+        ids = torch.from_numpy(tokenize(texts)).long().to(device)
+        out[name] = {"captions": len(texts), **relative_state_change(
+            before(ids).last_hidden_state, after(ids).last_hidden_state, ids, int(before.config.eos_token_id))}
+    return out
 
 
 def load_vae(vae_dir: str | Path, device: torch.device):
@@ -251,10 +332,64 @@ def relation_flip_probe(unet, text_encoder, encode, alphas_cumprod, device, n: i
     return out
 
 
+class TextTraining:
+    """The text encoder's side of a joint fine-tune: its trained parameters (:func:`select_text_parameters`),
+    their optimiser groups (own peak learning rate and warm-up; no weight decay on the embeddings), and at
+    the end what the training log records of it."""
+
+    def __init__(self, text_encoder, cfg: UnetTrain, say):
+        import copy
+
+        self.encoder, self.cfg = text_encoder, cfg
+        self.before = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+        self.groups = select_text_parameters(text_encoder, cfg.text_last_layers, cfg.text_embeddings)
+        self.params = [p for g in ("layers", "embeddings") for _, p in self.groups[g]]
+        text_encoder.train()
+        self.summary = describe_text_training(self.groups, int(text_encoder.config.num_hidden_layers),
+                                              cfg.text_last_layers)
+        say(f"{self.summary}; peak lr {cfg.text_lr:g} after {cfg.text_warmup} warm-up steps")
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        out = []
+        for name, wd in (("layers", cfg.text_weight_decay), ("embeddings", 0.0)):
+            if self.groups[name]:
+                out.append({"params": [p for _, p in self.groups[name]], "weight_decay": wd,
+                            "peak_lr": cfg.text_lr, "warmup": cfg.text_warmup})
+        return out
+
+    @torch.no_grad()
+    def finish(self, device) -> dict[str, Any]:
+        self.encoder.eval()
+        old = dict(self.before.named_parameters())
+        changed = {n: not torch.equal(p, old[n]) for g in ("layers", "embeddings") for n, p in self.groups[g]}
+        rows = [0, 0]
+        for n, p in self.groups["embeddings"]:
+            rows = [int((p != old[n]).any(dim=1).sum()), p.shape[0]]
+        info = {
+            "summary": self.summary,
+            "trained": [n for g in ("layers", "embeddings") for n, _ in self.groups[g]],
+            "frozen": [n for n, _ in self.groups["frozen"]],
+            "trained_params": sum(p.numel() for p in self.params),
+            "frozen_unchanged": all(torch.equal(p, old[n]) for n, p in self.groups["frozen"]),
+            "trained_tensors_changed": sum(changed.values()),
+            "embedding_rows_changed": rows,
+            "lr": self.cfg.text_lr, "warmup": self.cfg.text_warmup, "weight_decay": self.cfg.text_weight_decay,
+            "last_layers": self.cfg.text_last_layers,
+            "drift": text_drift(self.before, self.encoder, device),
+        }
+        self.before = None
+        return info
+
+
 def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool = False) -> dict[str, Any]:
     from attncraft.shapes.models import NOISE_SCHEDULE, SD_DEFAULTS_FILE, SHAPES_CLIP_DIR, shapes_sd_defaults
 
     cfg = common.apply_overrides(cfg or get_configs(args.config).unet, args)
+    if args.train_text and not cfg.train_text:
+        cfg = replace(cfg, train_text=True)
+    if args.text_lr is not None:
+        cfg = replace(cfg, text_lr=args.text_lr)
     out, device, budget, max_steps, workers, say = common.start_stage("unet", args, cfg, quiet).unpack()
     clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
@@ -268,6 +403,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     text_encoder = load_sd_text_encoder(te_folder, device) if te_folder else load_text_encoder(clip_dir, device)
     text_encoder_from = str(te_folder) if te_folder else f"{clip_dir} (text tower)"
     say(f"text encoder: {text_encoder_from}")
+    text = TextTraining(text_encoder, cfg, say) if cfg.train_text else None
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
     hidden = text_encoder.config.hidden_size
@@ -299,15 +435,25 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     alphas_cumprod = torch.cumprod(1.0 - ac, dim=0).float().to(device)
     n_t = alphas_cumprod.shape[0]
 
-    opt = common.adamw(unet.parameters(), cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
-    ema = common.PowerEMA(unet, gamma=cfg.ema_gamma)
+    params = list(unet.parameters())
+    groups: list[dict[str, Any]] = [{"params": list(params)}]
+    if text is not None:
+        groups += text.param_groups()
+        params += text.params
+    opt = common.adamw(groups, cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
+    ema = common.PowerEMA(unet if text is None else torch.nn.ModuleList([unet, text_encoder]), gamma=cfg.ema_gamma)
     model_fn = common.CompiledOrEager(unet, args.compile, say)
     log = common.LossLog("unet", every_s=cfg.log_every_s, quiet=quiet)
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
-        z0, cond = captioned_batch(pool, B, text_encoder, empty, cfg.cfg_dropout, common.autocast(device))
+        if text is None:
+            z0, cond = captioned_batch(pool, B, text_encoder, empty, cfg.cfg_dropout, common.autocast(device))
+        else:
+            z0, ids = captioned_ids(pool, B, empty_ids, cfg.cfg_dropout)
+            with common.autocast(device):
+                cond = text_encoder(ids).last_hidden_state.float()
         noise = torch.randn_like(z0)
         t = torch.randint(0, n_t, (B,), device=device)
         if cfg.high_noise_share > 0:
@@ -319,7 +465,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
             pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weight).mean()
-        common.descend(opt, loss, unet.parameters(), cfg.grad_clip, ema)
+        common.descend(opt, loss, params, cfg.grad_clip, ema)
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
         log.maybe_print(step + 1, lr, budget)
     train_s = steps.finish(log)
@@ -327,7 +473,17 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     stream.close()
 
     unet.eval()
-    ema.copy_to(unet)
+    ema.copy_to(unet if text is None else torch.nn.ModuleList([unet, text_encoder]))
+    text_info: dict[str, Any] = {"summary": "text encoder frozen", "trained": []}
+    if text is not None:
+        text_info = text.finish(device)
+        with torch.no_grad():
+            empty = text_encoder(empty_ids).last_hidden_state.float()
+        drift = text_info["drift"]
+        say(f"text encoder: {text_info['trained_tensors_changed']} of {len(text_info['trained'])} trained tensors "
+            f"changed, {text_info['embedding_rows_changed'][0]} embedding rows; frozen ones unchanged: "
+            f"{text_info['frozen_unchanged']}; states moved on held-out captions by "
+            + ", ".join(f"{k} {v['tokens']:.3f} (after the end token {v['after_end']:.3f})" for k, v in drift.items()))
     probe = conditioning_probe(unet, text_encoder, encode, empty, alphas_cumprod, device,
                                n=cfg.probe_examples, chunk=cfg.chunk, n_caps=n_caps)
     say("held-out v-loss with the true / a shuffled / the empty caption: "
@@ -355,6 +511,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "ema": f"power-function, gamma={cfg.ema_gamma}",
         "clip_dir": str(clip_dir),
         "text_encoder_from": text_encoder_from,
+        "text_encoder_training": text_info,
         "vae_dir": str(vae_dir),
         "heldout_v_loss": probe,
         "heldout_relation_flip_v_loss": flip,
