@@ -10,8 +10,17 @@ all 70 cross-attention layers; all random weights, which cost the same time as t
   3 rows (text-only rows for the mask, unconditional + zero image, text + image) per step;
 * ``release_reuse``    - the same, the mask reused from the middle step on (``mask_reused_step=12``):
   2 rows per call from there;
+* ``release_condmask`` / ``release_condmask_reuse`` - the option ``mask_pass="conditional"``: the
+  word map read from the text + image rows of the guidance call, so no text-only rows (2 rows per
+  call, as plain CFG, after step 0's one text-only row), recomputed every step / reused from the
+  middle step;
 * ``paper`` / ``paper_reuse`` - the paper's guidance (Eq. 13, 3 rows per call throughout) with the
   adaptive scoring module, mask recomputed every step / reused from the middle step.
+
+Counted in each variant's first (warm-up) run, printed beside the times: UNet calls and the rows in
+all of them, word maps computed ((row, layer) pairs), visual-branch attention calls, image-encoder
+calls, and on CUDA the host syncs (synchronising CUDA operations, counted with
+``torch.cuda.set_sync_debug_mode``).
 
 Every RealCustom run also includes its one-time work (encoding the subject and the zero image,
 one text-only call for the first mask). Timed are whole 25-step sampling runs that stop at the
@@ -21,8 +30,9 @@ the peak memory are reported, with the ratio to ``plain``. The UNet call alone a
 (the anchors 99.5 / 102.4 ms on an H200) is timed the same way. Targets: at most 1.2x with the
 mask recomputed every step, 1.1x with it reused from the middle step (goal 1.1x / 1.05x).
 
-Usage: ``python benchmarks/bench_realcustom.py --device cuda`` (about 3 minutes on an H200, model
-building included); ``--tiny --device cpu`` for a quick local check.
+Usage: ``python benchmarks/bench_realcustom.py --device cuda`` (about 2.5 minutes on an H200, model
+building included); ``--variants plain,release`` runs a subset; ``--tiny --device cpu`` for a quick
+local check.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -40,6 +51,9 @@ VARIANTS = {
     "plain": None,
     "release": dict(guidance_mode="release", use_scoring=False),
     "release_reuse": dict(guidance_mode="release", use_scoring=False, mask_reused_step="middle"),
+    "release_condmask": dict(guidance_mode="release", use_scoring=False, mask_pass="conditional"),
+    "release_condmask_reuse": dict(guidance_mode="release", use_scoring=False, mask_pass="conditional",
+                                   mask_reused_step="middle"),
     "paper": dict(guidance_mode="paper", use_scoring=True, image_guidance_scale=3.0),
     "paper_reuse": dict(guidance_mode="paper", use_scoring=True, image_guidance_scale=3.0, mask_reused_step="middle"),
 }
@@ -113,6 +127,83 @@ def run(pipe, variant: str, subject, size: int, steps: int) -> None:
         pipe(subject_image=subject, subject_word="toy", **common, **kwargs)
 
 
+class Counters:
+    """Per-run counts of what a variant's sampling does (see the module docstring); counting wraps
+    a few functions for one run, so it is done outside the timed runs."""
+
+    def __init__(self, pipe, device: torch.device):
+        self.pipe, self.device = pipe, device
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self):
+        import attncraft.attention_processors.realcustom as rc
+
+        c = self.counts = {"unet_calls": 0, "unet_rows": 0, "word_maps": 0, "visual_attention": 0, "visual_flops": 0,
+                           "encoder_calls": 0}
+
+        def unet_hook(module, args, kwargs):
+            c["unet_calls"] += 1
+            c["unet_rows"] += int((args[0] if args else kwargs["sample"]).shape[0])
+
+        def encoder_hook(module, args):
+            c["encoder_calls"] += 1
+
+        add, attention = rc.WordMapReader._add, rc.sdpa
+
+        def counted_add(reader, call, probs):
+            c["word_maps"] += int(probs.shape[0] * probs.shape[1])
+            return add(reader, call, probs)
+
+        def counted_attention(q, k, *args, **kwargs):
+            c["visual_attention"] += 1
+            c["visual_flops"] += 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]  # Q K^T and P V
+            return attention(q, k, *args, **kwargs)
+
+        self._undo = [lambda: setattr(rc.WordMapReader, "_add", add), lambda: setattr(rc, "sdpa", attention)]
+        rc.WordMapReader._add, rc.sdpa = counted_add, counted_attention
+        for handle in (self.pipe.unet.register_forward_pre_hook(unet_hook, with_kwargs=True),
+                       self.pipe.realcustom_encoder.register_forward_pre_hook(encoder_hook)):
+            self._undo.append(handle.remove)
+        self._syncs = None
+        if self.device.type == "cuda":
+            self._syncs = warnings.catch_warnings(record=True)
+            self._seen = self._syncs.__enter__()
+            warnings.simplefilter("always")
+            try:
+                torch.cuda.set_sync_debug_mode("warn")
+            except (RuntimeError, AttributeError):  # not counted on this build; the timing goes on
+                self._syncs.__exit__(None, None, None)
+                self._syncs = None
+        return self
+
+    def __exit__(self, *exc):
+        for undo in self._undo:
+            undo()
+        if self._syncs is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._syncs.__exit__(*exc)
+            self.counts["host_syncs"] = sum("synchroniz" in str(w.message) for w in self._seen)
+        return False
+
+
+def unet_flops_per_row(pipe, size: int) -> float:
+    """FLOPs of one UNet row at ``size`` (SDXL conditioning), counted on the meta device (no compute)."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = pipe.unet.config
+    latent = size // pipe.vae_scale_factor
+    proj = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+        added = {"text_embeds": torch.zeros(1, proj), "time_ids": torch.zeros(1, 6)}
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            unet(torch.zeros(1, 4, latent, latent), torch.tensor(500.0), encoder_hidden_states=torch.zeros(
+                1, 77, config.cross_attention_dim), added_cond_kwargs=added)
+    return float(counter.get_total_flops())
+
+
 def timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -150,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchor-calls", type=int, default=10)
     parser.add_argument("--tiny", action="store_true", help="tiny SDXL-shaped models for a CPU smoke run")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (plain is always run)")
     args = parser.parse_args(argv)
+    names = ["plain"] + [v for v in args.variants.split(",") if v and v != "plain"]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; pick from {', '.join(VARIANTS)}")
     device = torch.device(args.device)
     from attncraft.devices import DTYPES
 
@@ -159,21 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     pipe, subject = build(args.tiny, device, dtype)
     build_s = time.perf_counter() - t_build
     size = 64 if args.tiny else args.size
-    names = list(VARIANTS)
-    calls: dict[str, list[int]] = {v: [] for v in names}
+    counts: dict[str, dict[str, int]] = {}
     times: dict[str, list[float]] = {v: [] for v in names}
     peaks: dict[str, float] = {}
 
-    def count(name):
-        def hook(module, a, k):
-            calls[name].append(int((a[0] if a else k["sample"]).shape[0]))
-        return hook
-
     with torch.inference_mode():
-        for name in names:  # warm-up, and the UNet calls (rows) each variant makes
-            handle = pipe.unet.register_forward_pre_hook(count(name), with_kwargs=True)
-            run(pipe, name, subject, size, args.steps)
-            handle.remove()
+        for name in names:  # warm-up, and what each variant does (counted)
+            with Counters(pipe, device) as counter:
+                run(pipe, name, subject, size, args.steps)
+            counts[name] = counter.counts
         anchors = {2: [], 3: []}
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
@@ -188,9 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: {"ms_per_run": statistics.median(times[name]), "rounds": times[name],
                       "ratio": statistics.median(times[name]) / base, "paired_ratio": statistics.median(
                           t / p for t, p in zip(times[name], times["plain"])),
-                      "unet_calls": len(calls[name]), "unet_rows": sum(calls[name]),
-                      "peak_gib": peaks.get(name)} for name in names}
+                      **counts[name], "peak_gib": peaks.get(name)} for name in names}
     results["anchors_ms"] = {str(k): statistics.median(v) for k, v in anchors.items()}
+    row_flops = unet_flops_per_row(pipe, size)
+    results["unet_tflop_per_row"] = row_flops / 1e12
+    plain_flops = results["plain"]["unet_rows"] * row_flops
+    for name in names:  # what the arithmetic alone costs against plain: UNet rows and the visual branch
+        r = results[name]
+        r["flop_ratio"] = (r["unet_rows"] * row_flops + r["visual_flops"]) / plain_flops
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     import diffusers
 
@@ -202,17 +297,23 @@ def main(argv: list[str] | None = None) -> int:
           f"SigLIP-so400m-size image encoder, RealCustom parts on {len(pipe.realcustom_adapter.layer_names)} cross-attention "
           f"layers), {size}x{size}, {args.steps} steps, {args.dtype}, batch 1, median of {args.rounds} interleaved runs "
           f"to the latents; build {build_s:.0f} s.  ")
-    print(f"UNet call alone: {results['anchors_ms']['2']:.1f} ms at batch 2, {results['anchors_ms']['3']:.1f} ms at batch 3.")
+    print(f"UNet call alone: {results['anchors_ms']['2']:.1f} ms at batch 2, {results['anchors_ms']['3']:.1f} ms at batch 3; "
+          f"{row_flops / 1e9:.1f} GFLOP per row (counted).")
     print()
-    print("| variant | ms / run (median) | ms / step | ratio to plain | paired ratio | UNet calls | rows in all calls | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | ms / run (median) | ms / step | ratio to plain | paired ratio | UNet calls | rows in all calls "
+          "| FLOP ratio | word maps (row x layer) | visual attention calls | image-encoder calls | host syncs | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         r = results[name]
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         print(f"| {name} | {r['ms_per_run']:.0f} | {r['ms_per_run'] / args.steps:.1f} | {r['ratio']:.3f} | "
-              f"{r['paired_ratio']:.3f} | {r['unet_calls']} | {r['unet_rows']} | {peak} |")
+              f"{r['paired_ratio']:.3f} | {r['unet_calls']} | {r['unet_rows']} | {r['flop_ratio']:.3f} | {r['word_maps']} | "
+              f"{r['visual_attention']} | {r['encoder_calls']} | {r.get('host_syncs', '-')} | {peak} |")
     print()
-    print("Targets: release <= 1.2x (goal 1.1x), release_reuse <= 1.1x (goal 1.05x).")
+    print("FLOP ratio: (UNet rows x FLOPs per row + the visual branch's attention FLOPs) / plain's, the time ratio a "
+          "compute-bound GPU cannot beat for that schedule.  ")
+    print("Targets: release <= 1.2x (goal 1.1x), release_reuse <= 1.1x (goal 1.05x); with the mask read from the "
+          "text + image rows: release_condmask, release_condmask_reuse.")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

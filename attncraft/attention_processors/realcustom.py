@@ -13,12 +13,12 @@ Three pieces, used together by :mod:`attncraft.pipelines.realcustom` and usable 
   resolution. The text branch keeps the fused kernel: the technique reads no map. Rows without a
   condition are untouched, and a zero mask adds exactly zero, so the layer's output is then the
   plain text-conditioned output bit for bit.
-* :class:`WordMapReader` (an observer of the same layers, like :class:`~.store.AttentionStore`): the
-  cross-attention of the real word's tokens, on the rows it is pointed at, averaged over heads (all
-  or chosen), summed over the word's tokens, averaged over layers after resizing each to the largest
-  map (bilinear). It reads the maps after the UNet call, batched across layers by the core's
-  deferred path (:mod:`.deferred_maps`): the maps of the text-only guidance branch come out of the
-  very UNet call that also runs the other branches.
+* :class:`WordMapReader` (a reader of the same layers): the cross-attention of the real word's
+  tokens, on the rows it is pointed at, averaged over heads (all or chosen), summed over the word's
+  tokens, averaged over layers after resizing each to the largest map (bilinear). It computes the
+  maps of its rows only (not of the other rows of the batch), after the UNet call, batched across
+  layers with the core's :class:`~.deferred_maps.DeferredMaps`: the maps of the text-only guidance
+  branch come out of the very UNet call that also runs the other branches.
 * :func:`adaptive_mask` - top-k of the aggregated map by ``gamma_scope`` and the normalisation
   (``max``: the paper's Eq. 11 ``M / max M``; ``binary``; ``minmax``).
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from attncraft.attention_processors.backends import sdpa
 from attncraft.attention_processors.context import AttentionCall, AttentionContext
+from attncraft.attention_processors.deferred_maps import DeferredMaps, attention_scores
 from attncraft.attention_processors.selection import CROSS_ATTENTION, LayerSelector, select_layers
 from attncraft.attention_processors.technique import EDIT_ORDER, OBSERVE_ORDER, AttentionTechnique
 from attncraft.errors import InputError, TechniqueError
@@ -228,19 +229,43 @@ class RealCustomVisualAttention(AttentionTechnique):
 
 
 # ------------------------------------------------------------------------------------ the reader
+class _WordMapSink(AttentionTechnique):
+    """Receives the maps :class:`WordMapReader` queued (only those: it is installed on no layer)."""
+
+    edits_maps = False
+
+    def __init__(self, reader: WordMapReader):
+        super().__init__()
+        self.reader = reader
+
+    def observe_maps(self, calls: list[AttentionCall], probs: torch.Tensor) -> None:
+        self.reader._add(calls[0], probs)
+
+    def edit_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
+        self.reader._add(call, probs[None])
+        return probs
+
+
 class WordMapReader(AttentionTechnique):
-    """Observer: the real word's cross-attention on chosen rows, aggregated over layers and heads.
+    """Reader: the real word's cross-attention on chosen rows, aggregated over layers and heads.
 
     :meth:`arm` points it at a block of rows and the word's token weights (it records nothing
     while disarmed); :meth:`word_map` returns the aggregate ``(rows, H, W)`` at the largest
     resolution of the layers it read, then :meth:`reset` (or the next :meth:`arm`) clears it.
     ``heads`` restricts the head average to those heads.
+
+    Cost: the layers keep the fused kernel (the reader asks the core for no map). In each layer
+    the reader keeps Q and K of *its rows and heads only* (views, no copy) and computes their maps
+    after the UNet call, batched across layers with the core's :class:`~.deferred_maps.DeferredMaps`
+    (same product, fp32 scale and softmax as the core's map path). The guidance rows of the same
+    call (two of three in RealCustom's batch) get no map. Inside a ``torch.compile`` graph the maps
+    are computed layer by layer. The encoder attention mask is not applied (diffusers' SD and SDXL
+    pipelines pass none).
     """
 
     name = "realcustom-word-map"
     order = OBSERVE_ORDER
     edits_maps = False
-    reads_maps_after_forward = True
 
     def __init__(self, selector: LayerSelector = CROSS_ATTENTION, heads: Sequence[int] | None = None):
         super().__init__(selector)
@@ -249,55 +274,68 @@ class WordMapReader(AttentionTechnique):
         self.weights: torch.Tensor | None = None
         self._sums: dict[tuple[int, int], torch.Tensor] = {}
         self._layers = 0
+        self._queue = DeferredMaps()
+        self._sink = _WordMapSink(self)
+        self._queued_call = -1
+        self.maps_computed = 0
+        """(row, layer) word maps computed since construction (a cost counter for benchmarks)."""
 
     def needs_maps(self, layer) -> bool:
-        return True
+        return False  # the core computes no map: the reader takes its own rows' Q and K in edit_output
 
     def arm(self, rows: slice, weights: torch.Tensor) -> None:
         self.rows, self.weights = rows, weights
         self.reset()
 
     def disarm(self) -> None:
+        self._queue.flush()
         self.rows = None
 
     def reset(self) -> None:
+        self._queue.clear()
         self._sums = {}
         self._layers = 0
 
     def on_run_start(self, context: AttentionContext) -> None:
         self.reset()
 
-    def _add(self, call: AttentionCall, probs: torch.Tensor) -> None:
-        """``probs`` (L, B, heads, Q, K) of layers of one resolution."""
-        hw = call.resolution
-        if hw is None:
+    def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            return output
+        if call.resolution is None:
             raise TechniqueError(f"RealCustom cannot read the map of layer {call.layer.name}: its resolution is unknown",
                                  "call the UNet through attncraft's step tracker")
-        p = probs[:, self.rows]
+        q, k = call.query[self.rows], call.key[self.rows]
         if self.heads is not None:
-            p = p[:, :, self.heads]
-        w = self.weights.to(device=p.device, dtype=torch.float32)
-        maps = torch.einsum("lbhqk,bk->lbq", p.float(), w) / p.shape[2]
+            q, k = q[:, self.heads], k[:, self.heads]
+        if torch.compiler.is_compiling():
+            self._add(call, attention_scores(q, k).softmax(dim=-1)[None])
+            return output
+        if self._queued_call != call.context.unet_calls:  # maps of an earlier UNet call: compute them first
+            self._queue.flush()
+            self._queued_call = call.context.unet_calls
+        self._queue.add(call, q, k, None, (self._sink,))
+        return output
+
+    def _add(self, call: AttentionCall, probs: torch.Tensor) -> None:
+        """``probs`` (L, rows, heads, Q, K): this reader's rows and heads of layers of one resolution."""
+        hw = call.resolution
+        w = self.weights.to(device=probs.device, dtype=torch.float32)
+        maps = torch.einsum("lbhqk,bk->lbq", probs.float(), w) / probs.shape[2]
         total = maps.sum(0).view(-1, *hw)
         key = (int(hw[0]), int(hw[1]))
         self._sums[key] = self._sums[key] + total if key in self._sums else total
         self._layers += probs.shape[0]
-
-    def observe_maps(self, calls: list[AttentionCall], probs: torch.Tensor) -> None:
-        if self.rows is not None:
-            self._add(calls[0], probs)
-
-    def edit_probs(self, call: AttentionCall, probs: torch.Tensor) -> torch.Tensor:
-        if self.rows is not None:
-            self._add(call, probs[None])
-        return probs
+        self.maps_computed += probs.shape[0] * probs.shape[1]
 
     @property
     def layers_read(self) -> int:
+        self._queue.flush()
         return self._layers
 
     def word_map(self) -> torch.Tensor:
         """The mean over the layers read of each layer's word map, resized to the largest one."""
+        self._queue.flush()
         if not self._sums:
             raise TechniqueError("no word map was recorded", "arm the reader and run the UNet before asking for the mask")
         target = max(self._sums, key=lambda hw: hw[0] * hw[1])

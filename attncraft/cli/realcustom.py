@@ -86,7 +86,7 @@ def customize(
     no_scoring: bool = typer.Option(False, "--no-scoring", help="Use every image feature (no adaptive scoring module)."),
     mask_mode: str = typer.Option(None, "--mask-mode", help="max (Eq. 11), binary or minmax."),
     mask_reuse_step: int = typer.Option(None, "--mask-reuse-step", help="Reuse the mask from this step on (default: recompute every step)."),
-    mask_pass: str = typer.Option("batched", "--mask-pass", help="batched (mask read in the guidance call) or separate (its own call)."),
+    mask_pass: str = typer.Option("batched", "--mask-pass", help="batched (mask read in the guidance call), separate (its own call) or conditional (read from the text + image rows; release: no text-only rows)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image; image i uses seed + i."),
     count: int = CountOption,
     width: int = WidthOption,

@@ -31,6 +31,22 @@ the mask applied at step ``t`` comes from ``z_{t-1}``; step 0 gets its mask from
 call on ``z_0``. ``mask_pass="separate"`` restores the sequential order (a text-only call reading
 the mask of ``z_t``, then one call with the other branches; in paper mode its output is
 ``eps_T``), for comparison.
+
+``mask_pass="conditional"`` (an option, not the method): the word map is read from the text +
+image rows of the batched call instead of text-only rows, i.e. the text cross-attention of the
+branch whose visual branch is on. In release mode the text-only rows then leave the batch
+altogether (one call of 2 rows per step, as plain CFG, after step 0's text-only call); in paper
+mode they stay (Eq. 13 needs ``eps_T``) and only the map's source changes. Both the paper (Sec.
+3.3, the T2I branch "with the visual condition set to 0") and the release (its mask pass without
+image tokens) read the mask from a text-only branch, which is why the default keeps it.
+
+Cost (what a step runs, release guidance, batch of ``b`` prompts): while the mask is recomputed,
+one UNet call of ``3 b`` rows (text-only | zero image | subject), plain CFG's is ``2 b``; once it is
+reused, ``2 b``. The word maps are computed for the text-only rows only, after the call, batched
+across layers; every layer keeps the fused attention kernel. The zero-image and subject branches
+are one attention call per layer (adjacent rows, one mask); their keys/values are projected once
+per run; the image encoder runs once per image per run; no host sync in the loop (the scheduler
+gets its begin index, as in diffusers' SDXL pipeline).
 """
 
 from __future__ import annotations
@@ -63,7 +79,7 @@ from attncraft.errors import InputError, TechniqueError
 from attncraft.pipelines.latents import UserLatentsMixin
 
 GUIDANCE_MODES = ("paper", "release")
-MASK_PASSES = ("batched", "separate")
+MASK_PASSES = ("batched", "separate", "conditional")
 PAPER_DEFAULTS = {"guidance_mode": "paper", "image_guidance_scale": 12.5, "gamma_scope": 0.25, "gamma_num": 0.8,
                   "mask_mode": "max"}
 
@@ -270,15 +286,21 @@ class RealCustomMixin:
         options.validate(n_steps, adapter.scoring is not None)
         reuse = options.reuse_from(n_steps)
         paper = options.guidance_mode == "paper"
-        batched = options.mask_pass == "batched"
+        batched = options.mask_pass != "separate"
 
         words = [options.subject_word] * len(prompts) if isinstance(options.subject_word, str) else list(options.subject_word)
         if len(words) != len(prompts):
             raise InputError(f"got {len(words)} subject words for {len(prompts)} prompts", "pass one word, or one per prompt")
         indices = [word_token_indices(self.tokenizer, p, w) for p, w in zip(prompts, words)]
         weights = token_weights(indices, text.embeds.shape[1], device).repeat_interleave(num_images_per_prompt, 0)
-        tokens = VisualTokens(self.encode_subject(subject_image, batch, num_images_per_prompt))
-        zero_tokens = VisualTokens(self.encode_subject(None, batch, num_images_per_prompt, zero=True)) if not paper else None
+        subject_features = self.encode_subject(subject_image, batch, num_images_per_prompt)
+        tokens = VisualTokens(subject_features)
+        # release: the unconditional rows (zero image) and the conditional rows (subject) are adjacent
+        # in the batch and share the mask, so their visual branch is one attention call per layer
+        # over both blocks (their keys/values projected once per run for both)
+        pair_tokens = None if paper else VisualTokens(torch.cat(
+            [self.encode_subject(None, batch, num_images_per_prompt, zero=True), subject_features]))
+        mask_role = "image" if options.mask_pass == "conditional" else "text"
 
         visual = RealCustomVisualAttention(adapter)
         reader = WordMapReader(options.mask_layers or CROSS_ATTENTION, heads=options.mask_heads)
@@ -289,9 +311,12 @@ class RealCustomMixin:
         mask = None
         masks: list[torch.Tensor] = []
         manager.start_run(n_steps)
+        if hasattr(self.scheduler, "set_begin_index"):  # as diffusers' SDXL pipeline: no index search (a host sync)
+            self.scheduler.set_begin_index(0)
 
-        def call_unet(x, t, roles, read):
-            """One UNet call over the blocks ``roles``; returns {role: prediction}."""
+        def call_unet(x, t, roles, read=None):
+            """One UNet call over the blocks ``roles`` (the word map read on the rows of role ``read``);
+            returns {role: prediction}."""
             branches = {"text": text, "uncond": uncond, "image": text}
             visual.conditions = []
             start = 0
@@ -299,13 +324,14 @@ class RealCustomMixin:
             for role in roles:
                 spans[role] = slice(start, start + batch)
                 start += batch
-            if not paper and "uncond" in roles:  # release: the zero image's branch, masked too
-                visual.conditions.append(VisualCondition(spans["uncond"], zero_tokens, mask=mask))
-            if "image" in roles:
+            if "image" in roles and not paper:  # release: the zero image's branch (masked too) and the subject's
+                pair = slice(spans["uncond"].start, spans["image"].stop)
+                visual.conditions.append(VisualCondition(pair, pair_tokens, mask=None if mask is None else torch.cat([mask, mask])))
+            elif "image" in roles:
                 visual.conditions.append(VisualCondition(spans["image"], tokens, index=scored[0], weights=scored[1], mask=mask))
             if read:
                 manager.install(reader)
-                reader.arm(spans["text"], weights)
+                reader.arm(spans[read], weights)
             elif reader in manager.techniques:
                 manager.remove(reader)
             added = None
@@ -334,16 +360,17 @@ class RealCustomMixin:
                         recompute = i < reuse
                         if (batched and i == 0) or (not batched and recompute):
                             # text-only call on z_t: the mask of this step (and, in paper mode, eps_T)
-                            predictions.update(call_unet(x, t, ["text"], read=True))
+                            predictions.update(call_unet(x, t, ["text"], read="text"))
                             mask = read_mask()
                         if options.use_scoring:
                             scored = self._scores(adapter, tokens.features, text.embeds, x, mask, alpha_bars[i], options.gamma_num)
                         # the call of step i reads the mask of step i + 1; step 0's (of z_0) is the
                         # text-only call's, so the first read is at step 1
                         read_now = batched and 1 <= i < min(reuse, n_steps) - 1
-                        roles = (["text"] if ((paper and "text" not in predictions) or read_now) else []) + ["uncond", "image"]
+                        text_rows = (paper and "text" not in predictions) or (read_now and mask_role == "text")
+                        roles = (["text"] if text_rows else []) + ["uncond", "image"]
                         masks.append(mask[:, 0])  # kept on the device: no host sync per step
-                        predictions.update(call_unet(x, t, roles, read=read_now))
+                        predictions.update(call_unet(x, t, roles, read=mask_role if read_now else None))
                         if read_now:
                             mask = read_mask()
                         noise = realcustom_guidance(options.guidance_mode, predictions, guidance_scale,

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_realcustom.py"
 
 
@@ -20,10 +22,40 @@ def test_benchmark_runs_every_variant_with_the_expected_unet_rows(tmp_path, caps
     # rows per run: plain 2 per step; RealCustom: step 0 one text-only call (1 row: the first mask and
     # eps_T) and one of 2 rows; then 3 rows per call while the call reads the next step's mask
     # (release: 2 rows once it does not: the last step, or from the middle step on; paper keeps
-    # its text-only rows for the guidance)
+    # its text-only rows for the guidance; the conditional mask read needs no text-only rows)
     expected = {"plain": (3, 6), "release": (4, 1 + 2 + 3 + 2), "release_reuse": (4, 1 + 2 + 2 + 2),
+                "release_condmask": (4, 1 + 2 + 2 + 2), "release_condmask_reuse": (4, 1 + 2 + 2 + 2),
                 "paper": (4, 1 + 2 + 3 + 3), "paper_reuse": (4, 1 + 2 + 3 + 3)}
+    layers = 8  # cross-attention layers of the tiny SDXL-shaped UNet
     for name, (calls, rows) in expected.items():
-        assert (results[name]["unet_calls"], results[name]["unet_rows"]) == (calls, rows), name
-        assert results[name]["ms_per_run"] > 0
+        r = results[name]
+        assert (r["unet_calls"], r["unet_rows"]) == (calls, rows), name
+        assert r["ms_per_run"] > 0
+        reads = 0 if name == "plain" else (1 if name.endswith("_reuse") else 2)  # step 0's call, step 1's
+        # word maps of one row per layer and read (not of every row of the call)
+        assert r["word_maps"] == reads * layers, name
+        # one visual attention call per layer and call with image rows (the release's two blocks as one)
+        assert r["visual_attention"] == (0 if name == "plain" else 3 * layers), name
+        assert r["encoder_calls"] == {"plain": 0, "paper": 1, "paper_reuse": 1}.get(name, 2), name
+    # the visual branch runs on the zero-image and subject rows in release mode (all image tokens), on
+    # the subject rows in paper mode (the scoring module's top gamma_num = 0.8 of the tokens)
+    tokens = 16  # the tiny SigLIP: 32 px / patch 8
+    kept = int(0.8 * tokens)
+    assert results["release"]["visual_flops"] == results["release_condmask"]["visual_flops"] > 0
+    assert results["release"]["visual_flops"] * kept == 2 * tokens * results["paper"]["visual_flops"]
+    assert results["plain"]["flop_ratio"] == 1.0
+    assert results["release_condmask"]["flop_ratio"] < results["release"]["flop_ratio"] < results["paper"]["flop_ratio"]
+    assert results["unet_tflop_per_row"] > 0
     assert "| release_reuse |" in capsys.readouterr().out
+
+
+def test_benchmark_variant_subset_and_unknown_variant(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_realcustom", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "2", "--rounds", "1",
+                       "--anchor-calls", "1", "--variants", "release_condmask", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"plain", "release_condmask", "anchors_ms", "unet_tflop_per_row"}
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--variants", "nope"])

@@ -160,6 +160,28 @@ def test_visual_branch_touches_only_its_rows_and_equals_the_formula():
     assert torch.allclose(with_branch[2:3], expected, atol=1e-5)
 
 
+def test_one_condition_over_adjacent_blocks_equals_one_condition_per_block():
+    """The release's zero-image and subject branches as one attention call (the pipeline's way)
+    give the same output as one call per block."""
+    unet = tm.sd_unet().eval()
+    adapter = _adapter(unet)
+    x, ehs = _unet_inputs(unet)
+    zero, subject = adapter.project(torch.randn(1, 9, 16)), adapter.project(torch.randn(1, 9, 16))
+    mask = adaptive_mask(torch.rand(1, 16, 16), 0.25)
+    visual = RealCustomVisualAttention(adapter)
+    with torch.no_grad(), get_manager(unet).applied(visual):
+        visual.conditions = [VisualCondition(slice(1, 2), VisualTokens(zero), mask=mask),
+                             VisualCondition(slice(2, 3), VisualTokens(subject), mask=mask)]
+        apart = unet(x, 500, encoder_hidden_states=ehs).sample
+        visual.conditions = [VisualCondition(slice(1, 3), VisualTokens(torch.cat([zero, subject])),
+                                             mask=torch.cat([mask, mask]))]
+        together = unet(x, 500, encoder_hidden_states=ehs).sample
+        visual.conditions = []
+        plain = unet(x, 500, encoder_hidden_states=ehs).sample
+    assert torch.allclose(together, apart, atol=1e-6)
+    assert torch.equal(together[0], plain[0]) and (together[1:] - plain[1:]).abs().amax() > 1e-3
+
+
 def test_weights_on_projected_keys_equal_projecting_reweighted_features():
     unet = tm.sd_unet().eval()
     adapter = _adapter(unet)
@@ -179,31 +201,58 @@ def test_weights_on_projected_keys_equal_projecting_reweighted_features():
 
 
 # ------------------------------------------------------------------------------------ the reader
-def test_word_map_reader_matches_the_attention_store_and_the_per_layer_path():
+def _store_word_map(store, rows, weights):
+    """The aggregated word map recomputed from the attention store's full-batch maps (the reference)."""
+    maps = store.layer_maps()
+    largest = max(store.resolution(n)[0] for n in maps)
+    expected = torch.zeros(len(weights), largest, largest)
+    for name, m in maps.items():  # (B, Q, K), heads averaged
+        h, w = store.resolution(name)
+        word = torch.einsum("bqk,bk->bq", m[rows], weights).view(len(weights), 1, h, w)
+        expected += F.interpolate(word, size=(largest, largest), mode="bilinear", align_corners=False)[:, 0]
+    return expected / len(maps), len(maps)
+
+
+@pytest.mark.parametrize("compiling", [False, True])
+def test_word_map_reader_matches_the_attention_store_and_computes_only_its_rows(monkeypatch, compiling):
     unet = tm.sd_unet().eval()
     x, ehs = _unet_inputs(unet)
     weights = token_weights([[3], [3, 4]], 77)
     store = AttentionStore(cond_only=False)
-    deferred = WordMapReader()
-    per_layer = WordMapReader()
-    per_layer.reads_maps_after_forward = False
+    reader = WordMapReader()
+    if compiling:  # inside a compiled graph the reader computes each layer's map at once
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     manager = get_manager(unet)
-    with torch.no_grad(), manager.applied(store, deferred, per_layer):
-        deferred.arm(slice(1, 3), weights)
-        per_layer.arm(slice(1, 3), weights)
+    with torch.no_grad(), manager.applied(store, reader):
+        reader.arm(slice(1, 3), weights)
         manager.start_run()
         unet(x, 500, encoder_hidden_states=ehs)
-    maps = store.layer_maps()
-    largest = max(store.resolution(n)[0] for n in maps)
-    expected = torch.zeros(2, largest, largest)
-    for name, m in maps.items():  # (B, Q, K), heads averaged
-        h, w = store.resolution(name)
-        word = torch.einsum("bqk,bk->bq", m[1:3], weights).view(2, 1, h, w)
-        expected += F.interpolate(word, size=(largest, largest), mode="bilinear", align_corners=False)[:, 0]
-    expected /= len(maps)
-    assert deferred.layers_read == per_layer.layers_read == len(maps)
-    assert torch.allclose(deferred.word_map(), expected, atol=1e-6)
-    assert torch.allclose(per_layer.word_map(), expected, atol=1e-6)
+    expected, layers = _store_word_map(store, slice(1, 3), weights)
+    assert reader.layers_read == layers
+    assert reader.maps_computed == 2 * layers  # its 2 rows of the batch of 3, not all 3
+    assert torch.allclose(reader.word_map(), expected, atol=1e-6)
+
+
+def test_reader_alone_leaves_the_fused_kernel_and_flushes_before_the_next_call():
+    unet = tm.sd_unet().eval()
+    x, ehs = _unet_inputs(unet)
+    weights = token_weights([[3]], 77)
+    store = AttentionStore(cond_only=False)
+    reader = WordMapReader()
+    manager = get_manager(unet)
+    with torch.no_grad(), manager.applied(reader):
+        assert not any(p.needs_maps for p in unet.attn_processors.values() if hasattr(p, "needs_maps"))
+        reader.arm(slice(0, 1), weights)
+        manager.start_run()
+        unet(x, 500, encoder_hidden_states=ehs)
+        unet(x, 500, encoder_hidden_states=ehs)  # a second call while armed: both calls are summed
+        two = reader.word_map()
+    with torch.no_grad(), manager.applied(store):
+        manager.start_run()
+        unet(x, 500, encoder_hidden_states=ehs)
+    expected, layers = _store_word_map(store, slice(0, 1), weights)
+    assert reader.layers_read == 2 * layers
+    assert torch.allclose(two, expected, atol=1e-6)  # the same input twice: the mean is one call's map
 
 
 def test_reader_records_nothing_while_disarmed():

@@ -91,6 +91,8 @@ def _count_calls(pipe):
     ("paper", "separate", None, [1, 2] * 4),
     ("paper", "separate", 3, [1, 2] * 3 + [3]),
     ("release", "separate", 2, [1, 2, 1, 2, 2, 2]),
+    ("release", "conditional", None, [1, 2, 2, 2, 2]),
+    ("paper", "conditional", None, [1, 2] + [3] * 3),
 ])
 def test_unet_calls_per_step_and_mask_reuse(pipe, subject, mode, mask_pass, reuse, expected):
     sizes, handle = _count_calls(pipe)
@@ -105,9 +107,27 @@ def test_unet_calls_per_step_and_mask_reuse(pipe, subject, mode, mask_pass, reus
     if reuse is not None:
         for i in range(reuse, 4):
             assert torch.equal(out.masks[i], out.masks[reuse - 1])
-    if mask_pass == "batched":  # step 1 uses step 0's mask (of z_0); later steps read their own
+    if mask_pass != "separate":  # step 1 uses step 0's mask (of z_0); later steps read their own
         assert torch.equal(out.masks[1], out.masks[0])
     assert ((out.masks > 0).flatten(2).sum(-1) == 16).all()  # 25 % of 8x8
+
+
+@pytest.mark.parametrize("mode", ["release", "paper"])
+def test_conditional_mask_is_read_from_the_text_and_image_rows(subject, mode):
+    """``mask_pass="conditional"`` reads the word map of the text + image rows: with a visual branch
+    that adds nothing (``to_v_vision`` zeroed) those rows are the text-only rows, so masks and
+    latents equal the batched read's; with the branch acting, the masks differ."""
+    pipe = _pipe()
+    settings = dict(subject_image=subject, subject_word="circle", num_inference_steps=4, guidance_mode=mode,
+                    use_scoring=None if mode == "paper" else False, image_guidance_scale=5.0, output_type="latent", **SIZE)
+    acting = {p: pipe(PROMPT, mask_pass=p, generator=_gen(), **settings) for p in ("batched", "conditional")}
+    assert (acting["batched"].masks[2:] - acting["conditional"].masks[2:]).abs().amax() > 1e-4
+    with torch.no_grad():
+        for name in pipe.realcustom_adapter.layer_names:
+            pipe.realcustom_adapter.kv(name).to_v_vision.weight.zero_()
+    idle = {p: pipe(PROMPT, mask_pass=p, generator=_gen(), **settings) for p in ("batched", "conditional")}
+    assert torch.allclose(idle["batched"].masks, idle["conditional"].masks, atol=1e-6)
+    assert torch.allclose(idle["batched"].images, idle["conditional"].images, atol=1e-5)
 
 
 def test_plain_without_subject_tuple_output_and_a_clean_unet(pipe, subject, tmp_path):

@@ -413,8 +413,20 @@ def default_rows(gamma_scopes=GAMMA_SCOPES) -> list[Row]:
             Row("RealCustom without the scoring module", options={"gamma_scope": 0.25, "use_scoring": False})]
     rows += [Row(f"RealCustom, gamma_scope {g}", options={"gamma_scope": g}) for g in gamma_scopes if g != 0.25]
     rows += [Row("RealCustom, binary mask", options={"gamma_scope": 0.25, "mask_mode": "binary"}),
-             Row("RealCustom, separate mask pass (mask of z_t)", options={"gamma_scope": 0.25, "mask_pass": "separate"})]
+             Row("RealCustom, separate mask pass (mask of z_t)", options={"gamma_scope": 0.25, "mask_pass": "separate"}),
+             Row("RealCustom, mask read from the text + image rows", options={"gamma_scope": 0.25, "mask_pass": "conditional"})]
     return rows
+
+
+def mask_source_rows() -> list[Row]:
+    """Where the word map comes from: the text-only rows (the method) or the text + image rows
+    (``mask_pass="conditional"``, the cheaper option), with the paper's and the release's guidance."""
+    release = {"guidance_mode": "release", "use_scoring": False}
+    return [Row("RealCustom (scoring, gamma_scope 0.25)", options={"gamma_scope": 0.25}),
+            Row("RealCustom, mask read from the text + image rows", options={"gamma_scope": 0.25, "mask_pass": "conditional"}),
+            Row("RealCustom, release guidance (no scoring)", options={"gamma_scope": 0.25, **release}),
+            Row("RealCustom, release guidance, mask read from the text + image rows",
+                options={"gamma_scope": 0.25, "mask_pass": "conditional", **release})]
 
 
 def score_example(item: tuple[np.ndarray, dict[str, Any]]) -> dict[str, float]:
