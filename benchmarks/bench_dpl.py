@@ -15,12 +15,12 @@ Variants:
   other rows restored after each step), the UNet run to its end;
 * ``ours`` - the default of :mod:`attncraft.pipelines.dpl`: fp32, gradients only for the
   placeholder vectors / the null embedding, the maps computed only on the five loss layers, the
-  token pass stopped once the loss layers have run, attention ``auto`` (on CUDA in fp32: the
-  explicit product, torch's ``math`` SDPA kernel, on every layer without a technique);
-* ``ours_sdpa`` - ``ours`` with the fused SDPA kernel everywhere (``attention="fused"``: in fp32
-  that is the memory-efficient kernel; the default before the ``auto`` choice);
+  token pass stopped once the loss layers have run, the fused SDPA kernel (``attention="fused"``:
+  in fp32 that is the memory-efficient kernel);
+* ``ours_auto`` - ``ours`` with ``attention="auto"`` (on CUDA in fp32: the explicit product,
+  torch's ``math`` SDPA kernel, on every layer without a technique, for the passes that backpropagate);
 * ``ours_explicit`` - ``ours`` with the explicit product forced on every layer
-  (``attention="explicit"``); with ``ours_sdpa`` it isolates the attention kernel's share;
+  (``attention="explicit"``); with ``ours_auto`` it isolates the attention kernel's share;
 * ``ours_tf32`` - ``ours`` with TF32 matmuls and convolutions for the iterations
   (``precision="tf32"``: float32 storage, scoped, restored after);
 * ``ours_bf16`` - the same with the mixed-precision option (bf16 autocast).
@@ -30,7 +30,7 @@ takes the same number of iterations on the same inputs, so the benchmark also re
 variant, the largest absolute difference of its optimised embedding from ``ours`` (strict fp32)
 after them: the effect of the kernel and precision choices on the result.
 
-``--profile DIR`` writes ``DIR/dpl_profile.md``: for ``reference``, ``ours`` and ``ours_sdpa``, the
+``--profile DIR`` writes ``DIR/dpl_profile.md``: for ``reference``, ``ours`` and ``ours_auto``, the
 top CUDA kernels by device time per iteration, and the host time (until the last launch returns),
 the wall time and the summed kernel time per iteration (host close to wall with kernels well below
 it means the iteration is launch-bound).
@@ -71,13 +71,13 @@ PROMPT = "a photo of a cat and a dog on a sofa"
 NOUNS = ["cat", "dog"]
 
 VARIANTS = {  # our variants: (autocast dtype, attention kernel, TF32)
-    "ours": (None, "auto", False),
-    "ours_sdpa": (None, "fused", False),
+    "ours": (None, "fused", False),
+    "ours_auto": (None, "auto", False),
     "ours_explicit": (None, "explicit", False),
-    "ours_tf32": (None, "auto", True),
-    "ours_bf16": (torch.bfloat16, "auto", False),
+    "ours_tf32": (None, "fused", True),
+    "ours_bf16": (torch.bfloat16, "fused", False),
 }
-PROFILED = ("reference", "ours", "ours_sdpa")
+PROFILED = ("reference", "ours", "ours_auto")
 
 
 def build_pipeline(tiny: bool, device: torch.device):

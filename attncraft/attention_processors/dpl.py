@@ -93,10 +93,14 @@ class DPLConfig:
     reference and the spec), ``tf32`` (float32 storage, TF32 tensor-core matmuls and convolutions on
     CUDA for those passes only, restored afterwards; the same as ``fp32`` elsewhere) or
     ``bf16``/``fp16`` (autocast). The benchmark reports each one's effect on the optimised embeddings."""
-    attention: str = "auto"
-    """Attention kernel of the optimisation passes that backpropagate: ``auto`` (default: the
-    explicit product in float32 on CUDA within a memory budget, the fused kernel otherwise; see
-    :func:`attncraft.pipelines.inversion.explicit_attention_wanted` for why), ``explicit`` or ``fused``."""
+    attention: str = "fused"
+    """Attention kernel of the optimisation passes that backpropagate: ``fused`` (default: torch's
+    SDPA choice, as diffusers), ``explicit`` (the materialised product) or ``auto`` (the explicit
+    product in float32 on CUDA within a memory budget, the fused kernel otherwise; see
+    :func:`attncraft.pipelines.inversion.explicit_attention_wanted`). ``fused`` is the default because
+    it measured faster on an H200 at SD 1.5 size (null-text 88 against 105 ms, token update 91
+    against 94 ms, with 4-5 GiB less memory; ``benchmarks/RESULTS.md``): the iterations are
+    launch-bound there, so the memory-efficient kernel's slower float32 backward does not show."""
 
     def validate(self) -> DPLConfig:
         check_int_range("token_steps", self.token_steps, 0, 1000, example=21)

@@ -369,7 +369,7 @@ class RealImageEditMixin:
         H, W = arrays[0].shape[:2]
         tokens = scene_tokens(self.tokenizer if self.tokenizer is not None else self.tokenizer_2, prompts, noun_lists)
         fast = ModelAdapter(self, AUTOCAST[config.precision] if config is not None else None,
-                            attention=config.attention if config is not None else "auto")
+                            attention=config.attention if config is not None else "fused")
         tf32 = config is not None and config.precision == "tf32"
         model = ModelAdapter(self)
         plan = attention_plan(self)

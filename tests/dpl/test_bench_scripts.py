@@ -30,16 +30,16 @@ def test_cost_benchmark_runs_every_variant_in_tiny_mode(tmp_path, capsys):
     assert bench.main(["--tiny", "--device", "cpu", "--steps", "3", "--rounds", "2", "--iters", "1", "--warmup", "1",
                        "--json", str(out), "--profile", str(tmp_path / "prof"), "--profile-iters", "1"]) == 0
     results = json.loads(out.read_text())
-    variants = {"reference", "ours", "ours_sdpa", "ours_explicit", "ours_tf32", "ours_bf16"}
+    variants = {"reference", "ours", "ours_auto", "ours_explicit", "ours_tf32", "ours_bf16"}
     for kind in ("token", "null"):
         assert set(results[kind]) == variants
         assert all(len(r["rounds"]) == 2 and r["ms"] > 0 for r in results[kind].values())
         diffs = {name: r["max_abs_diff_vs_ours"] for name, r in results[kind].items()}
         # on the CPU: auto is the fused kernel and TF32 does not exist, so both equal ours exactly
-        assert diffs["ours"] == diffs["ours_sdpa"] == diffs["ours_tf32"] == 0.0 and diffs["ours_bf16"] > 0
+        assert diffs["ours"] == diffs["ours_auto"] == diffs["ours_tf32"] == 0.0 and diffs["ours_bf16"] > 0
     assert results["token"]["reference"]["max_abs_diff_vs_ours"] is None
-    assert set(results["profile"]["null-text"]) == {"reference", "ours", "ours_sdpa"}
-    assert "### null-text, ours_sdpa" in (tmp_path / "prof" / "dpl_profile.md").read_text()
+    assert set(results["profile"]["null-text"]) == {"reference", "ours", "ours_auto"}
+    assert "### null-text, ours_auto" in (tmp_path / "prof" / "dpl_profile.md").read_text()
     assert results["whole"]["token_updates"] > 0
     text = capsys.readouterr().out
     assert "| token update | ours |" in text and "UNet weights unchanged by the optimisation: True." in text

@@ -119,7 +119,7 @@ def test_tf32_precision_is_fp32_where_there_is_no_tf32(edit_pipe):
     image = _images()[0]
     strict = edit_pipe.invert(image, SOURCES[0], nouns=NOUNS, dpl=DPLConfig(token_steps=2, lr=0.05), **INV)
     tf32 = edit_pipe.invert(image, SOURCES[0], nouns=NOUNS, dpl=DPLConfig(token_steps=2, lr=0.05, precision="tf32"), **INV)
-    assert tf32.settings["dpl"]["precision"] == "tf32" and tf32.settings["dpl"]["attention"] == "auto"
+    assert tf32.settings["dpl"]["precision"] == "tf32" and tf32.settings["dpl"]["attention"] == "fused"
     assert torch.equal(tf32.null_embeddings, strict.null_embeddings)
     assert torch.equal(tf32.token_vectors[0], strict.token_vectors[0])
     assert torch.get_float32_matmul_precision() == "highest"
