@@ -25,10 +25,11 @@ For SDXL only the null *sequence* embedding is optimised (its pooled part stays 
 prompt); LoRA scales and ``clip_skip`` are not applied by this encoder.
 
 Cost of the optimisation passes (see :class:`ModelAdapter`'s ``attention`` and :func:`tf32_scope`):
-in float32 on CUDA the passes that backpropagate take the explicit attention product (torch's
-``math`` SDPA kernel) instead of the fused one, because float32 has no flash kernel and the
-memory-efficient kernel's backward is slower than the explicit product at Stable Diffusion's
-sizes; TF32 is opt-in (DPL's ``precision="tf32"``) and scoped to the optimisation.
+the passes take torch's fused SDPA kernel by default; ``attention="auto"`` takes the explicit product
+(torch's ``math`` kernel) for float32 backward passes on CUDA, where the fused call is the
+memory-efficient kernel with a slower float32 backward. On an H200 at SD 1.5 size the fused default
+measured faster (the iterations are launch-bound, and the explicit product adds launches); TF32 is
+opt-in (DPL's ``precision="tf32"``) and scoped to the optimisation.
 """
 
 from __future__ import annotations
@@ -193,14 +194,15 @@ def explicit_attention_wanted(choice: str, device: torch.device, dtype: torch.dt
     """Whether a UNet call of the optimisation takes the explicit attention product.
 
     Only calls that backpropagate (``grad``) are concerned: ``explicit``: always; ``fused``: never;
-    ``auto`` (default): in float32 (no autocast) on CUDA when the call's maps fit
+    ``auto``: in float32 (no autocast) on CUDA when the call's maps fit
     :data:`EXPLICIT_ATTENTION_BUDGET`.
-    Why: float32 has no flash kernel, so the fused call is the memory-efficient kernel, whose
-    backward is slower than the explicit product at these sizes (on an H200 our fused float32
-    null-text iteration measured 195 ms against 173 ms for the reference's explicit one, which
-    also computes weight gradients); under bf16/fp16 autocast the flash kernel is faster, and on
-    the CPU torch's fused kernel is. Forward-only calls keep the fused kernel (no backward to pay).
-    The two give the same attention up to float32 rounding.
+    The idea: float32 has no flash kernel, so the fused call is the memory-efficient kernel, whose
+    backward kernels are slower than the explicit product's; under bf16/fp16 autocast the flash
+    kernel is faster, and on the CPU torch's fused kernel is. Forward-only calls keep the fused
+    kernel (no backward to pay). The two give the same attention up to float32 rounding. Measured on
+    an H200 at SD 1.5 size, quiet: ``auto`` was slower than ``fused`` (null-text 105 against 88 ms),
+    because those iterations are launch-bound and the explicit product adds launches; so ``fused``
+    is DPL's default and ``auto`` an option for GPUs and sizes where the kernels dominate.
     """
     if choice not in ATTENTION_CHOICES:
         raise InputError(f"unknown attention choice {choice!r}", f"pass one of {', '.join(ATTENTION_CHOICES)}")
