@@ -23,7 +23,12 @@ Variants:
   (``attention="explicit"``); with ``ours_auto`` it isolates the attention kernel's share;
 * ``ours_tf32`` - ``ours`` with TF32 matmuls and convolutions for the iterations
   (``precision="tf32"``: float32 storage, scoped, restored after);
-* ``ours_bf16`` - the same with the mixed-precision option (bf16 autocast).
+* ``ours_bf16`` - the same with the mixed-precision option (bf16 autocast);
+* ``ours_compiled`` - ``ours`` with the UNet calls under ``torch.compile`` (``compile=
+  "reduce-overhead"``: inductor, CUDA graphs on CUDA; ``--compile-mode`` picks another mode): the
+  token pass's graph ends at the loss layers (what follows them feeds nothing and is left out). The
+  compilation (the first warm-up iteration of each pass) is excluded from the per-iteration figure
+  and reported on its own line.
 
 Every ``ours*`` variant (and the reference's null-text one) starts from the same embedding and
 takes the same number of iterations on the same inputs, so the benchmark also reports, per
@@ -63,21 +68,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attncraft.attention_processors import AttentionTechnique, get_manager  # noqa: E402
-from attncraft.attention_processors.dpl import DPLConfig, LossMaps, StopForward, dpl_losses, stop_after  # noqa: E402
+from attncraft.attention_processors.dpl import DPLConfig, LossMaps, dpl_losses  # noqa: E402
 from attncraft.attention_processors.prompt_to_prompt import attention_plan, tokenize_prompt  # noqa: E402
+import attncraft.pipelines.inversion as inversion_module  # noqa: E402
 from attncraft.pipelines.inversion import DDIMSchedule, ModelAdapter, ddim_step, frozen, tf32_scope  # noqa: E402
 
 PROMPT = "a photo of a cat and a dog on a sofa"
 NOUNS = ["cat", "dog"]
 
-VARIANTS = {  # our variants: (autocast dtype, attention kernel, TF32)
-    "ours": (None, "fused", False),
-    "ours_auto": (None, "auto", False),
-    "ours_explicit": (None, "explicit", False),
-    "ours_tf32": (None, "fused", True),
-    "ours_bf16": (torch.bfloat16, "fused", False),
+VARIANTS = {  # our variants: (autocast dtype, attention kernel, TF32, compiled)
+    "ours": (None, "fused", False, False),
+    "ours_auto": (None, "auto", False, False),
+    "ours_explicit": (None, "explicit", False, False),
+    "ours_tf32": (None, "fused", True, False),
+    "ours_bf16": (torch.bfloat16, "fused", False, False),
+    "ours_compiled": (None, "fused", False, True),
 }
-PROFILED = ("reference", "ours", "ours_auto")
+COMPILE_MODE = {"mode": "reduce-overhead"}  # --compile-mode
+PROFILED = ("reference", "ours", "ours_auto", "ours_compiled")
 
 
 def build_pipeline(tiny: bool, device: torch.device):
@@ -167,8 +175,9 @@ class Setup:
 class OursToken:
     def __init__(self, s: Setup, variant: str):
         self.s = s
-        autocast, attention, self.tf32 = VARIANTS[variant]
-        self.model = ModelAdapter(s.pipe, autocast, attention=attention)
+        autocast, attention, self.tf32, compiled = VARIANTS[variant]
+        self.model = ModelAdapter(s.pipe, autocast, attention=attention,
+                                  compile=COMPILE_MODE["mode"] if compiled else None)
         emb = s.pipe.text_encoder.get_input_embeddings()
         init = emb.weight[[s.pipe.tokenizer(n, add_special_tokens=False).input_ids[0] for n in NOUNS]].detach().float()
         self.vectors = [init[None].clone().requires_grad_(True)]
@@ -187,11 +196,7 @@ class OursToken:
         s = self.s
         cond = self.model.encode([s.tokens], self.vectors, [0])
         s.collector.reset()
-        try:
-            with stop_after(s.pipe.unet, s.loss_layers):
-                self.model(s.z, s.t, cond)
-        except StopForward:
-            pass
+        self.model.observe(s.z, s.t, cond, s.loss_layers)  # stopped after the loss layers
         loss = s.losses(s.collector.aggregate())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,8 +264,9 @@ class ReferenceToken:
 class NullStep:
     def __init__(self, s: Setup, variant: str):
         self.s, self.variant = s, variant
-        autocast, attention, self.tf32 = VARIANTS.get(variant, (None, "fused", False))
-        self.model = ModelAdapter(s.pipe, autocast, attention=attention)
+        autocast, attention, self.tf32, compiled = VARIANTS.get(variant, (None, "fused", False, False))
+        self.model = ModelAdapter(s.pipe, autocast, attention=attention,
+                                  compile=COMPILE_MODE["mode"] if compiled else None)
         self.param = s.null.embeds.detach().clone().requires_grad_(True)
         self.opt = torch.optim.Adam([self.param], lr=1e-2)
         self.explicit = ExplicitEverywhere()
@@ -307,10 +313,15 @@ def sync(device):
 def time_variants(variants: dict, rounds: int, iters: int, warmup: int, device) -> dict:
     results = {name: {"rounds": [], "peak_gib": 0.0} for name in variants}
     names = list(variants)
-    for name, v in variants.items():  # warm-up (kernels, allocator, optimiser state)
+    for name, v in variants.items():  # warm-up (kernels, allocator, optimiser state, compilation)
         with v.active():
-            for _ in range(warmup):
+            for k in range(max(warmup, 1)):
+                sync(device)
+                t0 = time.perf_counter()
                 v.step()
+                sync(device)
+                if k == 0:
+                    results[name]["first_iteration_s"] = time.perf_counter() - t0
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
@@ -328,7 +339,7 @@ def time_variants(variants: dict, rounds: int, iters: int, warmup: int, device) 
                     results[name]["peak_gib"] = max(results[name]["peak_gib"], torch.cuda.max_memory_allocated() / 2**30)
     for name in names:
         results[name]["ms"] = statistics.median(results[name]["rounds"])
-        results[name]["iterations"] = warmup + rounds * iters
+        results[name]["iterations"] = max(warmup, 1) + rounds * iters
     return results
 
 
@@ -416,7 +427,13 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="write DIR/dpl_profile.md: top kernels, host vs device time per iteration")
     parser.add_argument("--profile-iters", type=int, default=3)
+    parser.add_argument("--compile-mode", default="reduce-overhead",
+                        help="torch.compile mode of ours_compiled (default reduce-overhead: CUDA graphs on CUDA)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of ours_compiled (aot_eager: no code generation, a quick CPU check)")
     args = parser.parse_args(argv)
+    COMPILE_MODE["mode"] = args.compile_mode
+    inversion_module.COMPILE_BACKEND = args.compile_backend
     device = torch.device(args.device)
     pipe, size = build_pipeline(args.tiny, device)
     s = Setup(pipe, size, device, args.steps)
@@ -458,6 +475,10 @@ def main(argv=None) -> int:
             lines.append(f"| {label} | {name} | {r['ms']:.1f} | {ratio:.2f} | {r['peak_gib']:.2f} | "
                          f"{'-' if diff is None else f'{diff:.2e}'} |")
             ratios.append(f"{label} {name}: {r['ms']:.1f} ms = {ratio:.2f}x reference")
+    lines += ["", f"Compilation (ours_compiled, mode {args.compile_mode!r}; the first warm-up iteration, excluded above): "
+              f"token update {token['ours_compiled']['first_iteration_s']:.1f} s, null-text "
+              f"{null['ours_compiled']['first_iteration_s']:.1f} s (ours' first iteration: "
+              f"{token['ours']['first_iteration_s']:.2f} s / {null['ours']['first_iteration_s']:.2f} s)."]
     if profile_summary:
         lines += ["", "Per iteration, host time (until the last launch returns) / wall / summed kernel time (ms):"]
         for label, summary in profile_summary.items():

@@ -46,11 +46,9 @@ from attncraft.attention_processors.dpl import (
     BackgroundMasks,
     DPLConfig,
     LossMaps,
-    StopForward,
     background_masks,
     below_thresholds,
     dpl_losses,
-    stop_after,
 )
 from attncraft.attention_processors.prompt_to_prompt import (
     AttentionPlan,
@@ -241,11 +239,7 @@ def dpl_inversion(
     def measure(step, current, latents, t):
         cond = model.encode(tokens.dynamic, current, owners, image_size)
         collector.reset()
-        try:
-            with stop_after(model.unet, loss_layers):
-                model(latents, t, cond)
-        except StopForward:
-            pass
+        model.observe(latents, t, cond, loss_layers)
         maps = collector.aggregate().float()
         collector.reset()
         return dpl_losses(maps, positions, bg_masks, bg_ok, config, step, valid=valid)
@@ -369,7 +363,8 @@ class RealImageEditMixin:
         H, W = arrays[0].shape[:2]
         tokens = scene_tokens(self.tokenizer if self.tokenizer is not None else self.tokenizer_2, prompts, noun_lists)
         fast = ModelAdapter(self, AUTOCAST[config.precision] if config is not None else None,
-                            attention=config.attention if config is not None else "fused")
+                            attention=config.attention if config is not None else "fused",
+                            compile=config.compile if config is not None else None)
         tf32 = config is not None and config.precision == "tf32"
         model = ModelAdapter(self)
         plan = attention_plan(self)

@@ -49,7 +49,7 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attncraft import __version__
-from attncraft.attention_processors.dpl import TokenSplice
+from attncraft.attention_processors.dpl import StopForward, TokenSplice, stop_after
 from attncraft.attention_processors.layers import discover_layers
 from attncraft.attention_processors.prompt_to_prompt import PromptTokens
 from attncraft.errors import InputError
@@ -232,6 +232,82 @@ def tf32_scope(device: torch.device | str, enabled: bool = True):
         torch.backends.cudnn.allow_tf32 = cudnn
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes of the optimisation passes (``reduce-overhead`` adds CUDA graphs on CUDA)."""
+
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+COMPILE_BACKEND = "inductor"
+"""The ``torch.compile`` backend of :class:`CompiledUNet` (the modes are inductor's)."""
+
+
+def check_compile_mode(mode: str | None, what: str = "compile mode") -> str | None:
+    """``mode`` if it is None or one of :data:`COMPILE_MODES`, else a one-line :class:`InputError`."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise InputError(f"unknown {what} {mode!r}", f"pass one of {', '.join(COMPILE_MODES)}, or nothing to run eagerly")
+    return mode
+
+
+@contextlib.contextmanager
+def _forward_replaced(module: torch.nn.Module, forward: Callable):
+    """``module.forward`` is ``forward`` for the block (its hooks still run around it, eagerly)."""
+    had = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if had:
+            module.forward = previous
+        else:
+            del module.forward
+
+
+class CompiledUNet:
+    """The UNet's ``forward`` under ``torch.compile``, for the optimisation passes' calls.
+
+    The UNet is still called as a module, so its hooks (the step tracker, the manager's) run eagerly
+    around the compiled forward and never split its graph; techniques' hooks inside the forward
+    (attention processors, observers) are traced into it. Two graphs:
+
+    * :meth:`__call__` - the UNet output (null-text inversion's inner iterations);
+    * :meth:`maps` - the UNet run for its side effects only (what its observers record, e.g. DPL's
+      loss maps) and its output dropped: the compiler removes every operation that feeds nothing
+      recorded, so the graph ends with the last observed layer. This is the compiled form of
+      :func:`~attncraft.attention_processors.dpl.stop_after`, whose exception would split the graph.
+
+    ``dynamic=False``: the passes keep one shape per run. Each new run's hooks and techniques are new
+    objects, so the first call of a run compiles (a recompilation, not a graph break).
+    """
+
+    def __init__(self, unet: torch.nn.Module, mode: str):
+        self.unet, self.mode = unet, check_compile_mode(mode)
+        self._forward = unet.forward
+        self._full = torch.compile(self._run_full, backend=COMPILE_BACKEND, dynamic=False,
+                                   **({"mode": mode} if COMPILE_BACKEND == "inductor" else {}))
+        self._partial = torch.compile(self._run_partial, backend=COMPILE_BACKEND, dynamic=False,
+                                      **({"mode": mode} if COMPILE_BACKEND == "inductor" else {}))
+
+    def _run_full(self, *args, **kwargs):
+        return self._forward(*args, **kwargs)
+
+    def _run_partial(self, *args, **kwargs):
+        self._forward(*args, **kwargs)
+        return ()  # not None: a post-forward hook reads None as "the forward raised"
+
+    def _call(self, forward, args, kwargs):
+        if self.mode in CUDA_GRAPH_MODES and self.unet.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # each call is a new iteration: its inputs are new
+        with _forward_replaced(self.unet, forward):
+            return self.unet(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(self._full, args, kwargs)
+
+    def maps(self, *args, **kwargs) -> None:
+        self._call(self._partial, args, kwargs)
+
+
 class ModelAdapter:
     """The pieces of an SD / SDXL pipeline the inversion, DPL and editing loops use.
 
@@ -239,10 +315,15 @@ class ModelAdapter:
     ``attention``: the attention kernel of UNet calls that record gradients, ``fused`` (torch's
     SDPA choice, as diffusers), ``explicit`` (the materialised product) or ``auto``
     (:func:`explicit_attention_wanted`). Calls without gradients always take the fused kernel.
+    ``compile``: a :data:`COMPILE_MODES` mode runs the UNet calls that record gradients through
+    :class:`CompiledUNet` (calls without gradients stay eager: they are few, and a second graph
+    would cost a second compilation).
     """
 
-    def __init__(self, pipe, autocast_dtype: torch.dtype | None = None, attention: str = "fused"):
+    def __init__(self, pipe, autocast_dtype: torch.dtype | None = None, attention: str = "fused",
+                 compile: str | None = None):
         explicit_attention_wanted(attention, torch.device("cpu"), torch.float32, None, 0, False)  # validates
+        self.compiled = CompiledUNet(pipe.unet, compile) if check_compile_mode(compile) is not None else None
         self.attention = attention
         self._map_bytes: dict[tuple, int] = {}
         self._indices: dict[tuple, torch.Tensor] = {}
@@ -371,11 +452,34 @@ class ModelAdapter:
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, cond: TextConditioning) -> torch.Tensor:
         """One UNet call; the output in float32."""
+        unet = self.compiled if self.compiled is not None and torch.is_grad_enabled() else self.unet
+        with self._scope(latents, cond):
+            out = unet(latents.to(self.dtype), timestep, return_dict=False, **self._cast(cond))[0]
+        return out.float()
+
+    def observe(self, latents: torch.Tensor, timestep: torch.Tensor, cond: TextConditioning,
+                stop_after_layers: Sequence[str]) -> None:
+        """One UNet call for what its observers record (DPL's loss maps), its output unused: the
+        forward ends once ``stop_after_layers`` have run (eagerly through
+        :func:`~attncraft.attention_processors.dpl.stop_after`; compiled, :meth:`CompiledUNet.maps`
+        leaves out what comes after them)."""
+        kwargs = dict(return_dict=False, **self._cast(cond))
+        with self._scope(latents, cond):
+            if self.compiled is not None and torch.is_grad_enabled():
+                self.compiled.maps(latents.to(self.dtype), timestep, **kwargs)
+                return
+            try:
+                with stop_after(self.unet, stop_after_layers):
+                    self.unet(latents.to(self.dtype), timestep, **kwargs)
+            except StopForward:
+                pass
+
+    @contextlib.contextmanager
+    def _scope(self, latents: torch.Tensor, cond: TextConditioning):
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx, self._attention_scope(latents, cond):
-            out = self.unet(latents.to(self.dtype), timestep, return_dict=False, **self._cast(cond))[0]
-        return out.float()
+            yield
 
     def explicit_attention(self, latents: torch.Tensor, cond: TextConditioning) -> bool:
         """Whether a call on ``latents`` with ``cond`` (now, with gradients as they are) takes the

@@ -28,22 +28,26 @@ def test_cost_benchmark_runs_every_variant_in_tiny_mode(tmp_path, capsys):
     bench = load("bench_dpl")
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--device", "cpu", "--steps", "3", "--rounds", "2", "--iters", "1", "--warmup", "1",
-                       "--json", str(out), "--profile", str(tmp_path / "prof"), "--profile-iters", "1"]) == 0
+                       "--json", str(out), "--profile", str(tmp_path / "prof"), "--profile-iters", "1",
+                       "--compile-backend", "aot_eager"]) == 0
     results = json.loads(out.read_text())
-    variants = {"reference", "ours", "ours_auto", "ours_explicit", "ours_tf32", "ours_bf16"}
+    variants = {"reference", "ours", "ours_auto", "ours_explicit", "ours_tf32", "ours_bf16", "ours_compiled"}
     for kind in ("token", "null"):
         assert set(results[kind]) == variants
         assert all(len(r["rounds"]) == 2 and r["ms"] > 0 for r in results[kind].values())
         diffs = {name: r["max_abs_diff_vs_ours"] for name, r in results[kind].items()}
         # on the CPU: auto is the fused kernel and TF32 does not exist, so both equal ours exactly
         assert diffs["ours"] == diffs["ours_auto"] == diffs["ours_tf32"] == 0.0 and diffs["ours_bf16"] > 0
+        # aot_eager traces the same aten operations: the compiled graphs (the token one cut at the loss layers) are exact
+        assert diffs["ours_compiled"] == 0.0 and results[kind]["ours_compiled"]["first_iteration_s"] > 0
     assert results["token"]["reference"]["max_abs_diff_vs_ours"] is None
-    assert set(results["profile"]["null-text"]) == {"reference", "ours", "ours_auto"}
+    assert set(results["profile"]["null-text"]) == {"reference", "ours", "ours_auto", "ours_compiled"}
     assert "### null-text, ours_auto" in (tmp_path / "prof" / "dpl_profile.md").read_text()
     assert results["whole"]["token_updates"] > 0
     text = capsys.readouterr().out
     assert "| token update | ours |" in text and "UNet weights unchanged by the optimisation: True." in text
     assert "null-text ours_tf32: " in text and "x reference" in text
+    assert "Compilation (ours_compiled, mode 'reduce-overhead';" in text
 
 
 def test_effect_metrics_on_known_maps():
