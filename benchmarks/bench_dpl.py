@@ -28,7 +28,7 @@ Variants:
   "reduce-overhead"``: inductor, CUDA graphs on CUDA; ``--compile-mode`` picks another mode): the
   token pass's graph ends at the loss layers (what follows them feeds nothing and is left out). The
   compilation (the first warm-up iteration of each pass) is excluded from the per-iteration figure
-  and reported on its own line.
+  and reported on its own line; on CUDA its Adam/AdamW take torch's fused kernel, as the pipeline's.
 
 Every ``ours*`` variant (and the reference's null-text one) starts from the same embedding and
 takes the same number of iterations on the same inputs, so the benchmark also reports, per
@@ -181,7 +181,7 @@ class OursToken:
         emb = s.pipe.text_encoder.get_input_embeddings()
         init = emb.weight[[s.pipe.tokenizer(n, add_special_tokens=False).input_ids[0] for n in NOUNS]].detach().float()
         self.vectors = [init[None].clone().requires_grad_(True)]
-        self.opt = torch.optim.AdamW(self.vectors, lr=1e-3, weight_decay=1e-2)
+        self.opt = torch.optim.AdamW(self.vectors, lr=1e-3, weight_decay=1e-2, **self.model.optimizer_options)
 
     @contextlib.contextmanager
     def active(self):
@@ -268,7 +268,7 @@ class NullStep:
         self.model = ModelAdapter(s.pipe, autocast, attention=attention,
                                   compile=COMPILE_MODE["mode"] if compiled else None)
         self.param = s.null.embeds.detach().clone().requires_grad_(True)
-        self.opt = torch.optim.Adam([self.param], lr=1e-2)
+        self.opt = torch.optim.Adam([self.param], lr=1e-2, **self.model.optimizer_options)
         self.explicit = ExplicitEverywhere()
 
     @contextlib.contextmanager

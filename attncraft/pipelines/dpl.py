@@ -23,7 +23,9 @@ a missing background cluster drops L_bg for that scene (logged), one noun gives 
 Cost (no effect on the result beyond float32 rounding): the backpropagating passes take the explicit
 attention product in float32 on CUDA (``DPLConfig.attention``, see
 :func:`~attncraft.pipelines.inversion.explicit_attention_wanted`), and the loop waits for the GPU
-only where it must read a value (the early-stop checks); ``DPLConfig.precision="tf32"`` is opt-in.
+only where it must read a value (the early-stop checks); ``DPLConfig.precision="tf32"`` is opt-in, and
+so is ``DPLConfig.compile`` (the backpropagating UNet calls under ``torch.compile``, see
+:class:`~attncraft.pipelines.inversion.CompiledUNet`: the token pass's graph ends at the loss layers).
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ def dpl_inversion(
         taken = torch.zeros(B, dtype=torch.long, device=model.device)
         if token_updates:
             params = [v.clone().requires_grad_(True) for v in vectors]
-            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **model.optimizer_options)
             active = torch.ones(B, dtype=torch.bool, device=model.device)
             previous = manager.context.cfg_batched
             manager.context.cfg_batched = False  # the token passes are conditional-only
