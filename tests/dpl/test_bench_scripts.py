@@ -78,3 +78,15 @@ def test_effect_metrics_on_known_maps():
     assert caption == f"a {target.objects[1].color} square on the right and a red circle on the left"
     disc = bench.region(0.5, 0.5, 0.25, 8, margin_px=0.0)
     assert disc[4, 4] and not disc[0, 0]
+
+
+def test_cost_benchmark_runs_chosen_variants(tmp_path, capsys):
+    bench = load("bench_dpl")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--steps", "2", "--rounds", "1", "--iters", "1", "--warmup", "0",
+                       "--whole-token-steps", "1", "--whole-null-steps", "1", "--variants", "ours_tf32",
+                       "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["token"]) == set(results["null"]) == {"reference", "ours", "ours_tf32"}
+    assert results["null"]["ours_tf32"]["max_abs_diff_vs_ours"] == 0.0  # no TF32 on the CPU
+    assert "Compilation" not in capsys.readouterr().out
