@@ -26,7 +26,8 @@ Variants:
 * ``ours_bf16`` - the same with the mixed-precision option (bf16 autocast);
 * ``ours_compiled`` - ``ours`` with the UNet calls under ``torch.compile`` (``compile=
   "reduce-overhead"``: inductor, CUDA graphs on CUDA; ``--compile-mode`` picks another mode): the
-  token pass's graph ends at the loss layers (what follows them feeds nothing and is left out). The
+  token pass's graph ends at the loss layers (what follows them feeds nothing and is left out), and
+  the losses are a compiled graph too. The
   compilation (the first warm-up iteration of each pass) is excluded from the per-iteration figure
   and reported on its own line; on CUDA its Adam/AdamW take torch's fused kernel, as the pipeline's.
 
@@ -166,8 +167,8 @@ class Setup:
             self.null = model.null(1)
             self.out_c = model(self.z, self.t, self.cond)
 
-    def losses(self, maps):
-        values = dpl_losses(maps.float(), self.positions, self.bg, self.has_bg, self.config, self.i)
+    def losses(self, maps, compile=None):
+        values = dpl_losses(maps.float(), self.positions, self.bg, self.has_bg, self.config, self.i, compile=compile)
         return values.total.sum()
 
 
@@ -199,7 +200,7 @@ class OursToken:
         cond = self.model.encode([s.tokens], self.vectors, [0])
         s.collector.reset()
         self.model.observe(s.z, s.t, cond, s.loss_layers)  # stopped after the loss layers
-        loss = s.losses(s.collector.aggregate())
+        loss = s.losses(s.collector.aggregate(), self.model.compiled and self.model.compiled.mode)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -192,7 +192,8 @@ def attention_balancing_loss(
     if smooth:
         lead = per.shape[:-2]
         flat = per.reshape(-1, 1, *per.shape[-2:])
-        kernel = _kernel_on(float(sigma), flat.device, flat.dtype)
+        kernel = (smoothing_kernel(sigma).to(flat.device, flat.dtype)[None, None] if torch.compiler.is_compiling()
+                  else _kernel_on(float(sigma), flat.device, flat.dtype))  # a graph constant when compiled
         flat = F.conv2d(F.pad(flat, (1, 1, 1, 1), mode="reflect"), kernel)
         per = flat.reshape(*lead, *per.shape[-2:])
     peak = per.flatten(-2).amax(-1)  # (..., K)
@@ -255,12 +256,30 @@ def dpl_losses(
     config: DPLConfig,
     step: int,
     valid: torch.Tensor | None = None,
+    compile: str | None = None,
 ) -> LossValues:
     """All three losses of one step for a batch of scenes: maps (B, h, w, keys), tokens (B, K) or (K,).
 
     A scene without a background (``has_background`` False, or ``background`` None) has L_bg = 0
     and no background term; the background loss counts only from ``config.bg_start`` on.
+    ``compile``: a ``torch.compile`` mode (:attr:`DPLConfig.compile`) runs the losses (forward and
+    backward, a few hundred small operations eagerly) as one compiled graph per ``use_bg`` value.
     """
+    use_bg = config.lambda_bg > 0 and step >= config.bg_start
+    if compile is not None:
+        from attncraft.pipelines.inversion import COMPILE_BACKEND
+
+        return _compiled_losses(compile, COMPILE_BACKEND)(maps, tokens, background, has_background, config, use_bg, valid)
+    return _losses(maps, tokens, background, has_background, config, use_bg, valid)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_losses(mode: str, backend: str):
+    options = {"mode": mode} if backend == "inductor" else {}
+    return torch.compile(_losses, backend=backend, dynamic=False, **options)
+
+
+def _losses(maps, tokens, background, has_background, config: DPLConfig, use_bg: bool, valid) -> LossValues:
     batch = maps.shape[:-3]
     at = attention_balancing_loss(maps, tokens, config.softmax_temperature, config.smooth_sigma, valid=valid)
     dj = disjoint_loss(maps, tokens, valid=valid)
@@ -270,7 +289,6 @@ def dpl_losses(
     else:
         has_bg = has_background if has_background is not None else torch.ones(batch, dtype=torch.bool, device=maps.device)
         bg = torch.where(has_bg, background_loss(maps, tokens, background, valid=valid), torch.zeros_like(at))
-    use_bg = config.lambda_bg > 0 and step >= config.bg_start
     total = config.lambda_at * at + config.lambda_dj * dj + (config.lambda_bg * bg if use_bg else 0.0)
     return LossValues(at=at, dj=dj, bg=bg, total=total, has_background=has_bg)
 

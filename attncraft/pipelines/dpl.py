@@ -244,7 +244,8 @@ def dpl_inversion(
         model.observe(latents, t, cond, loss_layers)
         maps = collector.aggregate().float()
         collector.reset()
-        return dpl_losses(maps, positions, bg_masks, bg_ok, config, step, valid=valid)
+        compiled = config.compile if torch.is_grad_enabled() else None  # the no-grad measure stays eager
+        return dpl_losses(maps, positions, bg_masks, bg_ok, config, step, valid=valid, compile=compiled)
 
     def cond_at(i: int, latents: torch.Tensor, t: torch.Tensor) -> TextConditioning:
         nonlocal vectors
