@@ -436,6 +436,7 @@ def main(argv=None) -> int:
                         help="torch.compile backend of ours_compiled (aot_eager: no code generation, a quick CPU check)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help="our variants to run beside reference and ours (default: all)")
+    parser.add_argument("--skip-whole", action="store_true", help="leave out the whole invert + DPL + edit run")
     args = parser.parse_args(argv)
     COMPILE_MODE["mode"] = args.compile_mode
     inversion_module.COMPILE_BACKEND = args.compile_backend
@@ -458,8 +459,10 @@ def main(argv=None) -> int:
             profile_summary[label] = summary
     unchanged = all(torch.equal(a, b.cpu()) for a, b in zip(before, pipe.unet.state_dict().values()))
     del before
-    whole = whole_run(pipe, size, device, args.steps, args.whole_token_steps, args.whole_null_steps)
+    whole = None if args.skip_whole else whole_run(pipe, size, device, args.steps, args.whole_token_steps, args.whole_null_steps)
     full = args.steps * (21 * token["ours"]["ms"] + 51 * null["ours"]["ms"]) / 1000
+    full_compiled = (args.steps * (21 * token["ours_compiled"]["ms"] + 51 * null["ours_compiled"]["ms"]) / 1000
+                     if "ours_compiled" in token else None)
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "CPU"
     command = f"python benchmarks/bench_dpl.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     lines = [
@@ -492,12 +495,17 @@ def main(argv=None) -> int:
             lines.append("; ".join(f"{label} {name} {v['host_ms']:.1f} / {v['wall_ms']:.1f} / "
                                    f"{'-' if v['kernel_ms'] is None else format(v['kernel_ms'], '.1f')}"
                                    for name, v in summary.items()) + ".")
+    if whole is not None:
+        lines += [
+            "",
+            f"Whole invert + DPL + edit ({args.steps} steps, {args.whole_token_steps} token and {args.whole_null_steps} "
+            f"null-text iterations per step, fp32): {whole['total_s']:.1f} s (inversion + DPL {whole['invert_dpl_s']:.1f} s, "
+            f"edit {whole['edit_s']:.1f} s)."]
     lines += [
         "",
-        f"Whole invert + DPL + edit ({args.steps} steps, {args.whole_token_steps} token and {args.whole_null_steps} null-text "
-        f"iterations per step, fp32): {whole['total_s']:.1f} s (inversion + DPL {whole['invert_dpl_s']:.1f} s, edit "
-        f"{whole['edit_s']:.1f} s). At the reference's 21 + 51 iterations per step, the optimisation alone would take "
-        f"about {full:.0f} s with our default (from the per-iteration costs above).",
+        f"At the reference's 21 + 51 iterations per step, the optimisation alone would take about {full:.0f} s with our "
+        "default (from the per-iteration costs above)"
+        + (f", {full_compiled:.0f} s with ours_compiled (plus its compilation)." if full_compiled is not None else "."),
         "",
         f"UNet weights unchanged by the optimisation: {unchanged}.",
     ]
@@ -513,7 +521,7 @@ def main(argv=None) -> int:
              *profile_lines]) + "\n")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"token": token, "null": null, "whole": whole, "extrapolated_full_s": full,
+        args.json.write_text(json.dumps({"token": token, "null": null, "whole": whole, "extrapolated_full_s": full, "extrapolated_full_compiled_s": full_compiled,
                                          "profile": profile_summary, "markdown": text}, indent=2))
     return 0
 
