@@ -50,8 +50,7 @@ weights are reachable from the benchmark machine. Usage::
 
     python benchmarks/bench_dpl.py --device cuda --json $OUT/bench_dpl.json --profile $OUT   # about 2-3 min on an H200
     python benchmarks/bench_dpl.py --device cuda --variants ours_compiled --profile $OUT   # reference, ours, ours_compiled
-    python benchmarks/bench_dpl.py --tiny --device cpu                            # smoke test (inductor: minutes)
-    python benchmarks/bench_dpl.py --tiny --device cpu --compile-backend aot_eager   # quick smoke test
+    python benchmarks/bench_dpl.py --tiny --device cpu                            # smoke test (ours_compiled with aot_eager)
 """
 
 from __future__ import annotations
@@ -432,15 +431,16 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-iters", type=int, default=3)
     parser.add_argument("--compile-mode", default="reduce-overhead",
                         help="torch.compile mode of ours_compiled (default reduce-overhead: CUDA graphs on CUDA)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend of ours_compiled (aot_eager: no code generation, a quick CPU check)")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend of ours_compiled (default: inductor on CUDA, aot_eager on the CPU, "
+                             "where DPL refuses inductor: its gradients are wrong there)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help="our variants to run beside reference and ours (default: all)")
     parser.add_argument("--skip-whole", action="store_true", help="leave out the whole invert + DPL + edit run")
     args = parser.parse_args(argv)
     COMPILE_MODE["mode"] = args.compile_mode
-    inversion_module.COMPILE_BACKEND = args.compile_backend
     device = torch.device(args.device)
+    inversion_module.COMPILE_BACKEND = args.compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
     pipe, size = build_pipeline(args.tiny, device)
     s = Setup(pipe, size, device, args.steps)
     before = [v.detach().cpu().clone() for v in pipe.unet.state_dict().values()]  # on the host: not in the peaks

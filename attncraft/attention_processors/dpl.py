@@ -108,7 +108,11 @@ class DPLConfig:
     ``max-autotune-no-cudagraphs``. The token pass still ends at the loss layers: compiled, the
     operations after them feed nothing and are left out of the graph. Each inversion compiles once
     per pass (tens of seconds on a GPU at SD size), which pays for itself at DPL's 21 + 51
-    iterations per step; results equal the eager ones up to float32 rounding of the fused kernels."""
+    iterations per step. Experimental: with the ``aot_eager`` backend the results equal the eager ones
+    exactly on the CPU, but inductor on the CPU returns wrong gradients for these calls (embeddings
+    alone requiring grad, also on a plain diffusers UNet), so the option is refused on the CPU; its
+    speed and its agreement with eager on CUDA are not measured yet (``benchmarks/bench_dpl.py
+    --variants ours_compiled``)."""
 
     def validate(self) -> DPLConfig:
         check_int_range("token_steps", self.token_steps, 0, 1000, example=21)

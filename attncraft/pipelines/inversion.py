@@ -324,6 +324,10 @@ class ModelAdapter:
     def __init__(self, pipe, autocast_dtype: torch.dtype | None = None, attention: str = "fused",
                  compile: str | None = None):
         explicit_attention_wanted(attention, torch.device("cpu"), torch.float32, None, 0, False)  # validates
+        if check_compile_mode(compile) is not None and COMPILE_BACKEND == "inductor" and pipe._execution_device.type == "cpu":
+            raise InputError("DPL's compile option is refused on the CPU: torch's inductor returns wrong gradients there "
+                             "for UNet calls where only the text embeddings require grad (also on a plain diffusers UNet)",
+                             "leave compile off on the CPU, or run on CUDA")
         self.compiled = CompiledUNet(pipe.unet, compile) if check_compile_mode(compile) is not None else None
         self.attention = attention
         self._map_bytes: dict[tuple, int] = {}

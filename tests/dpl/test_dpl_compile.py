@@ -106,3 +106,14 @@ def test_compile_option_is_validated(edit_pipe):
         edit_pipe.invert(torch.rand(3, 32, 32), SOURCE, nouns=NOUNS, dpl=DPLConfig(compile="Default"), num_inference_steps=2)
     with pytest.raises(InputError):
         ModelAdapter(edit_pipe, compile="cudagraphs")
+
+
+def test_compile_with_inductor_is_refused_on_the_cpu(edit_pipe, monkeypatch):
+    """Inductor's CPU gradients for embedding-only backward calls are wrong (module docstring of
+    DPLConfig.compile): the option says so in one line instead of returning wrong embeddings."""
+    from attncraft.errors import InputError
+    from attncraft.pipelines import inversion as inversion_module
+
+    monkeypatch.setattr(inversion_module, "COMPILE_BACKEND", "inductor")  # the library's default
+    with pytest.raises(InputError, match="refused on the CPU"):
+        inversion_module.ModelAdapter(edit_pipe, compile="default")
