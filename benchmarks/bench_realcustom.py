@@ -19,8 +19,9 @@ all 70 cross-attention layers; all random weights, which cost the same time as t
 
 Counted in each variant's first (warm-up) run, printed beside the times: UNet calls and the rows in
 all of them, word maps computed ((row, layer) pairs), visual-branch attention calls, image-encoder
-calls, and on CUDA the host syncs (synchronising CUDA operations, counted with
-``torch.cuda.set_sync_debug_mode``).
+calls, on CUDA the host syncs (synchronising CUDA operations, counted with
+``torch.cuda.set_sync_debug_mode``), and the aten operators of one sampling step (:class:`OpCounter`,
+``torch.profiler``: what the host issues, the cost of an eager launch-bound UNet).
 
 Every RealCustom run also includes its one-time work (encoding the subject and the zero image,
 one text-only call for the first mask). Timed are whole 25-step sampling runs that stop at the
@@ -186,6 +187,52 @@ class Counters:
         return False
 
 
+class OpCounter:
+    """aten operators the host issues in one sampling step of a run: profiled (``torch.profiler``, CPU
+    activity only) from the UNet call of the second-to-last step to that of the last step, so the
+    step's UNet call, its hooks and the pipeline's work between calls (guidance, scheduler, mask).
+    That step reads the next mask in ``release``/``paper`` and reuses it in the ``_reuse`` variants.
+    ``ops`` counts every aten operator event (nested ones too: roughly the kernels), ``top`` those
+    called from outside another aten operator (the calls the Python side makes)."""
+
+    def __init__(self, pipe, calls: int):
+        self.pipe, self.calls = pipe, calls
+        self.ops = self.top = None
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._seen, self._prof = 0, None
+
+        def hook(module, args, kwargs):
+            self._seen += 1
+            if self._seen == self.calls - 1:
+                self._prof = profile(activities=[ProfilerActivity.CPU])
+                self._prof.__enter__()
+            elif self._seen == self.calls and self._prof is not None:
+                self._prof.__exit__(None, None, None)
+                self._count(self._prof.events())
+
+        self._handle = self.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
+        return self
+
+    def _count(self, events) -> None:
+        spans = sorted((e.time_range.start, e.time_range.end) for e in events if e.name.startswith("aten::"))
+        self.ops, self.top, open_until = len(spans), 0, -1
+        for start, end in spans:
+            if start >= open_until:  # not inside the previous top-level operator
+                self.top += 1
+                open_until = end
+        self._prof = None
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        if self._prof is not None:  # fewer calls than expected: no complete step
+            self._prof.__exit__(None, None, None)
+            self._prof = None
+        return False
+
+
 def unet_flops_per_row(pipe, size: int) -> float:
     """FLOPs of one UNet row at ``size`` (SDXL conditioning), counted on the meta device (no compute)."""
     from diffusers import UNet2DConditionModel
@@ -261,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with torch.inference_mode():
         for name in names:  # warm-up, and what each variant does (counted)
-            with Counters(pipe, device) as counter:
+            calls = args.steps + (VARIANTS[name] is not None)  # RealCustom: one text-only call at step 0
+            with Counters(pipe, device) as counter, OpCounter(pipe, calls) as ops:
                 run(pipe, name, subject, size, args.steps)
-            counts[name] = counter.counts
+            counts[name] = {**counter.counts, "aten_ops_per_step": ops.ops, "top_level_ops_per_step": ops.top}
         anchors = {2: [], 3: []}
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
@@ -301,17 +349,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{row_flops / 1e9:.1f} GFLOP per row (counted).")
     print()
     print("| variant | ms / run (median) | ms / step | ratio to plain | paired ratio | UNet calls | rows in all calls "
-          "| FLOP ratio | word maps (row x layer) | visual attention calls | image-encoder calls | host syncs | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| FLOP ratio | word maps (row x layer) | visual attention calls | image-encoder calls | host syncs "
+          "| aten ops / step (top-level) | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         r = results[name]
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        ops = "-" if r["aten_ops_per_step"] is None else f"{r['aten_ops_per_step']} ({r['top_level_ops_per_step']})"
         print(f"| {name} | {r['ms_per_run']:.0f} | {r['ms_per_run'] / args.steps:.1f} | {r['ratio']:.3f} | "
               f"{r['paired_ratio']:.3f} | {r['unet_calls']} | {r['unet_rows']} | {r['flop_ratio']:.3f} | {r['word_maps']} | "
-              f"{r['visual_attention']} | {r['encoder_calls']} | {r.get('host_syncs', '-')} | {peak} |")
+              f"{r['visual_attention']} | {r['encoder_calls']} | {r.get('host_syncs', '-')} | {ops} | {peak} |")
     print()
     print("FLOP ratio: (UNet rows x FLOPs per row + the visual branch's attention FLOPs) / plain's, the time ratio a "
           "compute-bound GPU cannot beat for that schedule.  ")
+    print("aten ops / step: every aten operator the host issued in the second-to-last step (its UNet call, hooks "
+          "and the pipeline's work up to the last step's call; in brackets those not called from inside another "
+          "operator), profiled once in the warm-up run; the eager UNet being launch-bound, RealCustom's host cost.  ")
     print("Targets: release <= 1.2x (goal 1.1x), release_reuse <= 1.1x (goal 1.05x); with the mask read from the "
           "text + image rows: release_condmask, release_condmask_reuse.")
     if args.json:

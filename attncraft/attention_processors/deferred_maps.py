@@ -32,14 +32,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from attncraft.attention_processors.context import AttentionCall
-
-if TYPE_CHECKING:
-    from attncraft.attention_processors.technique import AttentionTechnique
+from attncraft.attention_processors.technique import AttentionTechnique
 
 
 def attention_scores(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,6 +141,11 @@ class DeferredMaps:
         techniques = items[0].techniques
         calls = [item.call for item in items]
         scores = attention_scores(torch.stack([i.query for i in items]), torch.stack([i.key for i in items]))
+        if all(type(t).edit_scores is AttentionTechnique.edit_scores for t in techniques):  # no score hook: no per-layer view
+            probs = scores.softmax(dim=-1)
+            for technique in techniques:
+                technique.observe_maps(calls, probs)
+            return
         slices = scores.unbind(0)
         seen = [run_score_hooks(call, s, techniques) for call, s in zip(calls, slices)]
         if any(after is not before for after, before in zip(seen, slices)):

@@ -26,6 +26,14 @@ Keys and values of the image features are projected once per image and layer and
 :class:`VisualTokens`: the projections are linear without bias, so the scoring module's weights
 ``1 + S`` and its top-``gamma_num`` selection are applied to the projected keys/values
 (``W (f (1 + S)) = (1 + S) W f``), the same numbers as projecting the re-weighted features.
+
+Host work per layer and UNet call (what an eager, launch-bound UNet pays for): without a selection
+(release guidance) the keys/values come from that cache already split into heads and cast, and the
+branch is one attention call, one product by the mask (resized once per resolution and condition,
+the pipeline keeping its condition while the mask is reused) and one in-place addition into the
+output; with the scoring module's selection keys and values are gathered and re-weighted together
+(one gather, one product on the packed pair). Same operations on the same values as doing each
+step per layer, so the same bits (``tests/realcustom/test_realcustom_host_work.py``).
 """
 
 from __future__ import annotations
@@ -123,12 +131,21 @@ def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- visual cross-attention
 class VisualTokens:
-    """The (projected) image features of a batch of rows, with their per-layer keys/values cached."""
+    """The (projected) image features of a batch of rows, with their per-layer keys/values cached.
+
+    :meth:`keys_values` gives a layer's ``(rows, tokens, inner)`` keys and values;
+    :meth:`head_keys_values` the same already split into heads ``(rows, heads, tokens, head_dim)``
+    and cast to the attention's dtype (views of the cached projections, made once per layer and
+    run instead of once per UNet call); :meth:`packed_keys_values` keys and values side by side
+    ``(rows, tokens, 2 inner)``, so that a per-call selection is one gather and one product.
+    """
 
     def __init__(self, features: torch.Tensor, cache: bool = True):
         self.features = features
         self.cache = cache
         self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._heads: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._packed: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -140,6 +157,27 @@ class VisualTokens:
             found = (kv.to_k_vision(f), kv.to_v_vision(f))
             if self.cache:
                 self._kv[name] = found
+        return found
+
+    def head_keys_values(self, name: str, adapter, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of layer ``name`` as ``(rows, heads, tokens, head_dim)`` in ``dtype``."""
+        key = (name, heads, dtype)
+        found = self._heads.get(key)
+        if found is None:
+            k, v = self.keys_values(name, adapter.kv(name))
+            b, n = k.shape[0], k.shape[1]
+            found = (k.to(dtype).view(b, n, heads, -1).transpose(1, 2), v.to(dtype).view(b, n, heads, -1).transpose(1, 2))
+            if self.cache:
+                self._heads[key] = found
+        return found
+
+    def packed_keys_values(self, name: str, adapter) -> torch.Tensor:
+        """Keys and values of layer ``name`` side by side, ``(rows, tokens, 2 inner)``."""
+        found = self._packed.get(name)
+        if found is None:
+            found = torch.cat(self.keys_values(name, adapter.kv(name)), dim=-1)
+            if self.cache:
+                self._packed[name] = found
         return found
 
 
@@ -158,6 +196,7 @@ class VisualCondition:
     weights: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _selections: dict[tuple, tuple] = field(default_factory=dict, repr=False)
 
     def mask_at(self, hw: tuple[int, int], dtype: torch.dtype) -> torch.Tensor | None:
         if self.mask is None:
@@ -167,6 +206,17 @@ class VisualCondition:
         if found is None or found.dtype != dtype:
             found = resize_mask(self.mask.float(), key).to(dtype)
             self._masks[key] = found
+        return found
+
+    def selection(self, width: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``index`` expanded to ``width`` channels and ``weights`` as ``(b, k, 1)`` in ``dtype``,
+        made once per width and dtype for all the layers of a call (None where not set)."""
+        key = (int(width), dtype)
+        found = self._selections.get(key)
+        if found is None:
+            index = None if self.index is None else self.index[..., None].expand(-1, -1, width)
+            weights = None if self.weights is None else self.weights[..., None].to(dtype)
+            found = self._selections[key] = (index, weights)
         return found
 
 
@@ -188,44 +238,62 @@ class RealCustomVisualAttention(AttentionTechnique):
         self.conditions: list[VisualCondition] = []
 
     def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
-        if not self.conditions:
+        conditions = self.conditions
+        if not conditions:
             return output
         hw = call.resolution
         if hw is None:
             raise TechniqueError(f"RealCustom cannot place its mask on layer {call.layer.name}: its resolution is unknown",
                                  "call the UNet through attncraft's step tracker (install the technique with get_manager)")
-        kv = self.adapter.kv(call.layer.name)
-        heads = call.attn.heads
-        query = call.query
-        head_dim = query.shape[-1]
-        in_place = not torch.is_grad_enabled()  # in training, autograd may hold the output: new tensor
-        pieces, pos = [], 0
-        for cond in sorted(self.conditions, key=lambda c: c.rows.start):
-            rows = cond.rows
-            q = query[rows]
-            k, v = cond.tokens.keys_values(call.layer.name, kv)
-            if cond.index is not None:
-                gather = cond.index[..., None].expand(-1, -1, k.shape[-1])
-                k, v = k.gather(1, gather), v.gather(1, gather)
-            if cond.weights is not None:
-                w = cond.weights[..., None].to(k.dtype)
-                k, v = k * w, v * w
-            b = q.shape[0]
-            k = k.to(q.dtype).view(b, -1, heads, head_dim).transpose(1, 2)
-            v = v.to(q.dtype).view(b, -1, heads, head_dim).transpose(1, 2)
-            vis = sdpa(q, k, v).transpose(1, 2).reshape(b, -1, heads * head_dim)
-            mask = cond.mask_at(hw, vis.dtype)
+        if len(conditions) > 1:
+            conditions = sorted(conditions, key=lambda c: c.rows.start)
+        name, heads, query = call.layer.name, call.attn.heads, call.query
+        if torch.is_grad_enabled():  # in training, autograd may hold the output: a new tensor, no in-place op
+            pieces, pos = [], 0
+            for cond in conditions:
+                vis, mask = self._branch(cond, name, heads, query, hw)
+                if mask is not None:
+                    vis = vis * mask
+                pieces += [output[pos:cond.rows.start], output[cond.rows] + vis.to(output.dtype)]
+                pos = cond.rows.stop
+            pieces.append(output[pos:])
+            return torch.cat(pieces)
+        for cond in conditions:
+            vis, mask = self._branch(cond, name, heads, query, hw)
             if mask is not None:
-                vis = vis * mask
-            if in_place:
-                output[rows] += vis.to(output.dtype)
-            else:
-                pieces += [output[pos:rows.start], output[rows] + vis.to(output.dtype)]
-                pos = rows.stop
-        if in_place:
-            return output
-        pieces.append(output[pos:])
-        return torch.cat(pieces)
+                vis.mul_(mask)  # vis is this branch's own new tensor
+            rows = cond.rows
+            target = output if rows.start == 0 and rows.stop == output.shape[0] else output[rows]
+            target.add_(vis if vis.dtype == output.dtype else vis.to(output.dtype))
+        return output
+
+    def _branch(self, cond: VisualCondition, name: str, heads: int, query: torch.Tensor,
+                hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The visual branch ``softmax(Q K_i^T / sqrt(d)) V_i`` of ``cond``'s rows, ``(rows, Q, heads * d)``,
+        and the mask to multiply it by, at the layer's resolution (None: no mask).
+
+        Host work per layer and call, the eager UNet being launch-bound: without a selection the
+        keys/values come from the tokens' cache already split into heads and cast (no op at all);
+        with one (the scoring module's, new at every call), keys and values are selected and
+        re-weighted together (one gather, one product, on the packed pair), the expanded index and
+        the weights' cast made once per call for all the layers of one width.
+        """
+        rows = cond.rows
+        q = query if rows.start == 0 and rows.stop == query.shape[0] else query[rows]
+        if cond.index is None and cond.weights is None:
+            k, v = cond.tokens.head_keys_values(name, self.adapter, heads, q.dtype)
+        else:
+            kv = cond.tokens.packed_keys_values(name, self.adapter)
+            index, weights = cond.selection(kv.shape[-1], kv.dtype)
+            if index is not None:
+                kv = kv.gather(1, index)
+            if weights is not None:
+                kv = kv * weights
+            if kv.dtype != q.dtype:
+                kv = kv.to(q.dtype)
+            k, v = kv.view(kv.shape[0], kv.shape[1], 2, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        vis = sdpa(q, k, v).transpose(1, 2).reshape(q.shape[0], -1, heads * q.shape[-1])
+        return vis, cond.mask_at(hw, vis.dtype)
 
 
 # ------------------------------------------------------------------------------------ the reader

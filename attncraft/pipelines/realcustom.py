@@ -314,6 +314,12 @@ class RealCustomMixin:
         if hasattr(self.scheduler, "set_begin_index"):  # as diffusers' SDXL pipeline: no index search (a host sync)
             self.scheduler.set_begin_index(0)
 
+        # made once and reused while what they are made of is unchanged (host work per call: the UNet
+        # is launch-bound): the release's visual condition per mask (its resized masks with it), the
+        # concatenated text conditioning per set of roles
+        kept_condition: dict[tuple, tuple[Any, VisualCondition]] = {}
+        kept_inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict | None]] = {}
+
         def call_unet(x, t, roles, read=None):
             """One UNet call over the blocks ``roles`` (the word map read on the rows of role ``read``);
             returns {role: prediction}."""
@@ -326,7 +332,11 @@ class RealCustomMixin:
                 start += batch
             if "image" in roles and not paper:  # release: the zero image's branch (masked too) and the subject's
                 pair = slice(spans["uncond"].start, spans["image"].stop)
-                visual.conditions.append(VisualCondition(pair, pair_tokens, mask=None if mask is None else torch.cat([mask, mask])))
+                kept = kept_condition.get((pair.start, pair.stop))
+                if kept is None or kept[0] is not mask:
+                    condition = VisualCondition(pair, pair_tokens, mask=None if mask is None else torch.cat([mask, mask]))
+                    kept = kept_condition[(pair.start, pair.stop)] = (mask, condition)
+                visual.conditions.append(kept[1])
             elif "image" in roles:
                 visual.conditions.append(VisualCondition(spans["image"], tokens, index=scored[0], weights=scored[1], mask=mask))
             if read:
@@ -334,12 +344,16 @@ class RealCustomMixin:
                 reader.arm(spans[read], weights)
             elif reader in manager.techniques:
                 manager.remove(reader)
-            added = None
-            if text.added is not None:
-                added = {k: torch.cat([branches[r].added[k] for r in roles]) for k in text.added}
+            inputs = kept_inputs.get(tuple(roles))
+            if inputs is None or inputs[0] is not text.embeds or inputs[1] is not uncond.embeds:  # a callback may replace them
+                added = None
+                if text.added is not None:
+                    added = {k: torch.cat([branches[r].added[k] for r in roles]) for k in text.added}
+                inputs = (text.embeds, uncond.embeds, torch.cat([branches[r].embeds for r in roles]), added)
+                kept_inputs[tuple(roles)] = inputs
             out = self.unet(
-                torch.cat([x] * len(roles)), t, encoder_hidden_states=torch.cat([branches[r].embeds for r in roles]),
-                cross_attention_kwargs=cross_attention_kwargs, added_cond_kwargs=added, return_dict=False,
+                torch.cat([x] * len(roles)), t, encoder_hidden_states=inputs[2],
+                cross_attention_kwargs=cross_attention_kwargs, added_cond_kwargs=inputs[3], return_dict=False,
             )[0]
             visual.conditions = []
             return {role: out[span] for role, span in spans.items()}

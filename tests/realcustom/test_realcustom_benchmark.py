@@ -46,6 +46,11 @@ def test_benchmark_runs_every_variant_with_the_expected_unet_rows(tmp_path, caps
     assert results["plain"]["flop_ratio"] == 1.0
     assert results["release_condmask"]["flop_ratio"] < results["release"]["flop_ratio"] < results["paper"]["flop_ratio"]
     assert results["unet_tflop_per_row"] > 0
+    # one profiled step per variant: RealCustom's step issues more operators than plain CFG's, the
+    # step that reads the next mask more than the one that reuses it
+    ops = {name: (results[name]["aten_ops_per_step"], results[name]["top_level_ops_per_step"]) for name in expected}
+    assert all(0 < top < total for total, top in ops.values()), ops
+    assert ops["plain"][1] < ops["release_reuse"][1] < ops["release"][1], ops
     assert "| release_reuse |" in capsys.readouterr().out
 
 
