@@ -340,6 +340,7 @@ class WordMapReader(AttentionTechnique):
         self.heads = list(heads) if heads is not None else None
         self.rows: slice | None = None
         self.weights: torch.Tensor | None = None
+        self._cast_weights: torch.Tensor | None = None
         self._sums: dict[tuple[int, int], torch.Tensor] = {}
         self._layers = 0
         self._queue = DeferredMaps()
@@ -352,6 +353,8 @@ class WordMapReader(AttentionTechnique):
         return False  # the core computes no map: the reader takes its own rows' Q and K in edit_output
 
     def arm(self, rows: slice, weights: torch.Tensor) -> None:
+        if weights is not self.weights:
+            self._cast_weights = None
         self.rows, self.weights = rows, weights
         self.reset()
 
@@ -388,13 +391,20 @@ class WordMapReader(AttentionTechnique):
     def _add(self, call: AttentionCall, probs: torch.Tensor) -> None:
         """``probs`` (L, rows, heads, Q, K): this reader's rows and heads of layers of one resolution."""
         hw = call.resolution
-        w = self.weights.to(device=probs.device, dtype=torch.float32)
-        maps = torch.einsum("lbhqk,bk->lbq", probs.float(), w) / probs.shape[2]
+        w = self._weights_for(probs.device)
+        maps = torch.einsum("lbhqk,bk->lbq", probs if probs.dtype == torch.float32 else probs.float(), w) / probs.shape[2]
         total = maps.sum(0).view(-1, *hw)
         key = (int(hw[0]), int(hw[1]))
         self._sums[key] = self._sums[key] + total if key in self._sums else total
         self._layers += probs.shape[0]
         self.maps_computed += probs.shape[0] * probs.shape[1]
+
+    def _weights_for(self, device: torch.device) -> torch.Tensor:
+        """The token weights in float32 on ``device``, cast once per :meth:`arm`."""
+        w = self._cast_weights
+        if w is None or w.device != device:
+            w = self._cast_weights = self.weights.to(device=device, dtype=torch.float32)
+        return w
 
     @property
     def layers_read(self) -> int:

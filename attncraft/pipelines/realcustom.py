@@ -244,9 +244,13 @@ class RealCustomMixin:
 
     # -- subject ------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_subject(self, subject_image: Any, batch: int, per_prompt: int, zero: bool = False) -> torch.Tensor:
-        """Projected image features ``(batch, n_i, width)`` of one subject image (or one per prompt)."""
-        adapter, encoder, dtype = self._realcustom_parts()
+    def encode_subject(self, subject_image: Any, batch: int, per_prompt: int, zero: bool = False,
+                       parts: tuple | None = None) -> torch.Tensor:
+        """Projected image features ``(batch, n_i, width)`` of one subject image (or one per prompt).
+
+        ``parts``: what :meth:`_realcustom_parts` returned, when the caller has it already (reading
+        the UNet's device and dtype walks its modules: once per run is enough)."""
+        adapter, encoder, dtype = parts or self._realcustom_parts()
         if zero:
             states = encoder.zero_image_states(1)
         else:
@@ -279,7 +283,8 @@ class RealCustomMixin:
         callback_on_step_end_tensor_inputs: list[str],
         callback_tensors: Callable[[_Branch, _Branch], dict[str, torch.Tensor]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        adapter, encoder, dtype = self._realcustom_parts()
+        parts = self._realcustom_parts()
+        adapter, encoder, dtype = parts
         device = latents.device
         batch = latents.shape[0]
         n_steps = len(timesteps)
@@ -293,13 +298,13 @@ class RealCustomMixin:
             raise InputError(f"got {len(words)} subject words for {len(prompts)} prompts", "pass one word, or one per prompt")
         indices = [word_token_indices(self.tokenizer, p, w) for p, w in zip(prompts, words)]
         weights = token_weights(indices, text.embeds.shape[1], device).repeat_interleave(num_images_per_prompt, 0)
-        subject_features = self.encode_subject(subject_image, batch, num_images_per_prompt)
+        subject_features = self.encode_subject(subject_image, batch, num_images_per_prompt, parts=parts)
         tokens = VisualTokens(subject_features)
         # release: the unconditional rows (zero image) and the conditional rows (subject) are adjacent
         # in the batch and share the mask, so their visual branch is one attention call per layer
         # over both blocks (their keys/values projected once per run for both)
         pair_tokens = None if paper else VisualTokens(torch.cat(
-            [self.encode_subject(None, batch, num_images_per_prompt, zero=True), subject_features]))
+            [self.encode_subject(None, batch, num_images_per_prompt, zero=True, parts=parts), subject_features]))
         mask_role = "image" if options.mask_pass == "conditional" else "text"
 
         visual = RealCustomVisualAttention(adapter)
