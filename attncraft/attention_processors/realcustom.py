@@ -31,8 +31,9 @@ Host work per layer and UNet call (what an eager, launch-bound UNet pays for): w
 (release guidance) the keys/values come from that cache already split into heads and cast, and the
 branch is one attention call, one product by the mask (resized once per resolution and condition,
 the pipeline keeping its condition while the mask is reused) and one in-place addition into the
-output; with the scoring module's selection keys and values are gathered and re-weighted together
-(one gather, one product on the packed pair). Same operations on the same values as doing each
+output; with the scoring module's selection, the keys and values of all the layers are gathered,
+re-weighted and cast together once per call (one gather, one product on their packed copy; each
+layer takes a view). Same operations on the same values as doing each
 step per layer, so the same bits (``tests/realcustom/test_realcustom_host_work.py``).
 """
 
@@ -136,8 +137,8 @@ class VisualTokens:
     :meth:`keys_values` gives a layer's ``(rows, tokens, inner)`` keys and values;
     :meth:`head_keys_values` the same already split into heads ``(rows, heads, tokens, head_dim)``
     and cast to the attention's dtype (views of the cached projections, made once per layer and
-    run instead of once per UNet call); :meth:`packed_keys_values` keys and values side by side
-    ``(rows, tokens, 2 inner)``, so that a per-call selection is one gather and one product.
+    run instead of once per UNet call); :meth:`packed_keys_values` the keys and values of all the
+    adapter's layers side by side, so that a per-call selection is one gather and one product.
     """
 
     def __init__(self, features: torch.Tensor, cache: bool = True):
@@ -145,7 +146,7 @@ class VisualTokens:
         self.cache = cache
         self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._heads: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._packed: dict[str, torch.Tensor] = {}
+        self._packed: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -171,14 +172,26 @@ class VisualTokens:
                 self._heads[key] = found
         return found
 
-    def packed_keys_values(self, name: str, adapter) -> torch.Tensor:
-        """Keys and values of layer ``name`` side by side, ``(rows, tokens, 2 inner)``."""
-        found = self._packed.get(name)
-        if found is None:
-            found = torch.cat(self.keys_values(name, adapter.kv(name)), dim=-1)
+    def packed_keys_values(self, adapter) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """Keys and values of every layer of ``adapter`` side by side, ``(rows, tokens, channels)``,
+        and each layer's ``(first channel, 2 inner)`` there (its keys, then its values), so that a
+        selection of tokens is one gather and one product for all the layers of a call."""
+        found = self._packed.get(id(adapter))
+        if found is None or found[0] is not adapter:
+            offsets, pieces, start = {}, [], 0
+            f = None
+            for name in adapter.layer_names:
+                kv = adapter.kv(name)
+                if f is None or f.dtype != kv.to_k_vision.weight.dtype:
+                    f = self.features.to(kv.to_k_vision.weight.dtype)
+                pieces += [kv.to_k_vision(f), kv.to_v_vision(f)]
+                width = pieces[-2].shape[-1] + pieces[-1].shape[-1]
+                offsets[name] = (start, width)
+                start += width
+            found = (adapter, torch.cat(pieces, dim=-1), offsets)
             if self.cache:
-                self._packed[name] = found
-        return found
+                self._packed[id(adapter)] = found
+        return found[1], found[2]
 
 
 @dataclass
@@ -196,7 +209,7 @@ class VisualCondition:
     weights: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
-    _selections: dict[tuple, tuple] = field(default_factory=dict, repr=False)
+    _selections: dict[torch.dtype, tuple] = field(default_factory=dict, repr=False)
 
     def mask_at(self, hw: tuple[int, int], dtype: torch.dtype) -> torch.Tensor | None:
         if self.mask is None:
@@ -208,15 +221,20 @@ class VisualCondition:
             self._masks[key] = found
         return found
 
-    def selection(self, width: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``index`` expanded to ``width`` channels and ``weights`` as ``(b, k, 1)`` in ``dtype``,
-        made once per width and dtype for all the layers of a call (None where not set)."""
-        key = (int(width), dtype)
-        found = self._selections.get(key)
+    def selected(self, adapter, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """The packed keys/values of every layer (:meth:`VisualTokens.packed_keys_values`) with
+        ``index`` and ``weights`` applied and cast to ``dtype``: one gather, one product and one cast
+        per condition (i.e. per UNet call) for all the layers, instead of per layer."""
+        found = self._selections.get(dtype)
         if found is None:
-            index = None if self.index is None else self.index[..., None].expand(-1, -1, width)
-            weights = None if self.weights is None else self.weights[..., None].to(dtype)
-            found = self._selections[key] = (index, weights)
+            kv, offsets = self.tokens.packed_keys_values(adapter)
+            if self.index is not None:
+                kv = kv.gather(1, self.index[..., None].expand(-1, -1, kv.shape[-1]))
+            if self.weights is not None:
+                kv = kv * self.weights[..., None].to(kv.dtype)
+            if kv.dtype != dtype:
+                kv = kv.to(dtype)
+            found = self._selections[dtype] = (kv, offsets)
         return found
 
 
@@ -274,23 +292,18 @@ class RealCustomVisualAttention(AttentionTechnique):
 
         Host work per layer and call, the eager UNet being launch-bound: without a selection the
         keys/values come from the tokens' cache already split into heads and cast (no op at all);
-        with one (the scoring module's, new at every call), keys and values are selected and
-        re-weighted together (one gather, one product, on the packed pair), the expanded index and
-        the weights' cast made once per call for all the layers of one width.
+        with one (the scoring module's, new at every call), the keys and values of all the layers
+        are selected, re-weighted and cast together at the call's first layer (one gather, one
+        product, one cast), each layer taking a view of its part.
         """
         rows = cond.rows
         q = query if rows.start == 0 and rows.stop == query.shape[0] else query[rows]
         if cond.index is None and cond.weights is None:
             k, v = cond.tokens.head_keys_values(name, self.adapter, heads, q.dtype)
         else:
-            kv = cond.tokens.packed_keys_values(name, self.adapter)
-            index, weights = cond.selection(kv.shape[-1], kv.dtype)
-            if index is not None:
-                kv = kv.gather(1, index)
-            if weights is not None:
-                kv = kv * weights
-            if kv.dtype != q.dtype:
-                kv = kv.to(q.dtype)
+            packed, offsets = cond.selected(self.adapter, q.dtype)
+            start, width = offsets[name]
+            kv = packed[..., start:start + width]
             k, v = kv.view(kv.shape[0], kv.shape[1], 2, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         vis = sdpa(q, k, v).transpose(1, 2).reshape(q.shape[0], -1, heads * q.shape[-1])
         return vis, cond.mask_at(hw, vis.dtype)
