@@ -45,8 +45,12 @@ one UNet call of ``3 b`` rows (text-only | zero image | subject), plain CFG's is
 reused, ``2 b``. The word maps are computed for the text-only rows only, after the call, batched
 across layers; every layer keeps the fused attention kernel. The zero-image and subject branches
 are one attention call per layer (adjacent rows, one mask); their keys/values are projected once
-per run; the image encoder runs once per image per run; no host sync in the loop (the scheduler
-gets its begin index, as in diffusers' SDXL pipeline).
+per run (and split into heads once per layer and run); the image encoder runs once per image per
+run; no host sync in the loop (the scheduler gets its begin index, as in diffusers' SDXL pipeline).
+The visual condition (with its mask resized per resolution) and the concatenated text conditioning
+are kept across calls while they do not change (the mask reused, the same rows): the eager UNet is
+launch-bound, so RealCustom's cost is the operators it adds per layer and call
+(``benchmarks/bench_realcustom.py`` counts them per step).
 """
 
 from __future__ import annotations
