@@ -128,10 +128,9 @@ class DPLConfig:
             raise InputError(f"unknown background downsampling {self.bg_downsample!r}", "pass nearest, area or reference")
         if self.precision not in ("fp32", "tf32", "bf16", "fp16"):
             raise InputError(f"unknown DPL precision {self.precision!r}", "pass fp32, tf32, bf16 or fp16")
-        if self.attention not in ("auto", "explicit", "fused"):
-            raise InputError(f"unknown DPL attention kernel {self.attention!r}", "pass auto, explicit or fused")
-        from attncraft.pipelines.inversion import check_compile_mode
+        from attncraft.pipelines.inversion import check_attention_choice, check_compile_mode
 
+        check_attention_choice(self.attention, "DPL attention kernel")
         check_compile_mode(self.compile, "DPL compile mode")
         return self
 

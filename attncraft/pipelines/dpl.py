@@ -20,10 +20,10 @@ updates off (``token_steps <= 1``) it is null-text inversion exactly. Deviations
 only the placeholder vectors get gradients (UNet and text encoder frozen: no weight gradients), the
 token-update pass stops the UNet once the loss layers have run, the map average counts its steps,
 a missing background cluster drops L_bg for that scene (logged), one noun gives L_dj = 0 (warned).
-Cost (no effect on the result beyond float32 rounding): the backpropagating passes take the explicit
-attention product in float32 on CUDA (``DPLConfig.attention``, see
-:func:`~attncraft.pipelines.inversion.explicit_attention_wanted`), and the loop waits for the GPU
-only where it must read a value (the early-stop checks); ``DPLConfig.precision="tf32"`` is opt-in, and
+Cost: the loop waits for the GPU only where it must read a value (the early-stop checks); the
+backpropagating passes take the fused attention kernel unless ``DPLConfig.attention`` says otherwise
+(``auto``: the explicit product for float32 on CUDA, see
+:func:`~attncraft.pipelines.inversion.explicit_attention_wanted`); ``DPLConfig.precision="tf32"`` is opt-in, and
 so is ``DPLConfig.compile`` (the backpropagating UNet calls under ``torch.compile``, see
 :class:`~attncraft.pipelines.inversion.CompiledUNet`: the token pass's graph ends at the loss layers).
 """
@@ -365,10 +365,9 @@ class RealImageEditMixin:
         pixels = torch.cat(pixels)
         H, W = arrays[0].shape[:2]
         tokens = scene_tokens(self.tokenizer if self.tokenizer is not None else self.tokenizer_2, prompts, noun_lists)
-        fast = ModelAdapter(self, AUTOCAST[config.precision] if config is not None else None,
-                            attention=config.attention if config is not None else "fused",
-                            compile=config.compile if config is not None else None)
-        tf32 = config is not None and config.precision == "tf32"
+        passes = config if config is not None else DPLConfig()  # the optimisation passes' precision and kernels
+        fast = ModelAdapter(self, AUTOCAST[passes.precision], attention=passes.attention, compile=passes.compile)
+        tf32 = passes.precision == "tf32"
         model = ModelAdapter(self)
         plan = attention_plan(self)
         schedule = DDIMSchedule.from_scheduler(self.scheduler, steps, model.device)

@@ -189,6 +189,13 @@ def attention_map_bytes(unet, batch: int, latent_hw: tuple[int, int], text_token
     return total
 
 
+def check_attention_choice(choice: str, what: str = "attention choice") -> str:
+    """``choice`` if it is one of :data:`ATTENTION_CHOICES`, else a one-line :class:`InputError`."""
+    if choice not in ATTENTION_CHOICES:
+        raise InputError(f"unknown {what} {choice!r}", f"pass one of {', '.join(ATTENTION_CHOICES)}")
+    return choice
+
+
 def explicit_attention_wanted(choice: str, device: torch.device, dtype: torch.dtype, autocast: torch.dtype | None,
                               map_bytes: int, grad: bool) -> bool:
     """Whether a UNet call of the optimisation takes the explicit attention product.
@@ -204,8 +211,7 @@ def explicit_attention_wanted(choice: str, device: torch.device, dtype: torch.dt
     because those iterations are launch-bound and the explicit product adds launches; so ``fused``
     is DPL's default and ``auto`` an option for GPUs and sizes where the kernels dominate.
     """
-    if choice not in ATTENTION_CHOICES:
-        raise InputError(f"unknown attention choice {choice!r}", f"pass one of {', '.join(ATTENTION_CHOICES)}")
+    check_attention_choice(choice)
     if not grad or choice == "fused":
         return False
     if choice == "explicit":
@@ -323,7 +329,7 @@ class ModelAdapter:
 
     def __init__(self, pipe, autocast_dtype: torch.dtype | None = None, attention: str = "fused",
                  compile: str | None = None):
-        explicit_attention_wanted(attention, torch.device("cpu"), torch.float32, None, 0, False)  # validates
+        check_attention_choice(attention)
         if check_compile_mode(compile) is not None and COMPILE_BACKEND == "inductor" and pipe._execution_device.type == "cpu":
             raise InputError("DPL's compile option is refused on the CPU: torch's inductor returns wrong gradients there "
                              "for UNet calls where only the text embeddings require grad (also on a plain diffusers UNet)",
