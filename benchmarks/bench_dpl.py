@@ -440,7 +440,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     COMPILE_MODE["mode"] = args.compile_mode
     device = torch.device(args.device)
+    previous = inversion_module.COMPILE_BACKEND  # a library setting: restored for whoever runs next in this process
     inversion_module.COMPILE_BACKEND = args.compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
+    try:
+        return run(args, argv, device)
+    finally:
+        inversion_module.COMPILE_BACKEND = previous
+
+
+def run(args, argv, device: torch.device) -> int:
     pipe, size = build_pipeline(args.tiny, device)
     s = Setup(pipe, size, device, args.steps)
     before = [v.detach().cpu().clone() for v in pipe.unet.state_dict().values()]  # on the host: not in the peaks
