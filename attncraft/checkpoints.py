@@ -11,6 +11,8 @@ pickles are refused with one line saying so, unless the user passes ``--trust-pi
 * :func:`convert_to_safetensors` and ``python -m attncraft.checkpoints PATH`` - turn a trusted pickle
   (a single file, or every pickle of a model folder) into safetensors beside it, so later runs need
   no trust flag. Conversion unpickles with ``weights_only=True`` (tensors only).
+* :func:`strict_mismatches` - what a file of tensors lacks, has in excess, or has of the wrong shape
+  against the tensors a loader expects (the wording of every strict loader's one-line error).
 """
 
 from __future__ import annotations
@@ -29,6 +31,29 @@ SAFETENSORS_SUFFIX = ".safetensors"
 TRUST_FLAG = "--trust-pickle"
 
 _INDEX_SUFFIX = ".index.json"
+
+
+def _listing(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def strict_mismatches(expected: Mapping[str, Any], tensors: Mapping[str, Any]) -> list[str]:
+    """How ``tensors`` (name -> tensor) fail to match ``expected`` (name -> tensor or parameter): the
+    missing names, the unexpected ones and the ones of another shape, each counted with the first few
+    named (``[]`` when they match)."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_listing(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
+    if shapes:
+        wrong = [f"{k} {tuple(tensors[k].shape)} for {tuple(expected[k].shape)}" for k in shapes]
+        problems.append(f"{len(shapes)} of the wrong shape ({_listing(wrong)})")
+    return problems
 
 
 def is_pickle_file(path: str | os.PathLike) -> bool:

@@ -337,6 +337,7 @@ class LoadedAdapter:
     reference: str
     label: str
     source: str
+    folder: Path | None = None  # the adapter's own folder (where a motion text path file would sit)
 
 
 def _embedded_adapter(dtype: torch.dtype) -> LoadedAdapter:
@@ -347,7 +348,7 @@ def _embedded_adapter(dtype: torch.dtype) -> LoadedAdapter:
     folder = shapes_models.SHAPES_MOTION_DIR
     if shapes_models.trained_shapes_motion_available(folder):
         adapter = MotionAdapter.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
-        return LoadedAdapter(adapter, "shapes", "shapes motion (embedded)", "embedded")
+        return LoadedAdapter(adapter, "shapes", "shapes motion (embedded)", "embedded", folder=Path(folder))
     adapter = shapes_models.build_shapes_motion_adapter().to(dtype)
     label = "shapes motion (random stand-in, untrained: frames are independent images)"
     return LoadedAdapter(adapter, "shapes", label, "embedded")
@@ -391,7 +392,7 @@ def _adapter_folder(folder: Path, dtype: torch.dtype, trust_pickle: bool) -> Loa
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load motion adapter folder {ref!r}: {short_reason(exc, 200)}",
                              "check that the folder is complete (config.json and its weights)") from exc
-    return LoadedAdapter(adapter, ref, f"{Path(ref).name} (adapter folder)", "folder")
+    return LoadedAdapter(adapter, ref, f"{Path(ref).name} (adapter folder)", "folder", folder=folder)
 
 
 def read_state_dict(path: Path, trust_pickle: bool, what: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -690,6 +691,15 @@ def load_text_to_video(
     except (ValueError, RuntimeError) as exc:  # widths agree but the modules still do not load
         raise ModelLoadError(f"motion adapter {motion.label} does not fit {base.label}: {short_reason(exc, 200)}",
                              "pass an adapter made for this base") from exc
+    label = f"{base.label} + {motion.label}"
+    adapter_label = motion.label
+    from attncraft.video.motion_text_path import apply_text_path, has_text_path
+
+    if has_text_path(motion.folder):
+        # the adapter's trained cross-attention changes, on the motion UNet that from_unet2d copied from the
+        # image UNet (the image pipeline is untouched)
+        apply_text_path(pipe.unet, motion.folder)
+        label, adapter_label = f"{label} + motion text path", f"{adapter_label} + motion text path"
     # UNetMotionModel.from_unet2d builds the motion UNet on the CPU while the other components sit on
     # the device, and a pipeline reports the device of its first accelerator component: move explicitly
     pipe = _finish(pipe.to(dev), dev, dt)
@@ -701,9 +711,8 @@ def load_text_to_video(
     elif motion.source == "folder":
         defaults.update(read_defaults(motion.reference))
     family = "animatediff-sdxl" if base.family == "sdxl" else "animatediff"
-    label = f"{base.label} + {motion.label}"
     return LoadedPipeline(pipe, base.reference, label, family, base.source, defaults,
-                          adapter=motion.reference, adapter_label=motion.label)
+                          adapter=motion.reference, adapter_label=adapter_label)
 
 
 def pipeline_as(cls, pipe, **components):

@@ -172,8 +172,12 @@ def load_pipeline(model: str, adapter: str, device: torch.device, dtype: torch.d
 
     for folder, what in ((model, "--model"), (adapter, "--adapter")):
         check_input_file(Path(folder) / "config.json" if what == "--adapter" else Path(folder) / "model_index.json", f"{what} folder's config")
+    from attncraft.video.motion_text_path import apply_text_path, has_text_path
+
     motion = MotionAdapter.from_pretrained(adapter, dtype=dtype)
     pipe = TextToVideoPipeline.from_pretrained(model, motion_adapter=motion, dtype=dtype).to(device)
+    if has_text_path(adapter):  # the adapter's trained cross-attention changes, as load_text_to_video applies them
+        apply_text_path(pipe.unet, adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -658,11 +658,6 @@ def read_ctgm_metadata(path: str | os.PathLike) -> tuple[CTGMConfig, dict[str, A
     return config, training
 
 
-def _listing(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
 def load_ctgm(path: str | os.PathLike, unet: nn.Module | None = None, *, device: Any = None,
               dtype: torch.dtype | None = None) -> CTGM:
     """A :class:`CTGM` from a file of :func:`save_ctgm`, loaded strictly: any tensor missing from the
@@ -670,22 +665,15 @@ def load_ctgm(path: str | os.PathLike, unet: nn.Module | None = None, *, device:
     ``unet``, the file must fit that UNet's layout (:meth:`CTGM.check_fits`)."""
     from safetensors.torch import load_file
 
+    from attncraft.checkpoints import strict_mismatches
+
     config, training = read_ctgm_metadata(path)
     ctgm = CTGM(config)
     if unet is not None:
         ctgm.check_fits(unet)
     tensors = load_file(str(path))
     params = dict(ctgm.named_parameters())
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
-    shapes = sorted(k for k in set(params) & set(tensors) if tuple(params[k].shape) != tuple(tensors[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({_listing(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
-    if shapes:
-        problems.append(f"{len(shapes)} of the wrong shape ({_listing([f'{k} {tuple(tensors[k].shape)} for {tuple(params[k].shape)}' for k in shapes])})")  # noqa: E501
+    problems = strict_mismatches(params, tensors)
     if problems:
         raise InputError(f"CTGM weights {path} do not match their '{config.mode}' configuration: {'; '.join(problems)}",
                          "pass the file save_ctgm wrote, unmodified")  # fmt: skip

@@ -16,7 +16,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #
 # Environment overrides (CPU dry run: SHAPES_DEVICE=cpu SHAPES_CONFIG=smoke SD_DIR=<a small SD folder>):
 #   SHAPES_DEVICE, SHAPES_CONFIG, SD_DIR, MIN_TRAIN, MIN_EVAL, WORK, DONE (touched when finished),
-#   INIT=DIR (continue from an adapter folder), COMPILE=1 (torch.compile the motion UNet).
+#   INIT=DIR (continue from an adapter folder), COMPILE=1 (torch.compile the motion UNet),
+#   TEXT_PATH=cross-kv (train the motion text path too: the spatial cross-attention key/value projections,
+#   saved as text_path.safetensors in the adapter folder and applied by the loader; ~0.56 MB; see
+#   attncraft/video/motion_text_path.py), TEXT_PATH_LR (its peak lr, default 2e-4).
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-motion}
 WORK=${WORK:-/tmp/shapes-motion}
@@ -30,6 +33,8 @@ DONE=${DONE:-}
 EXTRA=()
 [ -n "$INIT" ] && EXTRA+=(--init "$INIT")
 [ "${COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
+[ -n "${TEXT_PATH:-}" ] && EXTRA+=(--text-path "$TEXT_PATH")
+[ -n "${TEXT_PATH_LR:-}" ] && EXTRA+=(--text-path-lr "$TEXT_PATH_LR")
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
 T="python3 -m attncraft.shapes.training"

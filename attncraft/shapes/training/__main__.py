@@ -15,11 +15,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m attncraft.shapes.training",
                                 description="Train / evaluate the Shapes models.")
     p.add_argument("stage", choices=["clip", "vae", "unet", "motion", "ctgm", "evaluate", "realcustom", "realcustom-eval"])
-    p.add_argument("--config", choices=["smoke", "cpu", "full", "finetune", "finetune-text", "full-mesh"],
+    p.add_argument("--config", choices=["smoke", "cpu", "full", "finetune", "finetune-text", "finetune-text-cpu",
+                                         "motion-cpu", "full-mesh"],
                    default="smoke",
                    help="smoke (seconds), full (one GPU); realcustom also has cpu (an hour on a CPU); unet also has "
                         "finetune (full, with the UNet settings of a warm start, --init) and finetune-text (finetune "
-                        "with the text encoder trained too); clip also has full-mesh (the mesh-reading fine-tune, "
+                        "with the text encoder trained too) and finetune-text-cpu (finetune-text at CPU size, under an "
+                        "hour); motion also has motion-cpu (paired experiments on a CPU, --init); clip also has full-mesh (the mesh-reading fine-tune, "
                         "one GPU)")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
@@ -58,6 +60,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "(finetune-text does by default)")
     p.add_argument("--text-lr", type=float, default=None,
                    help="unet: the text encoder's peak learning rate when it is trained (default: the config's, 1e-4)")
+    p.add_argument("--text-path", choices=["cross-kv"], default=None,
+                   help="motion: also train the motion text path (the spatial cross-attention key/value projections, "
+                        "saved as text_path.safetensors beside the adapter; attncraft/video/motion_text_path.py)")
+    p.add_argument("--text-path-lr", type=float, default=None,
+                   help="motion: the text path's peak learning rate (default: the config's, 2e-4)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     return p.parse_args(argv)
@@ -81,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=ns.workers, clip_dir=ns.clip_dir, vae_dir=ns.vae_dir, sd_dir=ns.sd_dir, adapter_dir=ns.adapter_dir,
         prompts=ns.prompts, ctgm_mode=ns.ctgm_mode, ctgm_sites=ns.ctgm_sites, what=ns.what,
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
-        mesh_fraction=ns.mesh_fraction, train_text=ns.train_text, text_lr=ns.text_lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        mesh_fraction=ns.mesh_fraction, train_text=ns.train_text, text_lr=ns.text_lr,
+        text_path=ns.text_path, text_path_lr=ns.text_path_lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     if ns.stage == "clip":
         from attncraft.shapes.training.clip import train_clip

@@ -47,6 +47,8 @@ class RunArgs:
     mesh_fraction: float | None = None  # clip: share of mesh renders per batch (None: the config's)
     train_text: bool = False  # unet: train the text encoder jointly (as the config's train_text)
     text_lr: float | None = None  # unet: the text encoder's peak learning rate (None: the config's)
+    text_path: str | None = None  # motion: train a motion text path of this kind (None: the config's)
+    text_path_lr: float | None = None  # motion: its peak learning rate (None: the config's)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 

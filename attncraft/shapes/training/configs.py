@@ -1,5 +1,6 @@
 """Training configurations: ``full`` (one H200, minutes), ``finetune`` (``full`` with the UNet
 settings of a warm start), ``finetune-text`` (``finetune`` with the text encoder trained too),
+``finetune-text-cpu`` (the same at CPU size), ``motion-cpu`` (paired motion experiments on a CPU),
 ``full-mesh`` (the mesh-reading CLIP fine-tune, one H200) and ``smoke`` (CPU, seconds, used by tests).
 
 The full configurations use the shipped architectures of :mod:`attncraft.shapes.models`; the smoke
@@ -128,6 +129,11 @@ class MotionTrain:
     pool_fill_limit_s: float | None = 40.0
     probe_examples: int = 512
     heads: int = 4
+    # the motion text path (attncraft/video/motion_text_path.py): None (the spatial layers frozen) or
+    # "cross-kv" (their cross-attention key / value projections trained with the motion modules)
+    text_path: str | None = None
+    text_path_lr: float = 2e-4  # its own peak learning rate (a fifth of the motion modules': it moves trained weights)
+    text_path_warmup: int = 200
     overrides: dict[str, Any] | None = None  # MotionAdapter kwargs over the ones derived from the UNet
     max_steps: int | None = None
     log_every_s: float = 15.0
@@ -243,6 +249,25 @@ against 11.7 % for "left of" / "right of", ``benchmarks/probe_text_relations.py`
 """
 
 
+FINETUNE_TEXT_CPU = dict(FINETUNE_TEXT, batch=64, pool=8192, chunk=256, refresh_every=16, workers=1,
+                         pool_fill_limit_s=150.0, probe_examples=1024, reserve_s=30.0, log_every_s=60.0)
+"""``finetune-text-cpu``: ``finetune-text`` at a size two CPU cores can run in under an hour (the test of the
+cure without a GPU): the same learning rates, warm-ups, caption mix and EMA, batches of 64 instead of 512 and a
+pool of 8,192 scenes (a refresh of 256 every 16 steps). In 45 minutes it sees about a tenth of the examples of
+the 6-minute GPU run, so it says whether training the text tower moves vertical relations, not how far the GPU
+run will take them."""
+
+
+MOTION_CPU = dict(batch=4, long_fraction=0.0, lr=2e-4, warmup=50, text_path_warmup=50, pool=1024, chunk=64,
+                  refresh_every=25, workers=1, pool_fill_limit_s=240.0, probe_examples=128, log_every_s=60.0,
+                  reserve_s=30.0)
+"""``motion-cpu``: the motion stage at a size two CPU cores can run in half an hour, for paired experiments
+that continue a trained adapter (``--init``): batches of 4 clips of 16 frames, a pool of 1,024 clips, a
+fine-tune's peak lr (2e-4, the text path's too) after 50 steps, no 32-frame steps, a 128-clip probe. It
+compares options at equal steps (e.g. ``--text-path cross-kv`` against none); it does not train an
+adapter to ship."""
+
+
 MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
                       mesh_refresh_every=6, pool_fill_limit_s=25.0, train_vision_from=5)
 """``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders; the
@@ -257,6 +282,10 @@ def get_configs(name: str) -> StageConfigs:
         return StageConfigs(unet=UnetTrain(**FINETUNE_UNET))
     if name == "finetune-text":
         return StageConfigs(unet=UnetTrain(**FINETUNE_TEXT))
+    if name == "finetune-text-cpu":
+        return StageConfigs(unet=UnetTrain(**FINETUNE_TEXT_CPU))
+    if name == "motion-cpu":
+        return StageConfigs(motion=MotionTrain(**MOTION_CPU))
     if name == "full-mesh":
         return StageConfigs(clip=ClipTrain(**MESH_FINE_TUNE))
     if name == "smoke":
@@ -282,4 +311,4 @@ def get_configs(name: str) -> StageConfigs:
                             motion_one=2, motion_seq=2, motion_sweep_prompts=1, motion_sweep_guidance=(3.0,),
                             motion_baseline=1, motion_frames=8, motion_batch=2),
         )
-    raise ValueError(f"unknown config {name!r} (smoke, full, finetune, finetune-text or full-mesh)")
+    raise ValueError(f"unknown config {name!r} (smoke, full, finetune, finetune-text, finetune-text-cpu, motion-cpu or full-mesh)")

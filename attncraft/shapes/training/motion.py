@@ -14,12 +14,17 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   cross-attention, so "moves right" must be read from the features the frozen cross-attention
   writes; the captions are the world grammar's own, with the motion clauses ("moves right",
   "grows", "turns blue", "then...") and several wordings per clip, 10 % dropped to the empty
-  prompt for classifier-free guidance.
+  prompt for classifier-free guidance. The frozen layers pass little of some motion words on
+  (``benchmarks/probe_motion_words.py``: "moves up" / "moves down" moves the motion modules' input
+  by 4.5 %, "grows" / "shrinks" by 7 %, a colour word by 52 %), so ``--text-path cross-kv`` also trains their cross-attention
+  key / value projections, at their own learning rate and without decay, and saves the change beside
+  the adapter (:mod:`attncraft.video.motion_text_path`; the loader applies it to the motion UNet only).
 * **Small frames, large batches.** 64x64 frames (16x16 latents, what shapes SD was trained on), 48
   clips of 16 frames per step (768 frames; the small UNet is partly launch-bound on an H200, so a
   larger batch costs less than proportionally), AdamW lr 1e-3 (2.6 M parameters whose outputs start
   at zero) with warm-up and a cosine over the wall-clock budget, grad-clip 1, bf16 autocast, a
-  power-function EMA of the motion weights (the ones saved). Only the motion modules train (``freeze_unet2d_params``).
+  power-function EMA of the motion weights (the ones saved). Only the motion modules train (``freeze_unet2d_params``),
+  and the text path when asked.
 * **Clips on the GPU.** Scenes and captions come from worker processes; the clips are rendered on
   the training device at 32 frames and encoded once by the frozen VAE into an on-device pool,
   refreshed from fresh scenes throughout. A 16-frame example is every second frame of a clip (from
@@ -40,12 +45,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attncraft.shapes.training import common
+from attncraft.video import motion_text_path as text_path
 from attncraft.shapes.training.configs import MotionTrain, get_configs
 from attncraft.shapes.training.data import ChunkStream, DevicePool, SceneChunks, fill_pool, maybe_refresh, tokenize
 
@@ -228,6 +235,10 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     from attncraft.shapes.models import NOISE_SCHEDULE, SHAPES_SD_DIR
 
     cfg = common.apply_overrides(cfg or get_configs(args.config).motion, args)
+    if args.text_path:
+        cfg = replace(cfg, text_path=args.text_path)
+    if args.text_path_lr is not None:
+        cfg = replace(cfg, text_path_lr=args.text_path_lr)
     out, device, budget, max_steps, workers, say = common.start_stage("motion", args, cfg, quiet).unpack()
     sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
     n_caps = len(cfg.caption_omits)
@@ -243,6 +254,13 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     del sd
     motion_params = [p for p in unet.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in motion_params)
+    text_base, text_params = None, []
+    if cfg.text_path:
+        text_base = text_path.mark_trainable(unet, cfg.text_path)
+        text_params = text_path.text_path_parameters(unet, cfg.text_path)
+        say(f"motion text path '{cfg.text_path}': {len(text_params)} tensors of the spatial cross-attention "
+            f"({sum(p.numel() for p in text_params) / 1e6:.3f} M params) trained too, peak lr {cfg.text_path_lr:g} "
+            f"after {cfg.text_path_warmup} warm-up steps, no weight decay")
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     latent = cfg.image_size // scale
     length = max(cfg.frames, cfg.long_frames)
@@ -268,7 +286,12 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     say(f"held-out v-loss before training ({probe_names}): {_probe_line(probe_before)}")
     unet.train()
 
-    opt = common.adamw(motion_params, cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
+    groups: list[dict[str, Any]] = [{"params": motion_params}]
+    if text_params:
+        groups.append({"params": text_params, "weight_decay": 0.0, "peak_lr": cfg.text_path_lr,
+                       "warmup": cfg.text_path_warmup})
+    trained = motion_params + text_params
+    opt = common.adamw(groups, cfg.lr, cfg.weight_decay, device, betas=cfg.betas)
     ema = common.PowerEMA(unet, gamma=cfg.ema_gamma)
     model_fn = common.CompiledOrEager(unet, args.compile, say)
     log = common.LossLog("motion", every_s=cfg.log_every_s, quiet=quiet)
@@ -298,7 +321,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         loss = (per * weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(motion_params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
         opt.step()
         ema.update()
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
@@ -313,9 +336,21 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     say(f"held-out v-loss after training ({probe_names}): {_probe_line(probe_after)}")
     adapter_from_unet(unet, adapter)
     save_adapter_folder(out, adapter, DEFAULTS)
+    text_info = None
+    if text_base is not None:
+        deltas = text_path.text_path_deltas(unet, text_base)
+        rel = torch.stack([d.norm() / text_base[n].float().norm().cpu().clamp(min=1e-12) for n, d in deltas.items()])
+        text_info = {"kind": cfg.text_path, "tensors": len(deltas), "params": sum(d.numel() for d in deltas.values()),
+                     "lr": cfg.text_path_lr, "warmup": cfg.text_path_warmup,
+                     "relative_change": {"mean": float(rel.mean()), "max": float(rel.max())},
+                     "base_unet_sha256_16": weights_fingerprint(sd_dir / "unet"), "steps": steps.done}
+        text_path.save_text_path(out / text_path.TEXT_PATH_FILE, deltas, cfg.text_path, training=text_info)
+        say(f"motion text path saved: {len(deltas)} tensors, relative change mean {text_info['relative_change']['mean']:.3f} "
+            f"max {text_info['relative_change']['max']:.3f}")
     info = {
         "model": "shapes-motion",
         "adapter_params": n_params,
+        "text_path": text_info,
         "adapter_config": {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")},
         "initialised_from": common.init_provenance(args.init_dir, "motion_adapter") if args.init_dir else None,
         "sd_dir": str(sd_dir),
