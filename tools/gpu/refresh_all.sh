@@ -15,7 +15,9 @@
 # trained folders stay as the job scripts leave them (split tars), to be unpacked as the model card says.
 #
 #   run from the repository root, carrying .whl:  OUT=/tmp/refresh bash tools/gpu/refresh_all.sh
-#   JOBS="motion sd clip" limits the trainings (default: all); BENCH=1 adds the cost benchmarks.
+#   JOBS="motion sd clip" limits the trainings (default: all); BENCH=1 adds the cost benchmarks; the motion
+#   adapter trains with the motion text path (TEXT_PATH=cross-kv, attncraft/video/motion_text_path.py) unless
+#   TEXT_PATH= is given empty.
 # Wall time: about 25 minutes on one H200 (SD ~7.5 min, then motion ~8 min beside RealCustom and DPL, then CTGM
 # ~9 min beside BroadWay/VSTAR ~6 min).
 # Every job script it runs was run on an H200 on 2026-12-01 from an orchestration of the same shape; this
@@ -65,7 +67,8 @@ if ls "$OUT"/sd/shapes-sd.tar.* > /dev/null 2>&1; then
 fi
 job realcustom "$NEW" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" &
 job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
-wants motion && { job motion "$NEW" "MIN_TRAIN=\${MIN_TRAIN:-6} WORK=/tmp/refresh-work/motion bash tools/gpu/train_shapes_motion.sh" & }
+# the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
+wants motion && { job motion "$NEW" "MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=/tmp/refresh-work/motion bash tools/gpu/train_shapes_motion.sh" & }
 
 # wave 2, CLIP side
 ( if wants clip; then waitrc clip; fi
