@@ -378,8 +378,31 @@ def load_in_float32_by_default(folder: str | Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def legacy_text_encoder_keys(folder: str | Path) -> None:
+    """Store the text encoder under SD 1.x's key names (``text_model.*``).
+
+    transformers 5 writes a ``CLIPTextModel`` without the ``text_model.`` prefix; 4.x cannot load
+    that, while 5.x strips the prefix on load (as it does for every SD 1.5 checkpoint). With the
+    prefix the folder loads in both.
+    """
+    from safetensors.torch import load_file, save_file
+
+    for path in Path(folder).glob("*.safetensors"):
+        sd = load_file(str(path))
+        if all(k.startswith("text_model.") for k in sd):
+            continue
+        save_file({(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()},
+                  str(path), metadata={"format": "pt"})
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def shipped_sd_vocab_size() -> int | None:
+    """The vocabulary size of the shipped shapes SD's text encoder (None when it is not shipped)."""
+    path = SHAPES_SD_DIR / "text_encoder" / "config.json"
+    return int(json.loads(path.read_text())["vocab_size"]) if path.is_file() else None
 
 
 def shapes_size_budget() -> dict[str, dict[str, int]]:
@@ -389,9 +412,13 @@ def shapes_size_budget() -> dict[str, dict[str, int]]:
         vae = build_shapes_vae()
         unet = build_shapes_unet()
         motion = build_shapes_motion_adapter(zero_outputs=False)
+    # shapes SD's text encoder is the text tower with the token embedding cut to the Shapes vocabulary
+    # (attncraft.shapes.vocab): the shipped folder's vocabulary size, CLIP's before one is shipped
+    text = clip.config.text_config
+    sd_vocab = shipped_sd_vocab_size() or text.vocab_size
     parts = {
         "shapes-clip": count_params(clip),
-        "shapes-sd/text_encoder": count_params(clip.text_model),
+        "shapes-sd/text_encoder": count_params(clip.text_model) - (text.vocab_size - sd_vocab) * text.hidden_size,
         "shapes-sd/vae": count_params(vae),
         "shapes-sd/unet": count_params(unet),
         "shapes-motion": count_params(motion),

@@ -96,6 +96,7 @@ def test_vae_scaling_factor_measured(trained):
 def test_sd_folder_loads_offline_and_generates(trained):
     from diffusers import StableDiffusionPipeline
 
+    from attncraft.shapes.vocab import VocabRemap
     from attncraft.tokenizer import load_clip_tokenizer
 
     root, _ = trained
@@ -108,7 +109,10 @@ def test_sd_folder_loads_offline_and_generates(trained):
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch.float32)
     assert pipe.tokenizer.model_max_length == 77
     text = "a big striped red circle on the left and a blue heart"
-    assert pipe.tokenizer(text).input_ids == load_clip_tokenizer()(text).input_ids
+    # saved with the Shapes vocabulary (attncraft.shapes.vocab): CLIP's ids of a world caption, remapped
+    remap = VocabRemap.for_tokenizer(pipe.tokenizer)
+    assert remap is not None and 500 < remap.size < 2000
+    assert pipe.tokenizer(text).input_ids == remap(torch.tensor(load_clip_tokenizer()(text).input_ids)).tolist()
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, height=64, width=64, output_type="np",
@@ -125,9 +129,11 @@ def test_sd_text_encoder_is_the_clip_text_tower(trained):
     clip = CLIPModel.from_pretrained(str(root / "shapes-clip"), local_files_only=True, dtype=torch.float32)
     enc = CLIPTextModel.from_pretrained(str(root / "shapes-sd" / "text_encoder"), local_files_only=True,
                                         dtype=torch.float32)
-    ids = torch.tensor([[49406, 320, 736, 7117, 49407] + [49407] * 72])
+    from attncraft.shapes.vocab import VocabRemap
+
+    ids = torch.tensor([[49406, 320, 736, 7117, 49407] + [49407] * 72])  # CLIP's ids of "a red circle"
     a = clip.text_model(input_ids=ids).last_hidden_state
-    b = enc(input_ids=ids).last_hidden_state
+    b = enc(input_ids=VocabRemap.for_folder(root / "shapes-sd")(ids)).last_hidden_state  # the folder's own ids
     torch.testing.assert_close(a, b)
 
 
@@ -160,7 +166,10 @@ def test_full_size_architectures_fit_the_size_budget():
     assert budget["total"]["fp16_bytes"] < SIZE_BUDGET_BYTES
     assert 3e6 < budget["shapes-sd/unet"]["params"] < 12e6
     assert 1e6 < budget["shapes-sd/vae"]["params"] < 2e6
-    assert budget["shapes-sd/text_encoder"]["params"] == budget["shapes-clip (text tower)"]["params"]
+    from attncraft.shapes.models import shipped_sd_vocab_size
+
+    vocab = shipped_sd_vocab_size() or 49408  # the text tower, its token embedding cut to the Shapes vocabulary
+    assert budget["shapes-sd/text_encoder"]["params"] == budget["shapes-clip (text tower)"]["params"] - (49408 - vocab) * 128
 
 
 def test_full_configs_match_the_world_and_tokenizer():

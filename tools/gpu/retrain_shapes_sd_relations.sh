@@ -20,9 +20,9 @@
 #   stage2_unet.log (its "text encoder trained: ..." lines say what was trained and that the rest is unchanged;
 #   training_log.json in the tar: "text_encoder_training") stage2_eval.log, shapes_eval.json shapes_eval.md
 #   (per relation word too), sd_samples.png, probe_text_relations.md (shipped and new text encoder).
-# Unpack into the repository (the tokenizer's links are restored from git):
-#   rm -rf assets/models/shapes-sd && cat shapes-sd.tar.* | tar -xf - -C assets/models \
-#     && rm -rf assets/models/shapes-sd/tokenizer && git checkout assets/models/shapes-sd/tokenizer
+# Unpack into the repository (the folder is self-contained: its tokenizer and text encoder carry the
+# Shapes vocabulary, attncraft/shapes/vocab.py):
+#   rm -rf assets/models/shapes-sd && cat shapes-sd.tar.* | tar -xf - -C assets/models
 # Overrides: TEXT, TEXT_LR (the text encoder's peak lr, default 1e-4), MIN_UNET, MIN_EVAL, COMPILE=1 (not worth its ~100 s of compiling in a 6-minute run),
 #   and the other variables of train_shapes_stage2.sh.
 #

@@ -53,6 +53,7 @@ from attncraft.shapes.training.data import (
     tokenize,
 )
 from attncraft.shapes.training.motion import ClipEncoder, weights_fingerprint
+from attncraft.shapes.vocab import VocabRemap, for_clip_ids
 
 PROBE_SEED_BASE = 7_000_000
 """Held-out clips of the probe (disjoint from training, the other probes and evaluation seeds)."""
@@ -146,7 +147,9 @@ def train_ctgm(args: common.RunArgs, cfg: CtgmTrain | None = None, quiet: bool =
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, num_objects=cfg.num_objects,
                                      motion=True), workers=workers)  # fmt: skip
     pipe = frozen_motion_pipeline(sd_dir, adapter_dir, device, torch.float32)
-    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    # captions are CLIP ids (pools, probe); a pruned shapes SD encoder takes its own ids
+    unet, vae = pipe.unet, pipe.vae
+    text_encoder = for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))
     ctgm, technique = attach_ctgm(pipe, cfg.mode, cfg.sites, init=args.init_dir)
     manager = get_manager(pipe)
     counts = ctgm.parameter_counts()

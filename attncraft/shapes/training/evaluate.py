@@ -312,7 +312,10 @@ def pipeline_relation_flip_probe(pipe, n: int) -> dict[str, float]:
         return {"latents": vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor}
 
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    return relation_flip_probe(pipe.unet, pipe.text_encoder, encode, alphas_cumprod, device, n)
+    from attncraft.shapes.vocab import VocabRemap, for_clip_ids
+
+    text = for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))  # the probe tokenizes to CLIP ids
+    return relation_flip_probe(pipe.unet, text, encode, alphas_cumprod, device, n)
 
 
 @torch.no_grad()

@@ -213,7 +213,10 @@ class Encoders:
     """The frozen base models that turn examples into pool tensors."""
 
     def __init__(self, pipe, encoder, device: torch.device):
+        from attncraft.shapes.vocab import VocabRemap, for_clip_ids
+
         self.pipe, self.encoder, self.device = pipe, encoder, device
+        self.text_encoder = for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))  # chunks hold CLIP ids
         self.scaling = float(pipe.vae.config.scaling_factor)
         self.latent = pipe.unet.config.sample_size
 
@@ -228,7 +231,7 @@ class Encoders:
         with common.autocast(dev):
             z = self.pipe.vae.encode(to_unit(_u8(target.images), self.pipe.vae.dtype)).latent_dist.mean.float() * self.scaling
             ids = torch.from_numpy(np.asarray(chunk.tokens)).long().to(dev)
-            text = self.pipe.text_encoder(ids)[0].float()
+            text = self.text_encoder(ids)[0].float()
             feats = self.encoder(self.encoder.preprocess(_u8(subject).float() / 255.0)).float()
         return {"latents": z, "text": text, "feats": feats, "mask": subject_mask_latent(target.masks[:, 0], self.latent)}
 

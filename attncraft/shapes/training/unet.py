@@ -40,10 +40,12 @@ from typing import Any
 
 import torch
 
-from attncraft.shapes.models import load_in_float32_by_default
+from attncraft.shapes.models import legacy_text_encoder_keys, load_in_float32_by_default
+from attncraft.shapes.vocab import VocabRemap, for_clip_ids
 from attncraft.shapes.training import common
 from attncraft.shapes.training.configs import UnetTrain, get_configs
 from attncraft.shapes.training.data import (
+    EOS_ID,
     ChunkStream,
     DevicePool,
     SceneChunks,
@@ -160,7 +162,7 @@ def text_drift(before, after, device, n: int = 256) -> dict[str, dict[str, float
             continue
         ids = torch.from_numpy(tokenize(texts)).long().to(device)
         out[name] = {"captions": len(texts), **relative_state_change(
-            before(ids).last_hidden_state, after(ids).last_hidden_state, ids, int(before.config.eos_token_id))}
+            before(ids).last_hidden_state, after(ids).last_hidden_state, ids, EOS_ID)}  # CLIP ids: CLIP's end token
     return out
 
 
@@ -193,8 +195,13 @@ def load_init_unet(path, cross_attention_dim: int):
     return unet
 
 
-def save_sd_folder(out: Path, text_encoder, vae, unet, scheduler_name: str | None = None) -> None:
-    """Save a ``StableDiffusionPipeline`` folder (fp16 safetensors, no tokenizer.json)."""
+def save_sd_folder(out: Path, text_encoder, vae, unet, scheduler_name: str | None = None,
+                   tokenizer_dir: Path | None = None, prune: bool = False) -> None:
+    """Save a ``StableDiffusionPipeline`` folder (fp16 safetensors, no tokenizer.json).
+
+    ``tokenizer_dir``: the tokenizer folder the text encoder belongs to (its files are copied; default
+    the shipped CLIP tokenizer). ``prune``: cut the saved tokenizer and text encoder to the Shapes
+    vocabulary (:func:`attncraft.shapes.vocab.prune_sd_vocabulary`; a no-op on a pruned one)."""
     from attncraft.shapes.models import DEFAULT_SCHEDULER, assemble_sd_pipeline, shapes_scheduler
 
     pipe = assemble_sd_pipeline(
@@ -206,25 +213,17 @@ def save_sd_folder(out: Path, text_encoder, vae, unet, scheduler_name: str | Non
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
     load_in_float32_by_default(Path(out) / "text_encoder")
+    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != (out / "tokenizer").resolve():
+        files = {n: (Path(tokenizer_dir) / n).read_bytes() for n in ("vocab.json", "merges.txt")}
+        for name, data in files.items():
+            (out / "tokenizer" / name).unlink(missing_ok=True)
+            (out / "tokenizer" / name).write_bytes(data)
     slim_tokenizer_folder(out / "tokenizer")
+    if prune:
+        from attncraft.shapes.vocab import prune_sd_vocabulary
+
+        prune_sd_vocabulary(out)
     legacy_text_encoder_keys(out / "text_encoder")
-
-
-def legacy_text_encoder_keys(folder: Path) -> None:
-    """Store the text encoder under SD 1.x's key names (``text_model.*``).
-
-    transformers 5 writes a ``CLIPTextModel`` without the ``text_model.`` prefix; 4.x cannot load
-    that, while 5.x strips the prefix on load (as it does for every SD 1.5 checkpoint). With the
-    prefix the folder loads in both.
-    """
-    from safetensors.torch import load_file, save_file
-
-    for path in folder.glob("*.safetensors"):
-        sd = load_file(str(path))
-        if all(k.startswith("text_model.") for k in sd):
-            continue
-        save_file({(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()},
-                  str(path), metadata={"format": "pt"})
 
 
 def slim_tokenizer_folder(folder: Path) -> None:
@@ -337,10 +336,10 @@ class TextTraining:
     their optimiser groups (own peak learning rate and warm-up; no weight decay on the embeddings), and at
     the end what the training log records of it."""
 
-    def __init__(self, text_encoder, cfg: UnetTrain, say):
+    def __init__(self, text_encoder, cfg: UnetTrain, say, remap: VocabRemap | None = None):
         import copy
 
-        self.encoder, self.cfg = text_encoder, cfg
+        self.encoder, self.cfg, self.remap = text_encoder, cfg, remap
         self.before = copy.deepcopy(text_encoder).eval().requires_grad_(False)
         self.groups = select_text_parameters(text_encoder, cfg.text_last_layers, cfg.text_embeddings)
         self.params = [p for g in ("layers", "embeddings") for _, p in self.groups[g]]
@@ -376,7 +375,7 @@ class TextTraining:
             "embedding_rows_changed": rows,
             "lr": self.cfg.text_lr, "warmup": self.cfg.text_warmup, "weight_decay": self.cfg.text_weight_decay,
             "last_layers": self.cfg.text_last_layers,
-            "drift": text_drift(self.before, self.encoder, device),
+            "drift": text_drift(for_clip_ids(self.before, self.remap), for_clip_ids(self.encoder, self.remap), device),
         }
         self.before = None
         return info
@@ -403,7 +402,11 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     text_encoder = load_sd_text_encoder(te_folder, device) if te_folder else load_text_encoder(clip_dir, device)
     text_encoder_from = str(te_folder) if te_folder else f"{clip_dir} (text tower)"
     say(f"text encoder: {text_encoder_from}")
-    text = TextTraining(text_encoder, cfg, say) if cfg.train_text else None
+    # the pools hold CLIP ids; a shapes SD's pruned encoder takes its own (attncraft.shapes.vocab)
+    tokenizer_dir = te_folder.parent / "tokenizer" if te_folder and (te_folder.parent / "tokenizer").is_dir() else None
+    remap = VocabRemap.for_folder(tokenizer_dir) if tokenizer_dir else None
+    encode_ids = for_clip_ids(text_encoder, remap)
+    text = TextTraining(text_encoder, cfg, say, remap) if cfg.train_text else None
     vae = load_vae(vae_dir, device)
     scaling = float(vae.config.scaling_factor)
     hidden = text_encoder.config.hidden_size
@@ -428,7 +431,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
 
     with torch.no_grad():
         empty_ids = torch.from_numpy(tokenize([""])).long().to(device)
-        empty = text_encoder(empty_ids).last_hidden_state.float()  # (1, 77, H)
+        empty = encode_ids(empty_ids).last_hidden_state.float()  # (1, 77, H)
 
     ac = torch.linspace(NOISE_SCHEDULE["beta_start"] ** 0.5, NOISE_SCHEDULE["beta_end"] ** 0.5,
                         NOISE_SCHEDULE["num_train_timesteps"], dtype=torch.float64) ** 2
@@ -449,11 +452,11 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
         if text is None:
-            z0, cond = captioned_batch(pool, B, text_encoder, empty, cfg.cfg_dropout, common.autocast(device))
+            z0, cond = captioned_batch(pool, B, encode_ids, empty, cfg.cfg_dropout, common.autocast(device))
         else:
             z0, ids = captioned_ids(pool, B, empty_ids, cfg.cfg_dropout)
             with common.autocast(device):
-                cond = text_encoder(ids).last_hidden_state.float()
+                cond = encode_ids(ids).last_hidden_state.float()
         noise = torch.randn_like(z0)
         t = torch.randint(0, n_t, (B,), device=device)
         if cfg.high_noise_share > 0:
@@ -478,21 +481,21 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     if text is not None:
         text_info = text.finish(device)
         with torch.no_grad():
-            empty = text_encoder(empty_ids).last_hidden_state.float()
+            empty = encode_ids(empty_ids).last_hidden_state.float()
         drift = text_info["drift"]
         say(f"text encoder: {text_info['trained_tensors_changed']} of {len(text_info['trained'])} trained tensors "
             f"changed, {text_info['embedding_rows_changed'][0]} embedding rows; frozen ones unchanged: "
             f"{text_info['frozen_unchanged']}; states moved on held-out captions by "
             + ", ".join(f"{k} {v['tokens']:.3f} (after the end token {v['after_end']:.3f})" for k, v in drift.items()))
-    probe = conditioning_probe(unet, text_encoder, encode, empty, alphas_cumprod, device,
+    probe = conditioning_probe(unet, encode_ids, encode, empty, alphas_cumprod, device,
                                n=cfg.probe_examples, chunk=cfg.chunk, n_caps=n_caps)
     say("held-out v-loss with the true / a shuffled / the empty caption: "
         f"{probe['true']:.4f} / {probe['shuffled']:.4f} / {probe['empty']:.4f}")
-    flip = relation_flip_probe(unet, text_encoder, encode, alphas_cumprod, device, n=cfg.probe_examples)
+    flip = relation_flip_probe(unet, encode_ids, encode, alphas_cumprod, device, n=cfg.probe_examples)
     say("held-out v-loss of relation captions (t >= 500), own word / opposite word: vertical "
         f"{flip['vertical_true']:.4f} / {flip['vertical_flipped']:.4f} (x{flip['vertical_ratio']:.3f}), horizontal "
         f"{flip['horizontal_true']:.4f} / {flip['horizontal_flipped']:.4f} (x{flip['horizontal_ratio']:.3f})")
-    save_sd_folder(out, text_encoder, vae, unet)
+    save_sd_folder(out, text_encoder, vae, unet, tokenizer_dir=tokenizer_dir, prune=True)
     defaults = shapes_sd_defaults(out)
     (out / SD_DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
     info = {
