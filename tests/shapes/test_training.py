@@ -358,6 +358,25 @@ def test_finetune_config_is_full_with_the_warm_start_settings():
     assert fine.eval == full.eval and fine.clip == full.clip and fine.vae == full.vae
 
 
+def test_cpu_configs_are_their_gpu_twins_at_cpu_size():
+    """finetune-text-cpu differs from finetune-text only in sizes (same learning rates, warm-ups, caption mix,
+    EMA); motion-cpu is a fine-tune of a trained adapter; the CLI takes both, and the text path options."""
+    from dataclasses import asdict
+
+    from attncraft.shapes.training.__main__ import parse
+    from attncraft.shapes.training.configs import get_configs
+
+    text, cpu = asdict(get_configs("finetune-text").unet), asdict(get_configs("finetune-text-cpu").unet)
+    sizes = {"batch", "pool", "chunk", "refresh_every", "workers", "pool_fill_limit_s", "probe_examples", "reserve_s",
+             "log_every_s"}
+    assert {k for k in text if text[k] != cpu[k]} <= sizes and cpu["train_text"] and cpu["batch"] == 64
+    motion = get_configs("motion-cpu").motion
+    assert motion.long_fraction == 0 and motion.lr < get_configs("full").motion.lr and motion.text_path is None
+    ns = parse(["motion", "--config", "motion-cpu", "--text-path", "cross-kv", "--text-path-lr", "1e-4", "--out", "x"])
+    assert (ns.config, ns.text_path, ns.text_path_lr) == ("motion-cpu", "cross-kv", 1e-4)
+    assert parse(["unet", "--config", "finetune-text-cpu", "--out", "x"]).config == "finetune-text-cpu"
+
+
 def test_relation_heavy_warm_start_trains_and_records_its_captions(trained, tmp_path):
     from dataclasses import replace
 
