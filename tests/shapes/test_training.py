@@ -377,6 +377,17 @@ def test_cpu_configs_are_their_gpu_twins_at_cpu_size():
     assert parse(["unet", "--config", "finetune-text-cpu", "--out", "x"]).config == "finetune-text-cpu"
 
 
+@pytest.mark.parametrize("stage,config", [("unet", "motion-cpu"), ("motion", "finetune-text"), ("unet", "cpu"),
+                                          ("realcustom", "finetune"), ("vae", "full-mesh")])
+def test_a_config_of_another_stage_is_a_usage_error(stage, config, capsys):
+    from attncraft.shapes.training.__main__ import parse
+
+    with pytest.raises(SystemExit) as exc:
+        parse([stage, "--config", config, "--out", "x"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and f"--config {config} is a configuration of" in err and f"not of {stage}" in err
+
+
 def test_relation_heavy_warm_start_trains_and_records_its_captions(trained, tmp_path):
     from dataclasses import replace
 

@@ -36,6 +36,7 @@ MIN_EVAL=${MIN_EVAL:-1.5}
 MIN_VAE=${MIN_VAE:-3.5}
 VAE_LR=${VAE_LR:-3e-4}
 VAE_INIT=${VAE_INIT:-}
+VAE_CFG=$(case "$CFG" in finetune*) echo full;; *) echo "$CFG";; esac)  # the finetune configs are the UNet's
 UNET_INIT=${UNET_INIT:-}
 DONE=${DONE:-}
 EXTRA=()
@@ -59,7 +60,7 @@ done
 
 RC_VAE=0
 if [ -n "$VAE_INIT" ]; then
-  $T vae --config "$CFG" --device "$DEV" --seed 0 --minutes "$MIN_VAE" --init "$VAE_INIT" --lr "$VAE_LR" \
+  $T vae --config "$VAE_CFG" --device "$DEV" --seed 0 --minutes "$MIN_VAE" --init "$VAE_INIT" --lr "$VAE_LR" \
     --out "$VAE_DIR" > "$OUT/stage2_vae.log" 2>&1
   RC_VAE=$?
   cp "$VAE_DIR/training_log.json" "$OUT/vae_training_log.json" 2>/dev/null

@@ -67,7 +67,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="motion: the text path's peak learning rate (default: the config's, 2e-4)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
-    return p.parse_args(argv)
+    ns = p.parse_args(argv)
+    stages = CONFIG_STAGES.get(ns.config)
+    if stages is not None and ns.stage not in stages:
+        p.error(f"--config {ns.config} is a configuration of {' and '.join(stages)}, not of {ns.stage}: "
+                f"use smoke or full for {ns.stage}")
+    return ns
+
+
+CONFIG_STAGES = {
+    "cpu": ("realcustom", "realcustom-eval"),
+    "finetune": ("unet", "evaluate"),
+    "finetune-text": ("unet", "evaluate"),
+    "finetune-text-cpu": ("unet", "evaluate"),
+    "motion-cpu": ("motion", "evaluate"),
+    "full-mesh": ("clip", "evaluate"),
+}
+"""The stages a specialised ``--config`` belongs to (``smoke`` and ``full`` belong to all); any other stage
+would silently fall back to its full settings, or fail deep inside, so the command line refuses it."""
 
 
 def _cuda() -> bool:
