@@ -177,7 +177,9 @@ class VocabRemap:
         if table is None:
             table = self._on[ids.device] = self.table.to(ids.device)
         out = table[ids.long()]
-        if bool((out < 0).any()):
+        if ids.device.type != "cpu":  # checked on the device, without a host sync in the training loops
+            torch._assert_async((out >= 0).all(), "CLIP token ids outside the model's pruned vocabulary")
+        elif bool((out < 0).any()):
             bad = sorted({int(i) for i in ids.flatten()[(out < 0).flatten()].tolist()})[:5]
             raise ValueError(f"CLIP token ids {bad} are not in the model's pruned vocabulary of {self.size} tokens; "
                              "tokenize with the model's own tokenizer")
@@ -201,6 +203,11 @@ class RemappedTextEncoder:
 def for_clip_ids(encoder, remap: VocabRemap | None):
     """``encoder`` itself when it takes CLIP ids (``remap`` None), else the encoder behind the remap."""
     return encoder if remap is None else RemappedTextEncoder(encoder, remap)
+
+
+def pipeline_encoder_for_clip_ids(pipe):
+    """A pipeline's text encoder, taking CLIP ids whatever its tokenizer's vocabulary."""
+    return for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -124,7 +124,6 @@ def resolve_text_path_file(source: str | os.PathLike) -> Path:
 def read_text_path(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The differences and the record (format, kind, training) of a text path file or adapter folder."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from attncraft.errors import short_reason
     from attncraft.validation import check_input_file
@@ -134,7 +133,7 @@ def read_text_path(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # a truncated or foreign file
         raise InputError(f"motion text path {path} cannot be read ({short_reason(exc)})", fix) from None
     try:

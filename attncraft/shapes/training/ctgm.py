@@ -53,7 +53,7 @@ from attncraft.shapes.training.data import (
     tokenize,
 )
 from attncraft.shapes.training.motion import ClipEncoder, weights_fingerprint
-from attncraft.shapes.vocab import VocabRemap, for_clip_ids
+from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
 
 PROBE_SEED_BASE = 7_000_000
 """Held-out clips of the probe (disjoint from training, the other probes and evaluation seeds)."""
@@ -149,7 +149,7 @@ def train_ctgm(args: common.RunArgs, cfg: CtgmTrain | None = None, quiet: bool =
     pipe = frozen_motion_pipeline(sd_dir, adapter_dir, device, torch.float32)
     # captions are CLIP ids (pools, probe); a pruned shapes SD encoder takes its own ids
     unet, vae = pipe.unet, pipe.vae
-    text_encoder = for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))
+    text_encoder = pipeline_encoder_for_clip_ids(pipe)
     ctgm, technique = attach_ctgm(pipe, cfg.mode, cfg.sites, init=args.init_dir)
     manager = get_manager(pipe)
     counts = ctgm.parameter_counts()

@@ -312,9 +312,9 @@ def pipeline_relation_flip_probe(pipe, n: int) -> dict[str, float]:
         return {"latents": vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor}
 
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    from attncraft.shapes.vocab import VocabRemap, for_clip_ids
+    from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
 
-    text = for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))  # the probe tokenizes to CLIP ids
+    text = pipeline_encoder_for_clip_ids(pipe)  # the probe tokenizes to CLIP ids
     return relation_flip_probe(pipe.unet, text, encode, alphas_cumprod, device, n)
 
 

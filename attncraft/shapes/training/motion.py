@@ -52,10 +52,10 @@ from typing import Any
 import torch
 
 from attncraft.shapes.training import common
-from attncraft.shapes.vocab import VocabRemap, for_clip_ids
-from attncraft.video import motion_text_path as text_path
 from attncraft.shapes.training.configs import MotionTrain, get_configs
 from attncraft.shapes.training.data import ChunkStream, DevicePool, SceneChunks, fill_pool, maybe_refresh, tokenize
+from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
+from attncraft.video import motion_text_path as text_path
 
 PROBE_SEED_BASE = 6_000_000
 """Held-out clips of the probe (disjoint from training and evaluation seeds)."""
@@ -247,7 +247,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
                                      motion=True), workers=workers)
     sd = load_frozen_sd(sd_dir, device)
     # captions are CLIP ids (pools, probe); a pruned shapes SD encoder takes its own ids
-    text_encoder, vae = for_clip_ids(sd.text_encoder, VocabRemap.for_tokenizer(sd.tokenizer)), sd.vae
+    text_encoder, vae = pipeline_encoder_for_clip_ids(sd), sd.vae
     adapter = build_adapter(dict(sd.unet.config), cfg, args.seed)
     if args.init_dir:
         adapter = load_init_adapter(args.init_dir, dict(adapter.config))

@@ -213,10 +213,10 @@ class Encoders:
     """The frozen base models that turn examples into pool tensors."""
 
     def __init__(self, pipe, encoder, device: torch.device):
-        from attncraft.shapes.vocab import VocabRemap, for_clip_ids
+        from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
 
         self.pipe, self.encoder, self.device = pipe, encoder, device
-        self.text_encoder = for_clip_ids(pipe.text_encoder, VocabRemap.for_tokenizer(pipe.tokenizer))  # chunks hold CLIP ids
+        self.text_encoder = pipeline_encoder_for_clip_ids(pipe)  # chunks hold CLIP ids
         self.scaling = float(pipe.vae.config.scaling_factor)
         self.latent = pipe.unet.config.sample_size
 

@@ -41,7 +41,6 @@ from typing import Any
 import torch
 
 from attncraft.shapes.models import legacy_text_encoder_keys, load_in_float32_by_default
-from attncraft.shapes.vocab import VocabRemap, for_clip_ids
 from attncraft.shapes.training import common
 from attncraft.shapes.training.configs import UnetTrain, get_configs
 from attncraft.shapes.training.data import (
@@ -57,6 +56,7 @@ from attncraft.shapes.training.data import (
     to_unit,
     tokenize,
 )
+from attncraft.shapes.vocab import VocabRemap, for_clip_ids
 
 
 def default_vae_dir() -> Path:
