@@ -107,7 +107,13 @@ def main(argv=None) -> int:
     p.add_argument("--captions", type=int, default=8, help="captions per pair")
     p.add_argument("--frames", type=int, default=8)
     args = p.parse_args(argv)
-    res = probe(args.model, args.adapter, n=args.captions, frames=args.frames)
+    from attncraft.errors import AttncraftError
+
+    try:
+        res = probe(args.model, args.adapter, n=args.captions, frames=args.frames)
+    except AttncraftError as exc:  # a model or adapter that does not load: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     short = [s.replace(".motion_modules.0", "") for s in res["sites"]]
     cmd = "python benchmarks/probe_motion_words.py" + (f" --adapter {args.adapter}" if args.adapter else "")
     print(f"### Motion words at the motion modules ({datetime.date.today()}, CPU, {res['model']})\n")

@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                                             "(in place; the world's prompts give bit-identical text states).")
     p.add_argument("folder", help="a shapes SD pipeline folder (tokenizer/ and text_encoder/)")
     args = p.parse_args(argv)
+    for part in ("tokenizer/tokenizer_config.json", "text_encoder/config.json"):
+        if not (Path(args.folder) / part).is_file():
+            p.error(f"{args.folder} is not a shapes SD folder ({part} is missing): pass a StableDiffusionPipeline folder")
     print(json.dumps(prune_sd_vocabulary(args.folder), indent=2))
     return 0
 

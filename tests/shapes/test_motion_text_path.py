@@ -174,3 +174,4 @@ def test_the_motion_word_probe_sees_the_trained_path_and_is_zero_for_a_word_kept
     # a block before any cross-attention sees no text (0), the later ones do
     assert other["text"] > 0 and all(max(other[f"t{t}"].values()) > 0 for t in bench.TIMESTEPS)
     assert [r["pair"] for r in res["rows"][2:]] == ["reference: red / blue", "reference: on the left / on the right"]
+    assert bench.main(["--adapter", str(root / "no-such-adapter")]) == 2  # one line, no traceback

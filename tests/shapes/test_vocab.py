@@ -121,3 +121,10 @@ def test_motion_training_feeds_a_pruned_encoder_through_the_remap(pruned):
     root, _ = pruned
     info = train_motion(_run_args(root / "motion", sd_dir=str(root / "pruned")), quiet=True)
     assert info["steps"] > 0 and np.isfinite(info["heldout_v_loss"]["after"]["true"])
+
+
+def test_the_command_refuses_a_folder_that_is_no_sd(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        vocab.main([str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "is not a shapes SD folder (tokenizer/tokenizer_config.json is missing)" in err
