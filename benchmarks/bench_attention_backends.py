@@ -12,10 +12,10 @@ and per backend, the core processor on every layer (no technique), running
 * ``xformers`` - ``xformers.ops.memory_efficient_attention``;
 * ``diffusers-xformers`` - diffusers' own ``enable_xformers_memory_efficient_attention`` (reference).
 
-The core processor's fused calls run in batch slices within the kernels' CUDA grid limit
+The core processor's xformers calls run in batch slices within the kernels' CUDA grid limit
 (``attncraft.attention_processors.backends.MAX_KERNEL_BATCH``): the AnimateDiff temporal layers have
 2 * 64 * 64 sequences * 8 heads = 65536 > 65535, where xformers' flash kernel fails with "CUDA error:
-invalid argument". diffusers' own xformers processor does not slice; a variant that fails is reported
+invalid argument" (SDPA's kernels hold the heads on a grid dimension of their own and take it whole). diffusers' own xformers processor does not slice; a variant that fails is reported
 as such in the table instead of stopping the run. (The slicing is verified on CPU; the GPU numbers in
 ``benchmarks/RESULTS.md`` predate it.)
 

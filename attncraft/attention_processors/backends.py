@@ -8,14 +8,22 @@ extra is installed, its CUDA kernels load with the installed torch, and a CUDA d
 attention call, so a bad choice fails early with a clear message instead of mid-generation.
 Tensors that are not on CUDA take SDPA even with the xformers backend.
 
-Batch chunking: the fused CUDA kernels of both backends put the batch (and the heads) on a grid
-dimension limited to 65535 blocks, and fail with ``CUDA error: invalid argument`` beyond it. Attention
-whose batch comes from spatial positions (temporal attention: one sequence per pixel and clip) reaches
-that at ordinary sizes (AnimateDiff at 512x512 with guidance: 2 * 64 * 64 sequences * 8 heads = 65536).
-:func:`sdpa` and :func:`fused_attention` therefore run the kernel on slices of the batch with
-``batch * heads <= MAX_KERNEL_BATCH`` (:func:`map_batch_chunks`), which gives the same values because
-every sequence is attended on its own. The chunking is verified on CPU (chunked == unchunked exactly);
-it is not yet measured on a GPU.
+Batch chunking: the fused CUDA kernels put the batch on a grid dimension limited to 65535 blocks, and
+fail with ``CUDA error: invalid argument`` beyond it. Where that limit binds depends on the kernel:
+
+* PyTorch's SDPA kernels (flash, memory-efficient) take the batch and the heads on *separate* grid
+  dimensions, so only ``batch <= 65535`` is needed. Evidence on an H200 (torch 2.11): stock diffusers
+  runs AnimateDiff's temporal attention at 512x512 with guidance (2 * 64 * 64 = 8,192 sequences, 8
+  heads: 65,536 (sequence, head) pairs) in one SDPA call, and SDPA failed on CTGM's TAR with 65,536
+  *sequences* (``benchmarks/RESULTS.md``). :func:`sdpa` therefore slices only a batch above the limit,
+  and otherwise makes exactly the call ``AttnProcessor2_0`` makes: an earlier rule that sliced at
+  ``batch * heads > 65535`` split every AnimateDiff temporal call at that size into 8,191 + 1 rows and
+  cost the stock path 1-2 % a UNet call there (the inactive steps of the BroadWay / VSTAR benchmark).
+* xformers' flash forward fails already at ``batch * heads = 65,536`` (measured, same table), so
+  :func:`fused_attention` with the xformers backend keeps ``batch * heads <= 65535``.
+
+Slices are equal in size (``ceil(batch / pieces)`` rows), and the result is the one-call result
+because every sequence is attended on its own (tests: chunked == unchunked exactly, on CPU).
 """
 
 from __future__ import annotations
@@ -32,9 +40,8 @@ from attncraft.errors import InputError
 BACKENDS = ("sdpa", "xformers")
 
 MAX_KERNEL_BATCH = 65535
-"""Largest ``batch * heads`` given to one fused attention call: CUDA's limit on a grid's y and z
-dimensions, which the fused kernels use for the batch and the heads. Conservative (the product, not
-each factor), so it holds whichever of the two a kernel puts on the limited dimension."""
+"""CUDA's limit on a grid's y and z dimensions: the largest batch of one SDPA call, and the largest
+``batch * heads`` of one xformers call (see the module doc)."""
 
 
 def _probe_device() -> torch.device:
@@ -129,24 +136,36 @@ def check_backend(name: str, probe: bool = True) -> str:
 
 
 def batch_chunk_size(heads: int = 1, limit: int | None = None) -> int:
-    """Rows of the batch per kernel call so that ``rows * heads <= limit`` (at least one row);
-    ``limit`` None is :data:`MAX_KERNEL_BATCH` (read at call time)."""
+    """Most rows of the batch per kernel call so that ``rows * heads <= limit`` (at least one row);
+    ``limit`` None is :data:`MAX_KERNEL_BATCH` (read at call time). ``heads`` 1 for kernels whose grid
+    holds the batch alone (SDPA), the head count where it holds ``batch * heads`` (xformers)."""
     limit = MAX_KERNEL_BATCH if limit is None else limit
     if limit < 1:
         raise ValueError(f"the kernel batch limit must be positive, not {limit}")
     return max(1, limit // max(1, heads))
 
 
+def chunk_rows(batch: int, heads: int = 1, limit: int | None = None) -> int:
+    """Rows per slice of a batch of ``batch`` rows: the whole batch when it fits, else equal slices
+    (``ceil(batch / pieces)`` rows, the fewest pieces within :func:`batch_chunk_size`)."""
+    most = batch_chunk_size(heads, limit)
+    if batch <= most:
+        return batch
+    pieces = -(-batch // most)
+    return -(-batch // pieces)
+
+
 def map_batch_chunks(fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor | None], heads: int = 1,
                      limit: int | None = None) -> torch.Tensor:
-    """``fn(*tensors)`` computed on slices of the batch (dim 0) with ``rows * heads <= limit``.
+    """``fn(*tensors)`` computed on equal slices of the batch (dim 0) with ``rows * heads <= limit``
+    (:func:`chunk_rows`).
 
     For work that is independent per batch row (attention, or a whole temporal block): the slices'
     results are concatenated along dim 0. ``None`` entries pass through; every tensor must have the
     batch as its first dimension. One call, on the tensors as given, when the batch fits.
     """
     batch = next(t for t in tensors if t is not None).shape[0]
-    rows = batch_chunk_size(heads, limit)
+    rows = chunk_rows(batch, heads, limit)
     if batch <= rows:
         return fn(*tensors)
     pieces = [fn(*(None if t is None else t[start:start + rows] for t in tensors)) for start in range(0, batch, rows)]
@@ -168,8 +187,9 @@ def _batch_mask(mask: torch.Tensor | None, query: torch.Tensor) -> tuple[torch.T
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None, *,
          limit: int | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` on ``(batch, heads, tokens, dim)`` (or ``(batch, tokens, dim)``,
-    one head) tensors, in batch slices within the kernels' grid limit (see the module doc)."""
-    if query.shape[0] * _heads(query) <= (MAX_KERNEL_BATCH if limit is None else limit):  # the usual case, kept lean
+    one head) tensors; a batch above the kernels' grid limit in slices (see the module doc), the heads
+    on their own grid dimension."""
+    if query.shape[0] <= (MAX_KERNEL_BATCH if limit is None else limit):  # the usual case: AttnProcessor2_0's call
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
     per_row, shared = _batch_mask(mask, query)
 
@@ -177,12 +197,12 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torc
         return F.scaled_dot_product_attention(q, k, v, attn_mask=shared if m is None else m, dropout_p=0.0,
                                               is_causal=False)  # fmt: skip
 
-    return map_batch_chunks(attend, (query, key, value, per_row), _heads(query), limit)
+    return map_batch_chunks(attend, (query, key, value, per_row), 1, limit)
 
 
 def _xformers_attention(xops, query, key, value, mask, limit: int | None = None):
     """xformers on (batch, heads, tokens, head_dim) tensors; it wants (batch, tokens, heads, head_dim).
-    In batch slices within the grid limit, as :func:`sdpa`."""
+    In batch slices with ``batch * heads`` within the grid limit (its flash forward fails beyond)."""
     per_row, shared = _batch_mask(mask, query)
 
     def attend(q, k, v, m):

@@ -200,10 +200,11 @@ class TemporalModule(AnimateDiffTransformer3D):
     self-attentions (sinusoidal positions up to ``max_frames``) and a GEGLU feed-forward, and the
     zero-initialised ``proj_out`` back to C. Parameter names are those of diffusers' motion modules.
 
-    The block runs on slices of the ``N*H*W`` sequences with ``sequences * heads <=
-    kernel_batch_limit`` (:func:`~.backends.map_batch_chunks`): TAR has one sequence per (clip,
-    ``attn2`` head, latent pixel), 2 * 8 * 64 * 64 = 65536 on SD 1.5 at 512x512 with guidance, past the
-    fused kernels' CUDA grid limit. Every sequence is independent, so the values are those of one call.
+    The block runs on equal slices of the ``N*H*W`` sequences with at most ``kernel_batch_limit``
+    sequences each (:func:`~.backends.map_batch_chunks`; its attention is diffusers' SDPA call, whose
+    grid holds the batch alone): TAR has one sequence per (clip, ``attn2`` head, latent pixel),
+    2 * 8 * 64 * 64 = 65536 on SD 1.5 at 512x512 with guidance, past the fused kernels' CUDA grid limit
+    (two slices of 32768). Every sequence is independent, so the values are those of one call.
     """
 
     def __init__(self, channels: int, heads: int = DEFAULT_HEADS, max_frames: int = 32):
@@ -224,7 +225,7 @@ class TemporalModule(AnimateDiffTransformer3D):
         y = self.norm(x.to(self.proj_in.weight.dtype).contiguous())
         y = y.view(n, num_frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(n * h * w, num_frames, c)
         y = self.proj_in(y)
-        y = map_batch_chunks(self._blocks, (y,), self.transformer_blocks[0].attn1.heads, self.kernel_batch_limit)
+        y = map_batch_chunks(self._blocks, (y,), 1, self.kernel_batch_limit)
         y = self.proj_out(y)
         return y.view(n, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(nf, c, h, w)
 

@@ -1,7 +1,8 @@
-"""Fused attention in batch slices within the CUDA grid limit (``backends.MAX_KERNEL_BATCH``): the slices
-keep ``batch * heads`` within the limit and the result is exactly the one-call result (math backend),
-for SDPA, the xformers path (fake xformers that records what it receives), the core processor on an
-AnimateDiff UNet's temporal layers, CTGM's temporal modules (TAR) and FancyVideo's VAE attention."""
+"""Fused attention in batch slices within the CUDA grid limit (``backends.MAX_KERNEL_BATCH``): SDPA slices
+a batch above the limit (its grid holds the heads apart), xformers keeps ``batch * heads`` within it; the
+slices are equal and the result is exactly the one-call result (math backend), for SDPA, the xformers path
+(fake xformers that records what it receives), the core processor on an AnimateDiff UNet's temporal layers,
+CTGM's temporal modules (TAR) and FancyVideo's VAE attention."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tiny_models as tm
 from attncraft.attention_processors import backends
-from attncraft.attention_processors.backends import MAX_KERNEL_BATCH, batch_chunk_size, map_batch_chunks, sdpa
+from attncraft.attention_processors.backends import MAX_KERNEL_BATCH, batch_chunk_size, chunk_rows, map_batch_chunks, sdpa
 
 
 def _qkv(batch, heads, q_tokens=5, k_tokens=7, dim=4, seed=0):
@@ -28,6 +29,14 @@ def test_chunk_size_keeps_batch_times_heads_within_the_limit():
     assert batch_chunk_size(100, limit=10) == 1  # never zero rows
     with pytest.raises(ValueError):
         batch_chunk_size(1, limit=0)
+
+
+def test_chunk_rows_are_equal_slices_of_the_fewest_pieces():
+    assert chunk_rows(8192, heads=8) == 4096  # two slices of 4096, not 8191 + 1
+    assert chunk_rows(65536) == 32768 and chunk_rows(65535) == 65535
+    assert chunk_rows(10, heads=2, limit=6) == 3  # at most 3 rows: 4 pieces of ceil(10 / 4) = 3
+    assert chunk_rows(11, limit=5) == 4  # 3 pieces: 4 + 4 + 3
+    assert chunk_rows(7, limit=100) == 7
 
 
 def test_map_batch_chunks_slices_and_passes_none_through():
@@ -56,6 +65,30 @@ def test_chunked_sdpa_equals_one_call_exactly(mask_kind):
     assert torch.equal(sdpa(q, k, v, mask, limit=7), sdpa(q, k, v, mask))  # default backend too
 
 
+def test_sdpa_makes_the_stock_call_at_animatediff_temporal_size():
+    """2 * 64 * 64 = 8192 sequences with 8 heads (65536 (sequence, head) pairs): SDPA's kernels hold the
+    heads on a grid dimension of their own, so this is the one call AttnProcessor2_0 makes; 65536
+    sequences (CTGM's TAR) are past the limit and go in two equal slices."""
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append(tuple(args[0].shape[:2]))
+        return original(*args, **kwargs)
+
+    q, k, v = _qkv(8192, 8, q_tokens=2, k_tokens=2, dim=1)
+    with sdpa_kernel(SDPBackend.MATH), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "scaled_dot_product_attention", recording)
+        out = sdpa(q, k, v)
+        assert calls == [(8192, 8)]
+        calls.clear()
+        q2, k2, v2 = _qkv(65536, 1, q_tokens=2, k_tokens=2, dim=1)
+        out2 = sdpa(q2, k2, v2)
+        assert calls == [(32768, 1), (32768, 1)]
+    with sdpa_kernel(SDPBackend.MATH):
+        assert torch.equal(out, original(q, k, v)) and torch.equal(out2, original(q2, k2, v2))
+
+
 def test_chunked_sdpa_three_dimensional_counts_one_head():
     q, k, v = _qkv(9, 0)
     calls = []
@@ -68,7 +101,7 @@ def test_chunked_sdpa_three_dimensional_counts_one_head():
     with sdpa_kernel(SDPBackend.MATH), pytest.MonkeyPatch.context() as mp:
         mp.setattr(F, "scaled_dot_product_attention", recording)
         out = sdpa(q, k, v, limit=4)
-    assert calls == [4, 4, 1]
+    assert calls == [3, 3, 3]  # 9 rows, at most 4 a slice: three equal slices
     with sdpa_kernel(SDPBackend.MATH):
         assert torch.equal(out, original(q, k, v))
 
@@ -93,7 +126,7 @@ def test_xformers_path_splits_a_large_batch_and_equals_one_call(fake_xformers):
         assert batches == [(10, 3)]
         batches.clear()
         out = backends._xformers_attention(ops, q, k, v, mask, limit=9)
-    assert batches == [(3, 3), (3, 3), (3, 3), (1, 3)] and all(b * h <= 9 for b, h in batches)
+    assert batches == [(3, 3), (3, 3), (3, 3), (1, 3)] and all(b * h <= 9 for b, h in batches)  # 10 = 3+3+3+1
     assert torch.equal(out, ref)
 
 
@@ -104,7 +137,7 @@ def test_xformers_path_at_animatediff_temporal_size_stays_within_the_grid_limit(
     with sdpa_kernel(SDPBackend.MATH):
         out = backends._xformers_attention(ops, q, k, v, None)
         ref = F.scaled_dot_product_attention(q, k, v)
-    assert batches == [(8191, 8), (1, 8)] and all(b * h <= MAX_KERNEL_BATCH for b, h in batches)
+    assert batches == [(4096, 8), (4096, 8)] and all(b * h <= MAX_KERNEL_BATCH for b, h in batches)
     assert torch.equal(out, ref)
 
 
@@ -122,15 +155,17 @@ def test_core_processor_on_temporal_layers_is_exact_when_chunked(monkeypatch):
     original = F.scaled_dot_product_attention
 
     def recording(*args, **kwargs):
-        calls.append(args[0].shape[0] * args[0].shape[1])
+        calls.append(args[0].shape[0])
         return original(*args, **kwargs)
 
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        ref = unet(sample, 10, encoder_hidden_states=text).sample
-        monkeypatch.setattr(backends, "MAX_KERNEL_BATCH", 8)
         monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+        ref = unet(sample, 10, encoder_hidden_states=text).sample
+        whole = max(calls)
+        calls.clear()
+        monkeypatch.setattr(backends, "MAX_KERNEL_BATCH", 8)
         out = unet(sample, 10, encoder_hidden_states=text).sample
-    assert calls and max(calls) <= 8
+    assert whole > 8 and calls and max(calls) <= 8  # the temporal layers' batches were sliced
     assert torch.equal(out, ref)
 
 
@@ -149,7 +184,7 @@ def test_ctgm_temporal_module_is_exact_when_chunked():
         ref = module(x, 3)
         assert sizes == [32]
         sizes.clear()
-        module.kernel_batch_limit = 4 * 5  # 5 sequences * 4 heads a slice
+        module.kernel_batch_limit = 5  # at most 5 sequences a slice: 7 equal slices of 5 (the last 2)
         out = module(x, 3)
     assert sizes == [5] * 6 + [2]
     assert not torch.equal(out, x) and torch.equal(out, ref)
