@@ -107,12 +107,14 @@ class DPLConfig:
     (CUDA graphs on CUDA: one launch per graph instead of one per kernel), ``max-autotune`` or
     ``max-autotune-no-cudagraphs``. The token pass still ends at the loss layers: compiled, the
     operations after them feed nothing and are left out of the graph. Each inversion compiles once
-    per pass (tens of seconds on a GPU at SD size), which pays for itself at DPL's 21 + 51
-    iterations per step. Experimental: with the ``aot_eager`` backend the results equal the eager ones
-    exactly on the CPU, but inductor on the CPU returns wrong gradients for these calls (embeddings
-    alone requiring grad, also on a plain diffusers UNet), so the option is refused on the CPU; its
-    speed and its agreement with eager on CUDA are not measured yet (``benchmarks/bench_dpl.py
-    --variants ours_compiled``)."""
+    per pass. Measured on an H200 at SD 1.5 size (``reduce-overhead``, ``benchmarks/RESULTS.md``,
+    "fourth lease"): 0.46x the reference's cost per token update and 0.50x per null-text iteration
+    (eager: 0.83x / 0.73x), the optimised embeddings within 1.3e-4 / 2.9e-3 of strict fp32 eager, but
+    88 + 86 s of compilation for the first inversion, more than it saves on one image (102 s at 21 + 51
+    iterations a step, 50 steps), which is why it is not the default (later inversions in one process
+    recompile from inductor's caches, faster; not measured). With the ``aot_eager`` backend the results equal the eager ones exactly on the
+    CPU, but inductor on the CPU returns wrong gradients for these calls (embeddings alone requiring
+    grad, also on a plain diffusers UNet), so the option is refused on the CPU."""
 
     def validate(self) -> DPLConfig:
         check_int_range("token_steps", self.token_steps, 0, 1000, example=21)
