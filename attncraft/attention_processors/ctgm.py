@@ -65,7 +65,8 @@ Choices, and where this deviates from the reference code (spec sections 2 and 4.
   ``cross_attention_dim == 768``): every cross-attention site of the chosen set gets it.
 * **Off for single frames** (F = 1), as the reference; frame counts above ``max_frames`` are refused
   with a clear error. No gradient checkpointing is forced (the reference always checkpoints TAR and
-  TFB), and the fused kernels (SDPA) run inside the temporal modules.
+  TFB), and the fused kernels (SDPA) run inside the temporal modules: TAR's heads of 9, which no fused
+  kernel takes, are padded to 16 on CUDA (:class:`AlignedHeadsProcessor`, math-identical).
 * **CFG**: both halves, as the reference (one batch).
 
 The trainable parts live in a :class:`CTGM` module *outside* the UNet (its ``state_dict`` keys
@@ -119,6 +120,7 @@ __all__ = [
     "LayerSpec",
     "SiteSpec",
     "TemporalModule",
+    "AlignedHeadsProcessor",
     "ctgm_layout",
     "ctgm_technique",
     "formula_parameter_counts",
@@ -191,6 +193,60 @@ def _zero(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
+HEAD_ALIGNMENT = 8
+"""Head widths the fused CUDA attention kernels take: SDPA's flash and memory-efficient kernels need a
+multiple of 8 in half precision; other widths fall back to the math path (materialised maps, batched
+tiny matrix products)."""
+
+
+class AlignedHeadsProcessor:
+    """Self-attention of a temporal module with each head padded to a multiple of
+    :data:`HEAD_ALIGNMENT` on CUDA, so that SDPA can use its fused kernels; math-identical.
+
+    TAR's temporal modules work on the 77 text tokens as channels: ``proj_in`` to 72, 8 heads of 9
+    (the reference's sizes). A head width of 9 keeps SDPA off its fused kernels, and TAR has 65,536
+    sequences per ``attn2`` at SD 1.5's 64x64 layers, so on an H200 its attention ran on the math path
+    (``benchmarks/RESULTS.md``, "fourth lease": TAR-only 3.5x stock). Zeros appended to each head of the
+    queries, keys and values leave every score and every output channel unchanged, and the softmax
+    scale stays the one of the true width (``attn.scale``); the padded output channels are zero and are
+    dropped. On the CPU (``pad_on_cpu`` False) the call is ``AttnProcessor2_0``'s, unpadded.
+    Only what a temporal module's ``BasicTransformerBlock`` uses is supported (self-attention, no mask,
+    no group or spatial norm); anything else goes to ``AttnProcessor2_0``.
+    """
+
+    def __init__(self, alignment: int = HEAD_ALIGNMENT, pad_on_cpu: bool = False):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.alignment = int(alignment)
+        self.pad_on_cpu = bool(pad_on_cpu)
+        self._stock = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:  # fmt: skip
+        plain = (encoder_hidden_states is None and attention_mask is None and attn.group_norm is None
+                 and attn.spatial_norm is None and hidden_states.ndim == 3 and attn.norm_q is None
+                 and attn.norm_k is None)  # fmt: skip
+        heads = attn.heads
+        width = attn.inner_dim // heads
+        pad = -width % self.alignment
+        if not plain or pad == 0 or not (hidden_states.is_cuda or self.pad_on_cpu):
+            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        batch, length, _ = hidden_states.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(x.view(batch, length, heads, width).transpose(1, 2), (0, pad))
+
+        query, key, value = (split(layer(hidden_states)) for layer in (attn.to_q, attn.to_k, attn.to_v))
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False,
+                                                               scale=attn.scale)  # fmt: skip
+        out = out[..., :width].transpose(1, 2).reshape(batch, length, heads * width).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
 class TemporalModule(AnimateDiffTransformer3D):
     """An AnimateDiff-style temporal module: ``x + branch(x)``, the branch zero at initialisation.
 
@@ -199,6 +255,7 @@ class TemporalModule(AnimateDiffTransformer3D):
     then ``proj_in`` to ``heads * (C // heads)``, one ``BasicTransformerBlock`` with two temporal
     self-attentions (sinusoidal positions up to ``max_frames``) and a GEGLU feed-forward, and the
     zero-initialised ``proj_out`` back to C. Parameter names are those of diffusers' motion modules.
+    Head widths that are no multiple of 8 (TAR's 9) run with :class:`AlignedHeadsProcessor`.
 
     The block runs on equal slices of the ``N*H*W`` sequences with at most ``kernel_batch_limit``
     sequences each (:func:`~.backends.map_batch_chunks`; its attention is diffusers' SDPA call, whose
@@ -216,6 +273,11 @@ class TemporalModule(AnimateDiffTransformer3D):
         self.max_frames = max_frames
         self.kernel_batch_limit: int | None = None  # None: backends.MAX_KERNEL_BATCH
         _zero(self.proj_out)
+        if _head_width(channels, heads, "temporal module") % HEAD_ALIGNMENT:  # TAR's 9: fused kernels need 8k
+            for block in self.transformer_blocks:
+                for attention in (block.attn1, block.attn2):
+                    if attention is not None:
+                        attention.set_processor(AlignedHeadsProcessor())
 
     def branch(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """The residual branch on ``x`` ``(N*F, C, H, W)``, in the module's dtype."""

@@ -20,10 +20,11 @@ def test_benchmark_times_every_variant(tmp_path, capsys):
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "3", "--size", "16", "--steps", "2",
                        "--rounds", "1", "--warmup", "0", "--json", str(out)]) == 0  # fmt: skip
     data = json.loads(out.read_text())
-    assert list(data["summary"]) == ["stock", "tar", "all"] and data["parameters"]["all"] > data["parameters"]["tar"] > 0
+    assert list(data["summary"]) == ["stock", "tar", "tar_part", "all"]
+    assert data["parameters"]["all"] > data["parameters"]["tar"] > data["parameters"]["tar_part"] > 0
     for variant in bench.VARIANTS:
         (run,) = data["runs"][variant]
         assert len(run["calls_ms"]) == 2 and run["seconds"] > 0
     assert data["summary"]["stock"]["ratio"] == 1.0
     table = capsys.readouterr().out
-    assert "| all |" in table and "on all 4 cross-attention sites" in table
+    assert "| all |" in table and "| tar_part |" in table and "on all 4 cross-attention sites (" in table
