@@ -19,7 +19,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #   INIT=DIR (continue from an adapter folder), COMPILE=1 (torch.compile the motion UNet),
 #   TEXT_PATH=cross-kv (train the motion text path too: the spatial cross-attention key/value projections,
 #   saved as text_path.safetensors in the adapter folder and applied by the loader; ~0.56 MB; see
-#   attncraft/video/motion_text_path.py), TEXT_PATH_LR (its peak lr, default 2e-4).
+#   attncraft/video/motion_text_path.py), TEXT_PATH_LR (its peak lr, default 2e-4), CONTRAST=W (the
+#   caption-contrast term with weight W, e.g. 0.5: each clip's loss under its caption with the motions
+#   reversed must exceed the true caption's by 10 %; about twice the step's cost, so half the steps).
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-motion}
 WORK=${WORK:-/tmp/shapes-motion}
@@ -35,6 +37,7 @@ EXTRA=()
 [ "${COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
 [ -n "${TEXT_PATH:-}" ] && EXTRA+=(--text-path "$TEXT_PATH")
 [ -n "${TEXT_PATH_LR:-}" ] && EXTRA+=(--text-path-lr "$TEXT_PATH_LR")
+[ -n "${CONTRAST:-}" ] && EXTRA+=(--contrast "$CONTRAST")
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
 T="python3 -m attncraft.shapes.training"

@@ -65,6 +65,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "saved as text_path.safetensors beside the adapter; attncraft/video/motion_text_path.py)")
     p.add_argument("--text-path-lr", type=float, default=None,
                    help="motion: the text path's peak learning rate (default: the config's, 2e-4)")
+    p.add_argument("--contrast", type=float, default=None,
+                   help="motion: weight of the caption-contrast term, which asks each clip's loss under its caption "
+                        "with the motions turned the other way to exceed the true caption's by 10 %% (default: the "
+                        "config's, 0 = off)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     ns = p.parse_args(argv)
@@ -106,40 +110,46 @@ def main(argv: list[str] | None = None) -> int:
         prompts=ns.prompts, ctgm_mode=ns.ctgm_mode, ctgm_sites=ns.ctgm_sites, what=ns.what,
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
         mesh_fraction=ns.mesh_fraction, train_text=ns.train_text, text_lr=ns.text_lr,
-        text_path=ns.text_path, text_path_lr=ns.text_path_lr, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        text_path=ns.text_path, text_path_lr=ns.text_path_lr, contrast=ns.contrast, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
-    if ns.stage == "clip":
-        from attncraft.shapes.training.clip import train_clip
+    from attncraft.errors import AttncraftError
 
-        train_clip(args)
-    elif ns.stage == "vae":
-        from attncraft.shapes.training.vae import train_vae
+    try:
+        if ns.stage == "clip":
+            from attncraft.shapes.training.clip import train_clip
 
-        train_vae(args)
-    elif ns.stage == "unet":
-        from attncraft.shapes.training.unet import train_unet
+            train_clip(args)
+        elif ns.stage == "vae":
+            from attncraft.shapes.training.vae import train_vae
 
-        train_unet(args)
-    elif ns.stage == "motion":
-        from attncraft.shapes.training.motion import train_motion
+            train_vae(args)
+        elif ns.stage == "unet":
+            from attncraft.shapes.training.unet import train_unet
 
-        train_motion(args)
-    elif ns.stage == "realcustom":
-        from attncraft.shapes.training.realcustom import train_realcustom
+            train_unet(args)
+        elif ns.stage == "motion":
+            from attncraft.shapes.training.motion import train_motion
 
-        train_realcustom(args)
-    elif ns.stage == "realcustom-eval":
-        from attncraft.shapes.training.realcustom import evaluate_realcustom
+            train_motion(args)
+        elif ns.stage == "realcustom":
+            from attncraft.shapes.training.realcustom import train_realcustom
 
-        evaluate_realcustom(args, n=ns.subjects)
-    elif ns.stage == "ctgm":
-        from attncraft.shapes.training.ctgm import train_ctgm
+            train_realcustom(args)
+        elif ns.stage == "realcustom-eval":
+            from attncraft.shapes.training.realcustom import evaluate_realcustom
 
-        train_ctgm(args)
-    else:
-        from attncraft.shapes.training.evaluate import evaluate
+            evaluate_realcustom(args, n=ns.subjects)
+        elif ns.stage == "ctgm":
+            from attncraft.shapes.training.ctgm import train_ctgm
 
-        evaluate(args)
+            train_ctgm(args)
+        else:
+            from attncraft.shapes.training.evaluate import evaluate
+
+            evaluate(args)
+    except AttncraftError as exc:  # bad input found by a stage (a folder, a value): one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -49,6 +49,7 @@ class RunArgs:
     text_lr: float | None = None  # unet: the text encoder's peak learning rate (None: the config's)
     text_path: str | None = None  # motion: train a motion text path of this kind (None: the config's)
     text_path_lr: float | None = None  # motion: its peak learning rate (None: the config's)
+    contrast: float | None = None  # motion: weight of the caption-contrast term (None: the config's, 0 = off)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 

@@ -43,6 +43,7 @@ class Chunk:
     scenes: list[Scene]
     tokens: np.ndarray | None  # (n, C, MAX_LENGTH) int32, C captions per scene
     captions: list[list[str]] | None = None
+    swapped: np.ndarray | None = None  # like tokens, the captions of the scenes with their motions reversed
 
 
 def _identity(x):
@@ -68,6 +69,7 @@ class SceneChunks(IterableDataset):
         motion: bool = False,
         relation: float | None = None,
         vertical: float = 0.5,
+        swapped: bool = False,
     ):
         super().__init__()
         self.chunk_size = chunk_size
@@ -79,6 +81,7 @@ class SceneChunks(IterableDataset):
         self.motion = motion
         self.relation = relation  # share of relation captions of multi-object scenes (None: the grammar's)
         self.vertical = vertical  # share of vertical relations where a horizontal one holds too
+        self.swapped = swapped  # also the captions with every motion turned the other way (same seeds)
 
     @property
     def relation_share(self) -> float:
@@ -103,7 +106,15 @@ class SceneChunks(IterableDataset):
             for i, s in enumerate(scenes)
         ]
         tokens = tokenize_fast([c for row in caps for c in row]).reshape(len(scenes), n_c, MAX_LENGTH)
-        return Chunk(k, scenes, tokens, caps if self.keep_text else None)
+        swapped = None
+        if self.swapped:
+            from attncraft.shapes.training.motion import swap_motions
+
+            swapped = tokenize_fast([
+                caption_scene(swap_motions(s), seed=base + i * n_c + c, omit=omit, relation=rel, vertical=self.vertical)
+                for i, s in enumerate(scenes) for c, omit in enumerate(self.caption_omits)
+            ]).reshape(len(scenes), n_c, MAX_LENGTH)  # fmt: skip
+        return Chunk(k, scenes, tokens, caps if self.keep_text else None, swapped)
 
     def __iter__(self):
         info = get_worker_info()

@@ -30,6 +30,16 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   refreshed from fresh scenes throughout. A 16-frame example is every second frame of a clip (from
   frame 0 or 1: the whole motion either way); a share of the steps (``long_fraction``) trains on all
   32 frames, half as many clips, so the adapter's frame positions 16..31 are trained too.
+* **Caption contrast (``--contrast W``, off by default).** The plain objective gives the caption's
+  motion words little weight: after training, a caption with its motions turned the other way costs
+  only about 2 % more loss than the true one (``benchmarks/RESULTS.md``), with or without the text
+  path, and the adapter moves things the stated way in about 15 % of prompts. The term
+  (:func:`caption_contrast`) asks each clip's loss under the reversed caption to exceed the true
+  caption's by a relative margin (10 %): ``W * relu((1 + m) L_true - L_swapped) / L_true``, on the clips
+  whose caption has a motion to reverse (not the dropped ones), with the same noisy latents and
+  timestep; its gradient rewards predictions that depend on what the caption says moves how. One more
+  forward and backward pass of the batch (about twice the step's cost). The reversed captions come from the
+  scene generator with the same caption seeds (:class:`~.data.SceneChunks` ``swapped``).
 * **Held-out probe.** Before and after training, the v-loss on fixed held-out clips (t in
   [200, 800)) with the true captions, with the clip's frames shuffled in time, with the motions of
   the caption turned the other way, and with the empty caption: true < shuffled says the adapter uses
@@ -149,7 +159,10 @@ class ClipEncoder:
         return z.view(n, self.frames, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()  # (N, C, F, h, w)
 
     def __call__(self, chunk) -> dict[str, torch.Tensor]:
-        return {"latents": self.latents(chunk.scenes), "tokens": torch.from_numpy(chunk.tokens)}
+        out = {"latents": self.latents(chunk.scenes), "tokens": torch.from_numpy(chunk.tokens)}
+        if chunk.swapped is not None:
+            out["swapped"] = torch.from_numpy(chunk.swapped)
+        return out
 
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -177,6 +190,20 @@ def swap_motions(scene):
             motions.append(m)
         objects.append(replace(obj, motions=tuple(motions)))
     return scene.with_objects(objects)
+
+
+def caption_contrast(true_loss: torch.Tensor, swapped_loss: torch.Tensor, margin: float,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The caption-contrast term: mean over the rows of ``mask`` (all when None) of
+    ``relu((1 + margin) * true - swapped) / true.detach()``, for per-clip losses ``true`` (the clip's
+    caption) and ``swapped`` (its motions turned the other way), same noise and timestep. Zero where the
+    swapped caption already costs ``1 + margin`` times the true one; scale-free across timesteps (the
+    detached denominator). 0 when no row counts."""
+    gap = torch.relu((1.0 + margin) * true_loss - swapped_loss) / true_loss.detach().clamp(min=1e-12)
+    if mask is None:
+        return gap.mean()
+    weight = mask.to(gap.dtype)  # a weighted mean, not an index: no host sync on an accelerator
+    return (gap * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 @torch.no_grad()
@@ -236,6 +263,12 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     from attncraft.shapes.models import NOISE_SCHEDULE, SHAPES_SD_DIR
 
     cfg = common.apply_overrides(cfg or get_configs(args.config).motion, args)
+    if args.contrast is not None:
+        cfg = replace(cfg, contrast=float(args.contrast))
+    if cfg.contrast < 0:
+        from attncraft.errors import InputError
+
+        raise InputError(f"--contrast must be >= 0, not {cfg.contrast}", "pass a weight such as 0.5, or 0 for off")
     if args.text_path:
         cfg = replace(cfg, text_path=args.text_path)
     if args.text_path_lr is not None:
@@ -243,8 +276,9 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     out, device, budget, max_steps, workers, say = common.start_stage("motion", args, cfg, quiet).unpack()
     sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
     n_caps = len(cfg.caption_omits)
+    contrast = cfg.contrast > 0
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, num_objects=cfg.num_objects,
-                                     motion=True), workers=workers)
+                                     motion=True, swapped=contrast), workers=workers)
     sd = load_frozen_sd(sd_dir, device)
     # captions are CLIP ids (pools, probe); a pruned shapes SD encoder takes its own ids
     text_encoder, vae = pipeline_encoder_for_clip_ids(sd), sd.vae
@@ -270,8 +304,11 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         f"at {cfg.image_size} px ({latent}x{latent} latents); budget {args.minutes} min")
 
     encoder = ClipEncoder(vae, device, length, cfg.image_size)
-    pool = DevicePool(cfg.pool, {"latents": ((4, length, latent, latent), torch.float16),
-                                 "tokens": ((n_caps, 77), torch.int32)}, device)
+    fields = {"latents": ((4, length, latent, latent), torch.float16), "tokens": ((n_caps, 77), torch.int32)}
+    if contrast:
+        fields["swapped"] = ((n_caps, 77), torch.int32)
+        say(f"caption contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (reversed-motion captions)")
+    pool = DevicePool(cfg.pool, fields, device)
     fill_pool(pool, stream, encoder, limit_s=cfg.pool_fill_limit_s, log=say)
 
     with torch.no_grad():
@@ -300,6 +337,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
     pick = random.Random(args.seed)
     long_steps = 0
+    contrast_log: list[tuple[float, float]] = []  # (term, share of the batch it covered), every 50 steps
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encoder)
         frames = cfg.long_frames if pick.random() < cfg.long_fraction else cfg.frames
@@ -321,6 +359,18 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
             pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
         loss = (per * weight).mean()
+        if contrast:  # the same noisy clips under the reversed captions (no host sync: rows are weighted)
+            swapped_ids = pool.data["swapped"][idx, cap].long()
+            rows = (swapped_ids != ids).any(dim=1) & ~drop
+            with torch.no_grad(), common.autocast(device):
+                cond_sw = text_encoder(swapped_ids).last_hidden_state.float().repeat_interleave(z0.shape[2], dim=0)
+            with common.autocast(device):
+                pred_sw = model_fn(noisy, t, encoder_hidden_states=cond_sw, return_dict=False)[0]
+            per_sw = (pred_sw.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
+            term = caption_contrast(per, per_sw, cfg.contrast_margin, rows)
+            loss = loss + cfg.contrast * term
+            if step % 50 == 0:  # a host sync, so only now and then
+                contrast_log.append((float(term.detach()), float(rows.float().mean())))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
@@ -353,6 +403,10 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         "model": "shapes-motion",
         "adapter_params": n_params,
         "text_path": text_info,
+        "caption_contrast": ({"weight": cfg.contrast, "margin": cfg.contrast_margin,
+                              "term_every_50_steps": [round(t, 5) for t, _ in contrast_log],
+                              "rows_share_mean": (sum(r for _, r in contrast_log) / len(contrast_log)) if contrast_log else None}
+                             if contrast else None),
         "adapter_config": {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")},
         "initialised_from": common.init_provenance(args.init_dir, "motion_adapter") if args.init_dir else None,
         "sd_dir": str(sd_dir),
