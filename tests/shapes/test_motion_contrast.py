@@ -13,7 +13,8 @@ import tiny_models as tm
 from test_training import _run_args
 
 from attncraft.errors import InputError
-from attncraft.shapes.training.motion import caption_contrast, swap_motions
+from attncraft.shapes.training.common import caption_contrast
+from attncraft.shapes.training.motion import swap_motions
 
 
 def test_caption_contrast_values_and_gradients():
@@ -37,7 +38,7 @@ def test_scene_stream_gives_the_reversed_captions_with_the_same_seeds():
 
     plain = SceneChunks(6, caption_omits=(0.0, 0.3), num_objects=(1, 2), motion=True).chunk(3)
     assert plain.swapped is None
-    chunks = SceneChunks(6, caption_omits=(0.0, 0.3), num_objects=(1, 2), motion=True, swapped=True)
+    chunks = SceneChunks(6, caption_omits=(0.0, 0.3), num_objects=(1, 2), motion=True, contrast="motion")
     chunk = chunks.chunk(3)
     assert np.array_equal(chunk.tokens, plain.tokens)  # the true captions do not change
     base = (chunks.seed_base + 3) * 6 * 2

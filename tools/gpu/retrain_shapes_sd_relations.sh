@@ -23,7 +23,8 @@
 # Unpack into the repository (the folder is self-contained: its tokenizer and text encoder carry the
 # Shapes vocabulary, attncraft/shapes/vocab.py):
 #   rm -rf assets/models/shapes-sd && cat shapes-sd.tar.* | tar -xf - -C assets/models
-# Overrides: TEXT, TEXT_LR (the text encoder's peak lr, default 1e-4), MIN_UNET, MIN_EVAL, COMPILE=1 (not worth its ~100 s of compiling in a 6-minute run),
+# Overrides: TEXT, TEXT_LR (the text encoder's peak lr, default 1e-4), CONTRAST=W (the relation-contrast term,
+#   e.g. 0.5: see attncraft/shapes/training/unet.py; the flip probe's vertical ratio says whether it took), MIN_UNET, MIN_EVAL, COMPILE=1 (not worth its ~100 s of compiling in a 6-minute run),
 #   and the other variables of train_shapes_stage2.sh.
 #
 # A new text encoder changes what every part trained on shapes SD reads; retrain or re-measure them after

@@ -21,6 +21,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #   COMPILE=1     torch.compile the UNet (falls back to eager if compilation fails)
 #   TRAIN_TEXT=1  train the text encoder jointly with the UNet (`--train-text`, with the config's text settings;
 #                 config finetune-text does so by default); TEXT_LR=LR its peak learning rate
+#   CONTRAST=W    the relation-contrast term with weight W (`--contrast`, e.g. 0.5: an image's loss under its
+#                 caption with the relation words flipped must exceed the true caption's by 10 %; one more UNet
+#                 pass a step)
 #   DONE=FILE     touched when everything has finished (for runs started in the background)
 # Longer than one 10-minute command: start it in the background (setsid) with OUT outside the
 # command's output folder, and collect OUT in a later command once DONE exists.
@@ -44,6 +47,7 @@ EXTRA=()
 [ "${COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
 [ "${TRAIN_TEXT:-0}" = 1 ] && EXTRA+=(--train-text)
 [ -n "${TEXT_LR:-}" ] && EXTRA+=(--text-lr "$TEXT_LR")
+[ -n "${CONTRAST:-}" ] && EXTRA+=(--contrast "$CONTRAST")
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
 T="python3 -m attncraft.shapes.training"

@@ -66,9 +66,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-path-lr", type=float, default=None,
                    help="motion: the text path's peak learning rate (default: the config's, 2e-4)")
     p.add_argument("--contrast", type=float, default=None,
-                   help="motion: weight of the caption-contrast term, which asks each clip's loss under its caption "
-                        "with the motions turned the other way to exceed the true caption's by 10 %% (default: the "
-                        "config's, 0 = off)")
+                   help="motion / unet: weight of the caption-contrast term, which asks each example's loss under "
+                        "its caption with the motions turned the other way (motion) or the relation words flipped "
+                        "(unet) to exceed the true caption's by 10 %% (default: the config's, 0 = off)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     ns = p.parse_args(argv)

@@ -49,7 +49,7 @@ class RunArgs:
     text_lr: float | None = None  # unet: the text encoder's peak learning rate (None: the config's)
     text_path: str | None = None  # motion: train a motion text path of this kind (None: the config's)
     text_path_lr: float | None = None  # motion: its peak learning rate (None: the config's)
-    contrast: float | None = None  # motion: weight of the caption-contrast term (None: the config's, 0 = off)
+    contrast: float | None = None  # motion / unet: weight of the caption-contrast term (None: the config's, 0 = off)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -264,6 +264,21 @@ def min_snr_v_weight(snr: torch.Tensor, gamma: float) -> torch.Tensor:
     """Loss weight of a v-MSE: the x0-MSE weight ``snr + 1`` clipped at ``gamma``, i.e.
     ``min(snr + 1, gamma) / (snr + 1)`` (full weight on the high-noise steps)."""
     return torch.clamp(snr + 1.0, max=gamma) / (snr + 1.0)
+
+
+def caption_contrast(true_loss: torch.Tensor, swapped_loss: torch.Tensor, margin: float,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The caption-contrast term of the motion and UNet stages: mean over the rows of ``mask`` (all
+    when None) of ``relu((1 + margin) * true - swapped) / true.detach()``, for per-example losses
+    ``true`` (the example's caption) and ``swapped`` (the caption with what is to be read turned the
+    other way: the motions, or the relation words), same noise and timestep. Zero where the
+    swapped caption already costs ``1 + margin`` times the true one; scale-free across timesteps (the
+    detached denominator). 0 when no row counts."""
+    gap = torch.relu((1.0 + margin) * true_loss - swapped_loss) / true_loss.detach().clamp(min=1e-12)
+    if mask is None:
+        return gap.mean()
+    weight = mask.to(gap.dtype)  # a weighted mean, not an index: no host sync on an accelerator
+    return (gap * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 class CompiledOrEager:

@@ -85,6 +85,10 @@ class UnetTrain:
     caption_omits: tuple[float, ...] = (0.0, 0.0, 0.0, 0.3)
     caption_relation: float | None = None  # share of relation captions of multi-object scenes (None: grammar's 0.4)
     caption_vertical: float = 0.5  # share of vertical relations for objects on a diagonal (either would hold)
+    # the relation-contrast term (common.caption_contrast): its weight (0: off) and relative margin; an image's
+    # loss under its caption with the relation words flipped must exceed the true caption's by the margin
+    contrast: float = 0.0
+    contrast_margin: float = 0.1
     high_noise_share: float = 0.0  # share of each batch whose timestep comes from the upper half (t >= 500)
     # joint training of the text encoder (off: frozen); see FINETUNE_TEXT for the reasons
     train_text: bool = False

@@ -43,7 +43,7 @@ class Chunk:
     scenes: list[Scene]
     tokens: np.ndarray | None  # (n, C, MAX_LENGTH) int32, C captions per scene
     captions: list[list[str]] | None = None
-    swapped: np.ndarray | None = None  # like tokens, the captions of the scenes with their motions reversed
+    swapped: np.ndarray | None = None  # like tokens, the contrast captions (SceneChunks' contrast)
 
 
 def _identity(x):
@@ -69,7 +69,7 @@ class SceneChunks(IterableDataset):
         motion: bool = False,
         relation: float | None = None,
         vertical: float = 0.5,
-        swapped: bool = False,
+        contrast: str | None = None,
     ):
         super().__init__()
         self.chunk_size = chunk_size
@@ -81,7 +81,11 @@ class SceneChunks(IterableDataset):
         self.motion = motion
         self.relation = relation  # share of relation captions of multi-object scenes (None: the grammar's)
         self.vertical = vertical  # share of vertical relations where a horizontal one holds too
-        self.swapped = swapped  # also the captions with every motion turned the other way (same seeds)
+        if contrast not in (None, "motion", "relation"):
+            raise ValueError(f"unknown contrast {contrast!r}: None, 'motion' or 'relation'")
+        # also the contrast captions (Chunk.swapped), same seeds: "motion", the scene with every motion
+        # turned the other way; "relation", each caption with its relation words flipped
+        self.contrast = contrast
 
     @property
     def relation_share(self) -> float:
@@ -107,7 +111,11 @@ class SceneChunks(IterableDataset):
         ]
         tokens = tokenize_fast([c for row in caps for c in row]).reshape(len(scenes), n_c, MAX_LENGTH)
         swapped = None
-        if self.swapped:
+        if self.contrast == "relation":
+            from attncraft.shapes.captions import flip_relations
+
+            swapped = tokenize_fast([flip_relations(c) for row in caps for c in row]).reshape(len(scenes), n_c, MAX_LENGTH)
+        elif self.contrast == "motion":
             from attncraft.shapes.training.motion import swap_motions
 
             swapped = tokenize_fast([
@@ -396,6 +404,20 @@ def captioned_ids(pool: DevicePool, batch: int, empty_ids: torch.Tensor, dropout
     z0, ids = _pool_batch(pool, batch)
     drop = torch.rand(batch, device=pool.device) < dropout
     return z0, torch.where(drop[:, None], empty_ids.expand(batch, -1), ids)
+
+
+def contrast_ids(pool: DevicePool, batch: int, empty_ids: torch.Tensor, dropout: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`captioned_ids` with the contrast captions of a pool made with ``SceneChunks(contrast=...)``:
+    the latents, the ids of one random caption each (``empty_ids`` with probability ``dropout``), the
+    ids of the same caption's contrast version, and which rows count for a contrast term (a contrast
+    caption that differs, not dropped)."""
+    idx = pool.sample_index(batch)
+    cap = torch.randint(0, pool.data["tokens"].shape[1], (batch,), device=pool.device)
+    ids, swapped = pool.data["tokens"][idx, cap].long(), pool.data["swapped"][idx, cap].long()
+    drop = torch.rand(batch, device=pool.device) < dropout
+    rows = (swapped != ids).any(dim=1) & ~drop
+    return pool.data["latents"][idx].float(), torch.where(drop[:, None], empty_ids.expand(batch, -1), ids), swapped, rows
 
 
 def _pool_batch(pool: DevicePool, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

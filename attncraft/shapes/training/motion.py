@@ -34,12 +34,12 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   motion words little weight: after training, a caption with its motions turned the other way costs
   only about 2 % more loss than the true one (``benchmarks/RESULTS.md``), with or without the text
   path, and the adapter moves things the stated way in about 15 % of prompts. The term
-  (:func:`caption_contrast`) asks each clip's loss under the reversed caption to exceed the true
+  (:func:`~.common.caption_contrast`) asks each clip's loss under the reversed caption to exceed the true
   caption's by a relative margin (10 %): ``W * relu((1 + m) L_true - L_swapped) / L_true``, on the clips
   whose caption has a motion to reverse (not the dropped ones), with the same noisy latents and
   timestep; its gradient rewards predictions that depend on what the caption says moves how. One more
   forward and backward pass of the batch (about twice the step's cost). The reversed captions come from the
-  scene generator with the same caption seeds (:class:`~.data.SceneChunks` ``swapped``).
+  scene generator with the same caption seeds (:class:`~.data.SceneChunks` ``contrast="motion"``).
 * **Held-out probe.** Before and after training, the v-loss on fixed held-out clips (t in
   [200, 800)) with the true captions, with the clip's frames shuffled in time, with the motions of
   the caption turned the other way, and with the empty caption: true < shuffled says the adapter uses
@@ -192,20 +192,6 @@ def swap_motions(scene):
     return scene.with_objects(objects)
 
 
-def caption_contrast(true_loss: torch.Tensor, swapped_loss: torch.Tensor, margin: float,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The caption-contrast term: mean over the rows of ``mask`` (all when None) of
-    ``relu((1 + margin) * true - swapped) / true.detach()``, for per-clip losses ``true`` (the clip's
-    caption) and ``swapped`` (its motions turned the other way), same noise and timestep. Zero where the
-    swapped caption already costs ``1 + margin`` times the true one; scale-free across timesteps (the
-    detached denominator). 0 when no row counts."""
-    gap = torch.relu((1.0 + margin) * true_loss - swapped_loss) / true_loss.detach().clamp(min=1e-12)
-    if mask is None:
-        return gap.mean()
-    weight = mask.to(gap.dtype)  # a weighted mean, not an index: no host sync on an accelerator
-    return (gap * weight).sum() / weight.sum().clamp(min=1.0)
-
-
 @torch.no_grad()
 def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod, device, n: int, frames: int,
                  batch: int = 32) -> dict[str, float]:
@@ -278,7 +264,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     n_caps = len(cfg.caption_omits)
     contrast = cfg.contrast > 0
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, num_objects=cfg.num_objects,
-                                     motion=True, swapped=contrast), workers=workers)
+                                     motion=True, contrast="motion" if contrast else None), workers=workers)
     sd = load_frozen_sd(sd_dir, device)
     # captions are CLIP ids (pools, probe); a pruned shapes SD encoder takes its own ids
     text_encoder, vae = pipeline_encoder_for_clip_ids(sd), sd.vae
@@ -367,7 +353,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
             with common.autocast(device):
                 pred_sw = model_fn(noisy, t, encoder_hidden_states=cond_sw, return_dict=False)[0]
             per_sw = (pred_sw.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
-            term = caption_contrast(per, per_sw, cfg.contrast_margin, rows)
+            term = common.caption_contrast(per, per_sw, cfg.contrast_margin, rows)
             loss = loss + cfg.contrast * term
             if step % 50 == 0:  # a host sync, so only now and then
                 contrast_log.append((float(term.detach()), float(rows.float().mean())))

@@ -23,6 +23,13 @@ Choices, and why (the budget is ~6 minutes on one H200):
   change the data and the timesteps, never the objective: more relation captions (vertical ones
   above all) and half of each batch at t >= 500, for a UNet that must learn which object of a
   vertical relation goes on top. :func:`relation_flip_probe` measures whether it did.
+* **Relation contrast** (``--contrast W``, off by default): the relation fine-tunes left the held-out
+  loss of a vertical relation caption and of its flipped twin ("above" for "below") within 1 % of each
+  other: the plain objective hardly rewards reading which way a vertical relation goes. The term
+  :func:`~.common.caption_contrast` asks each image's loss under its caption with the relation words
+  flipped (:func:`~attncraft.shapes.captions.flip_relations`) to exceed the true caption's by 10 %, on
+  the examples whose caption states a relation; one more UNet pass (and text-encoder pass, through which
+  it trains the encoder too when that is trained).
 * **Text encoder trained too** (``train_text``: config ``finetune-text`` or ``--train-text``, see
   :data:`~attncraft.shapes.training.configs.FINETUNE_TEXT`): the parts :func:`select_text_parameters`
   picks get their own learning rate and warm-up, the EMA covers them, and the log records which
@@ -50,12 +57,14 @@ from attncraft.shapes.training.data import (
     SceneChunks,
     captioned_batch,
     captioned_ids,
+    contrast_ids,
     fill_pool,
     maybe_refresh,
     render_uint8,
     to_unit,
     tokenize,
 )
+from attncraft.errors import InputError
 from attncraft.shapes.vocab import VocabRemap, for_clip_ids
 
 
@@ -389,13 +398,19 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         cfg = replace(cfg, train_text=True)
     if args.text_lr is not None:
         cfg = replace(cfg, text_lr=args.text_lr)
+    if args.contrast is not None:
+        cfg = replace(cfg, contrast=float(args.contrast))
+    if cfg.contrast < 0:
+        raise InputError(f"--contrast must be >= 0, not {cfg.contrast}", "pass a weight such as 0.5, or 0 for off")
+    contrast = cfg.contrast > 0
     out, device, budget, max_steps, workers, say = common.start_stage("unet", args, cfg, quiet).unpack()
     clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
     vae_dir = Path(args.vae_dir) if args.vae_dir else default_vae_dir()
 
     n_caps = len(cfg.caption_omits)
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, relation=cfg.caption_relation,
-                                     vertical=cfg.caption_vertical), workers=workers)
+                                     vertical=cfg.caption_vertical, contrast="relation" if contrast else None),
+                         workers=workers)  # fmt: skip
     # A fine-tune of a shapes SD folder keeps the text encoder its UNet was trained with: the shapes CLIP's
     # text tower moves when the CLIP is fine-tuned (the mesh fine-tune trains it), SD's own copy does not.
     te_folder = init_text_encoder_folder(args.init_dir)
@@ -417,15 +432,22 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     say(f"UNet2DConditionModel {n_params / 1e6:.3f} M params on {device}; text hidden {hidden}; "
         f"VAE scaling {scaling:.4f}; budget {args.minutes} min")
 
-    pool = DevicePool(cfg.pool, {"latents": ((4, latent, latent), torch.float16),
-                                 "tokens": ((n_caps, 77), torch.int32)}, device)
+    fields = {"latents": ((4, latent, latent), torch.float16), "tokens": ((n_caps, 77), torch.int32)}
+    if contrast:
+        fields["swapped"] = ((n_caps, 77), torch.int32)
+        say(f"relation contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (captions with the relation "
+            f"words flipped)")
+    pool = DevicePool(cfg.pool, fields, device)
 
     @torch.no_grad()
     def encode(chunk):
         x = to_unit(render_uint8(chunk.scenes, device))
         with common.autocast(device):
             z = vae.encode(x).latent_dist.mean.float() * scaling
-        return {"latents": z, "tokens": torch.from_numpy(chunk.tokens)}
+        out = {"latents": z, "tokens": torch.from_numpy(chunk.tokens)}
+        if chunk.swapped is not None:
+            out["swapped"] = torch.from_numpy(chunk.swapped)
+        return out
 
     fill_pool(pool, stream, encode, limit_s=cfg.pool_fill_limit_s, log=say)
 
@@ -448,10 +470,16 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     model_fn = common.CompiledOrEager(unet, args.compile, say)
     log = common.LossLog("unet", every_s=cfg.log_every_s, quiet=quiet)
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
+    contrast_log: list[tuple[float, float]] = []  # (term, share of the batch it covered), every 50 steps
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
-        if text is None:
+        if contrast:  # the true and the relation-flipped captions of the same examples
+            z0, ids, flipped_ids, rows = contrast_ids(pool, B, empty_ids, cfg.cfg_dropout)
+            with torch.set_grad_enabled(text is not None), common.autocast(device):
+                cond = encode_ids(ids).last_hidden_state.float()
+                cond_flipped = encode_ids(flipped_ids).last_hidden_state.float()
+        elif text is None:
             z0, cond = captioned_batch(pool, B, encode_ids, empty, cfg.cfg_dropout, common.autocast(device))
         else:
             z0, ids = captioned_ids(pool, B, empty_ids, cfg.cfg_dropout)
@@ -468,6 +496,14 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
             pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weight).mean()
+        if contrast:
+            with common.autocast(device):
+                pred_flipped = model_fn(noisy, t, encoder_hidden_states=cond_flipped, return_dict=False)[0]
+            per_flipped = (pred_flipped.float() - target).pow(2).mean(dim=(1, 2, 3))
+            term = common.caption_contrast(per, per_flipped, cfg.contrast_margin, rows)
+            loss = loss + cfg.contrast * term
+            if step % 50 == 0:  # a host sync, so only now and then
+                contrast_log.append((float(term.detach()), float(rows.float().mean())))
         common.descend(opt, loss, params, cfg.grad_clip, ema)
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
         log.maybe_print(step + 1, lr, budget)
@@ -509,6 +545,10 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "captions": {"omits": list(cfg.caption_omits), "relation_share": stream.dataset.relation_share,
                      "vertical_share": cfg.caption_vertical},
         "high_noise_share": cfg.high_noise_share,
+        "relation_contrast": ({"weight": cfg.contrast, "margin": cfg.contrast_margin,
+                               "term_every_50_steps": [round(t, 5) for t, _ in contrast_log],
+                               "rows_share_mean": (sum(r for _, r in contrast_log) / len(contrast_log)) if contrast_log else None}
+                              if contrast else None),
         "prediction_type": "v_prediction",
         "compiled": model_fn.compiled,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
