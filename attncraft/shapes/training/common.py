@@ -281,6 +281,40 @@ def caption_contrast(true_loss: torch.Tensor, swapped_loss: torch.Tensor, margin
     return (gap * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def with_contrast(cfg: Any, args: RunArgs) -> Any:
+    """``cfg`` (a motion or UNet config) with ``--contrast`` applied, refused below 0."""
+    if args.contrast is not None:
+        cfg = replace(cfg, contrast=float(args.contrast))
+    if cfg.contrast < 0:
+        from attncraft.errors import InputError
+
+        raise InputError(f"--contrast must be >= 0, not {cfg.contrast}", "pass a weight such as 0.5, or 0 for off")
+    return cfg
+
+
+class ContrastLog:
+    """What a stage records of its contrast term: its value and the share of the batch it covered,
+    every 50 steps (each reading is a host sync, so only now and then)."""
+
+    every = 50
+
+    def __init__(self):
+        self.readings: list[tuple[float, float]] = []
+
+    def add(self, step: int, term: torch.Tensor, rows: torch.Tensor) -> None:
+        if step % self.every == 0:
+            self.readings.append((float(term.detach()), float(rows.float().mean())))
+
+    def record(self, cfg: Any) -> dict[str, Any] | None:
+        """The training log's entry (None when the term is off)."""
+        if cfg.contrast <= 0:
+            return None
+        shares = [r for _, r in self.readings]
+        return {"weight": cfg.contrast, "margin": cfg.contrast_margin,
+                "term_every_50_steps": [round(t, 5) for t, _ in self.readings],
+                "rows_share_mean": sum(shares) / len(shares) if shares else None}  # fmt: skip
+
+
 class CompiledOrEager:
     """``model`` under ``torch.compile`` when asked; if compiling fails on the first call, the run
     goes on eagerly (a compiler failure must not cost a GPU run). :attr:`compiled` says which ran."""

@@ -138,7 +138,7 @@ class MotionTrain:
     text_path: str | None = None
     text_path_lr: float = 2e-4  # its own peak learning rate (a fifth of the motion modules': it moves trained weights)
     text_path_warmup: int = 200
-    # the caption-contrast term (motion.caption_contrast): its weight (0: off) and relative margin; each
+    # the caption-contrast term (common.caption_contrast): its weight (0: off) and relative margin; each
     # clip's loss with its caption's motions turned the other way must exceed the true caption's by the margin
     contrast: float = 0.0
     contrast_margin: float = 0.1

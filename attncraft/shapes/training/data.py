@@ -406,6 +406,22 @@ def captioned_ids(pool: DevicePool, batch: int, empty_ids: torch.Tensor, dropout
     return z0, torch.where(drop[:, None], empty_ids.expand(batch, -1), ids)
 
 
+def caption_fields(n_caps: int, contrast: bool) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The pool fields of ``n_caps`` tokenised captions per example (and of their contrast captions)."""
+    fields = {"tokens": ((n_caps, MAX_LENGTH), torch.int32)}
+    if contrast:
+        fields["swapped"] = ((n_caps, MAX_LENGTH), torch.int32)
+    return fields
+
+
+def caption_tensors(chunk: Chunk) -> dict[str, torch.Tensor]:
+    """A chunk's caption tokens (and contrast captions) for :meth:`DevicePool.add`."""
+    out = {"tokens": torch.from_numpy(chunk.tokens)}
+    if chunk.swapped is not None:
+        out["swapped"] = torch.from_numpy(chunk.swapped)
+    return out
+
+
 def contrast_ids(pool: DevicePool, batch: int, empty_ids: torch.Tensor, dropout: float
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`captioned_ids` with the contrast captions of a pool made with ``SceneChunks(contrast=...)``:

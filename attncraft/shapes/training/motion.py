@@ -63,7 +63,16 @@ import torch
 
 from attncraft.shapes.training import common
 from attncraft.shapes.training.configs import MotionTrain, get_configs
-from attncraft.shapes.training.data import ChunkStream, DevicePool, SceneChunks, fill_pool, maybe_refresh, tokenize
+from attncraft.shapes.training.data import (
+    ChunkStream,
+    DevicePool,
+    SceneChunks,
+    caption_fields,
+    caption_tensors,
+    fill_pool,
+    maybe_refresh,
+    tokenize,
+)
 from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
 from attncraft.video import motion_text_path as text_path
 
@@ -159,10 +168,7 @@ class ClipEncoder:
         return z.view(n, self.frames, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()  # (N, C, F, h, w)
 
     def __call__(self, chunk) -> dict[str, torch.Tensor]:
-        out = {"latents": self.latents(chunk.scenes), "tokens": torch.from_numpy(chunk.tokens)}
-        if chunk.swapped is not None:
-            out["swapped"] = torch.from_numpy(chunk.swapped)
-        return out
+        return {"latents": self.latents(chunk.scenes), **caption_tensors(chunk)}
 
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -248,13 +254,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
 
     from attncraft.shapes.models import NOISE_SCHEDULE, SHAPES_SD_DIR
 
-    cfg = common.apply_overrides(cfg or get_configs(args.config).motion, args)
-    if args.contrast is not None:
-        cfg = replace(cfg, contrast=float(args.contrast))
-    if cfg.contrast < 0:
-        from attncraft.errors import InputError
-
-        raise InputError(f"--contrast must be >= 0, not {cfg.contrast}", "pass a weight such as 0.5, or 0 for off")
+    cfg = common.with_contrast(common.apply_overrides(cfg or get_configs(args.config).motion, args), args)
     if args.text_path:
         cfg = replace(cfg, text_path=args.text_path)
     if args.text_path_lr is not None:
@@ -290,9 +290,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         f"at {cfg.image_size} px ({latent}x{latent} latents); budget {args.minutes} min")
 
     encoder = ClipEncoder(vae, device, length, cfg.image_size)
-    fields = {"latents": ((4, length, latent, latent), torch.float16), "tokens": ((n_caps, 77), torch.int32)}
+    fields = {"latents": ((4, length, latent, latent), torch.float16), **caption_fields(n_caps, contrast)}
     if contrast:
-        fields["swapped"] = ((n_caps, 77), torch.int32)
         say(f"caption contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (reversed-motion captions)")
     pool = DevicePool(cfg.pool, fields, device)
     fill_pool(pool, stream, encoder, limit_s=cfg.pool_fill_limit_s, log=say)
@@ -323,7 +322,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
     pick = random.Random(args.seed)
     long_steps = 0
-    contrast_log: list[tuple[float, float]] = []  # (term, share of the batch it covered), every 50 steps
+    contrast_log = common.ContrastLog()
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encoder)
         frames = cfg.long_frames if pick.random() < cfg.long_fraction else cfg.frames
@@ -355,8 +354,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
             per_sw = (pred_sw.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
             term = common.caption_contrast(per, per_sw, cfg.contrast_margin, rows)
             loss = loss + cfg.contrast * term
-            if step % 50 == 0:  # a host sync, so only now and then
-                contrast_log.append((float(term.detach()), float(rows.float().mean())))
+            contrast_log.add(step, term, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
@@ -389,10 +387,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         "model": "shapes-motion",
         "adapter_params": n_params,
         "text_path": text_info,
-        "caption_contrast": ({"weight": cfg.contrast, "margin": cfg.contrast_margin,
-                              "term_every_50_steps": [round(t, 5) for t, _ in contrast_log],
-                              "rows_share_mean": (sum(r for _, r in contrast_log) / len(contrast_log)) if contrast_log else None}
-                             if contrast else None),
+        "caption_contrast": contrast_log.record(cfg),
         "adapter_config": {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")},
         "initialised_from": common.init_provenance(args.init_dir, "motion_adapter") if args.init_dir else None,
         "sd_dir": str(sd_dir),

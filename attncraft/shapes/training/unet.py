@@ -56,6 +56,8 @@ from attncraft.shapes.training.data import (
     DevicePool,
     SceneChunks,
     captioned_batch,
+    caption_fields,
+    caption_tensors,
     captioned_ids,
     contrast_ids,
     fill_pool,
@@ -64,7 +66,6 @@ from attncraft.shapes.training.data import (
     to_unit,
     tokenize,
 )
-from attncraft.errors import InputError
 from attncraft.shapes.vocab import VocabRemap, for_clip_ids
 
 
@@ -398,10 +399,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         cfg = replace(cfg, train_text=True)
     if args.text_lr is not None:
         cfg = replace(cfg, text_lr=args.text_lr)
-    if args.contrast is not None:
-        cfg = replace(cfg, contrast=float(args.contrast))
-    if cfg.contrast < 0:
-        raise InputError(f"--contrast must be >= 0, not {cfg.contrast}", "pass a weight such as 0.5, or 0 for off")
+    cfg = common.with_contrast(cfg, args)
     contrast = cfg.contrast > 0
     out, device, budget, max_steps, workers, say = common.start_stage("unet", args, cfg, quiet).unpack()
     clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
@@ -432,9 +430,8 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     say(f"UNet2DConditionModel {n_params / 1e6:.3f} M params on {device}; text hidden {hidden}; "
         f"VAE scaling {scaling:.4f}; budget {args.minutes} min")
 
-    fields = {"latents": ((4, latent, latent), torch.float16), "tokens": ((n_caps, 77), torch.int32)}
+    fields = {"latents": ((4, latent, latent), torch.float16), **caption_fields(n_caps, contrast)}
     if contrast:
-        fields["swapped"] = ((n_caps, 77), torch.int32)
         say(f"relation contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (captions with the relation "
             f"words flipped)")
     pool = DevicePool(cfg.pool, fields, device)
@@ -444,10 +441,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         x = to_unit(render_uint8(chunk.scenes, device))
         with common.autocast(device):
             z = vae.encode(x).latent_dist.mean.float() * scaling
-        out = {"latents": z, "tokens": torch.from_numpy(chunk.tokens)}
-        if chunk.swapped is not None:
-            out["swapped"] = torch.from_numpy(chunk.swapped)
-        return out
+        return {"latents": z, **caption_tensors(chunk)}
 
     fill_pool(pool, stream, encode, limit_s=cfg.pool_fill_limit_s, log=say)
 
@@ -470,7 +464,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
     model_fn = common.CompiledOrEager(unet, args.compile, say)
     log = common.LossLog("unet", every_s=cfg.log_every_s, quiet=quiet)
     steps = common.TrainingSteps(budget, max_steps, cfg, opt)
-    contrast_log: list[tuple[float, float]] = []  # (term, share of the batch it covered), every 50 steps
+    contrast_log = common.ContrastLog()
     for step, lr in steps:
         maybe_refresh(step, cfg.refresh_every, pool, stream, encode)
         B = cfg.batch
@@ -502,8 +496,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
             per_flipped = (pred_flipped.float() - target).pow(2).mean(dim=(1, 2, 3))
             term = common.caption_contrast(per, per_flipped, cfg.contrast_margin, rows)
             loss = loss + cfg.contrast * term
-            if step % 50 == 0:  # a host sync, so only now and then
-                contrast_log.append((float(term.detach()), float(rows.float().mean())))
+            contrast_log.add(step, term, rows)
         common.descend(opt, loss, params, cfg.grad_clip, ema)
         log.add(per.mean().detach())  # unweighted v-MSE: comparable across runs
         log.maybe_print(step + 1, lr, budget)
@@ -545,10 +538,7 @@ def train_unet(args: common.RunArgs, cfg: UnetTrain | None = None, quiet: bool =
         "captions": {"omits": list(cfg.caption_omits), "relation_share": stream.dataset.relation_share,
                      "vertical_share": cfg.caption_vertical},
         "high_noise_share": cfg.high_noise_share,
-        "relation_contrast": ({"weight": cfg.contrast, "margin": cfg.contrast_margin,
-                               "term_every_50_steps": [round(t, 5) for t, _ in contrast_log],
-                               "rows_share_mean": (sum(r for _, r in contrast_log) / len(contrast_log)) if contrast_log else None}
-                              if contrast else None),
+        "relation_contrast": contrast_log.record(cfg),
         "prediction_type": "v_prediction",
         "compiled": model_fn.compiled,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
