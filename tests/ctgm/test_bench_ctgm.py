@@ -1,4 +1,4 @@
-"""``benchmarks/bench_ctgm.py`` runs end to end (CPU, tiny pipeline); no timing is asserted."""
+"""``benchmarks/bench_ctgm.py`` and ``benchmarks/profile_ctgm.py`` run end to end (CPU, tiny pipeline); no timing is asserted."""
 
 from __future__ import annotations
 
@@ -28,3 +28,18 @@ def test_benchmark_times_every_variant(tmp_path, capsys):
     assert data["summary"]["stock"]["ratio"] == 1.0
     table = capsys.readouterr().out
     assert "| all |" in table and "| tar_part |" in table and "on all 4 cross-attention sites (" in table
+
+
+@pytest.mark.slow
+def test_profile_script_profiles_stock_and_each_variant(capsys):
+    path = BENCH.with_name("profile_ctgm.py")
+    spec = importlib.util.spec_from_file_location("profile_ctgm", path)
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    assert profile.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "3", "--size", "32",
+                         "--steps", "1", "--variants", "tar,tar_part", "--top", "3"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line.startswith("#### ")]
+    assert [h.split(":")[0] for h in heads] == ["#### stock", "#### tar", "#### tar_part"]
+    assert all("ms of CPU self time" in h and float(h.split(": ")[1].split()[0]) > 0 for h in heads)
+    assert out.count("Self CPU time total") == 3
