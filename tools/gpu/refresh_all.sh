@@ -15,7 +15,8 @@
 # trained folders stay as the job scripts leave them (split tars), to be unpacked as the model card says.
 #
 #   run from the repository root, carrying .whl:  OUT=/tmp/refresh bash tools/gpu/refresh_all.sh
-#   JOBS="motion sd clip" limits the trainings (default: all); BENCH=1 adds the cost benchmarks; the motion
+#   JOBS="motion sd clip" limits the trainings (default: all; without sd, wave 2 uses the SD in the tree);
+#   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; BENCH=1 adds the cost benchmarks; the motion
 #   adapter trains with the motion text path (TEXT_PATH=cross-kv, attncraft/video/motion_text_path.py) unless
 #   TEXT_PATH= is given empty.
 # Wall time: about 25 minutes on one H200 (SD ~7.5 min, then motion ~8 min beside RealCustom and DPL, then CTGM
@@ -48,7 +49,9 @@ waitrc() { while [ ! -f "$OUT/$1/.rc" ]; do sleep 5; done; }
 BASE=/tmp/refresh-work/base NEW=/tmp/refresh-work/new
 rm -rf "$BASE" "$NEW"; cp -a "$ROOT" "$BASE"
 
-wants sd && { job sd "$BASE" "WORK=/tmp/refresh-work/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
+# the SD with the relation contrast (SD_CONTRAST, default 0.5: the recipe that taught the vertical relations,
+# benchmarks/RESULTS.md "fifth lease"; SD_CONTRAST= to train without it)
+wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=/tmp/refresh-work/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
 wants clip && { job clip "$BASE" "WORK=/tmp/refresh-work/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
 if [ "${BENCH:-0}" = 1 ]; then
   ( job bench_t2v "$BASE" "python3 benchmarks/bench_text_to_video.py --device cuda --rounds 4 --json \$OUT/bench.json > \$OUT/bench.md"
@@ -68,7 +71,8 @@ fi
 job realcustom "$NEW" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" &
 job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
-wants motion && { job motion "$NEW" "MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=/tmp/refresh-work/motion bash tools/gpu/train_shapes_motion.sh" & }
+# (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
+wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=/tmp/refresh-work/motion bash tools/gpu/train_shapes_motion.sh" & }
 
 # wave 2, CLIP side
 ( if wants clip; then waitrc clip; fi
