@@ -377,8 +377,28 @@ def test_cpu_configs_are_their_gpu_twins_at_cpu_size():
     assert parse(["unet", "--config", "finetune-text-cpu", "--out", "x"]).config == "finetune-text-cpu"
 
 
+def test_mesh_cpu_config_is_full_mesh_at_cpu_size_and_the_frozen_trunk_is_a_flag():
+    """mesh-cpu differs from full-mesh only in sizes; --train-vision-from sets the first trained vision layer
+    (0: all of them), and a negative index is a usage error."""
+    from dataclasses import asdict
+
+    from attncraft.shapes.training.__main__ import parse
+    from attncraft.shapes.training.configs import get_configs
+
+    full, cpu = asdict(get_configs("full-mesh").clip), asdict(get_configs("mesh-cpu").clip)
+    sizes = {"batch", "warmup", "pool", "mesh_pool", "chunk", "workers", "mesh_workers", "mesh_refresh_every",
+             "refresh_every", "pool_fill_limit_s", "reserve_s", "log_every_s"}
+    assert {k for k in full if full[k] != cpu[k]} <= sizes and cpu["train_vision_from"] == 5 and cpu["batch"] == 256
+    assert cpu["mesh_fraction"] == full["mesh_fraction"] == 0.5 and cpu["lr"] == full["lr"]
+    assert parse(["clip", "--config", "mesh-cpu", "--train-vision-from", "0", "--out", "x"]).train_vision_from == 0
+    assert parse(["evaluate", "--config", "mesh-cpu", "--out", "x"]).train_vision_from is None
+    with pytest.raises(SystemExit) as exc:
+        parse(["clip", "--config", "mesh-cpu", "--train-vision-from", "-1", "--out", "x"])
+    assert exc.value.code == 2
+
+
 @pytest.mark.parametrize("stage,config", [("unet", "motion-cpu"), ("motion", "finetune-text"), ("unet", "cpu"),
-                                          ("realcustom", "finetune"), ("vae", "full-mesh")])
+                                          ("realcustom", "finetune"), ("vae", "full-mesh"), ("unet", "mesh-cpu")])
 def test_a_config_of_another_stage_is_a_usage_error(stage, config, capsys):
     from attncraft.shapes.training.__main__ import parse
 
@@ -453,6 +473,13 @@ def test_clip_mesh_fine_tune_from_a_trained_clip(trained, tmp_path):
         a, b = (m.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2] for m in (old, new))
     assert torch.equal(a, b)
     assert not torch.equal(old.visual_projection.weight, new.visual_projection.weight)
+    # --train-vision-from 0 overrides the config's frozen trunk: every vision layer moves, nothing is recorded frozen
+    info = train_clip(_run_args(tmp_path / "clip-open", init_dir=str(root / "shapes-clip"), mesh_fraction=0.5,
+                                max_steps=3, train_vision_from=0), cfg, quiet=True)
+    opened = CLIPModel.from_pretrained(str(tmp_path / "clip-open"), local_files_only=True, dtype=torch.float32)
+    assert "frozen_vision" not in json.loads((tmp_path / "clip-open" / "training_log.json").read_text())
+    assert not torch.equal(old.vision_model.embeddings.patch_embedding.weight,
+                           opened.vision_model.embeddings.patch_embedding.weight)
     ecfg = get_configs("smoke").eval
     ecfg.mesh_scenes = 12
     res = eval_clip_mesh(tmp_path / "clip-mesh", ecfg, torch.device("cpu"))

@@ -16,7 +16,8 @@
 #
 #   run from the repository root, carrying .whl:  OUT=/tmp/refresh bash tools/gpu/refresh_all.sh
 #   JOBS="motion sd clip" limits the trainings (default: all; without sd, wave 2 uses the SD in the tree);
-#   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; BENCH=1 adds the cost benchmarks; the motion
+#   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; CLIP_VISION_FROM=0
+#   trains the mesh CLIP's whole vision tower (RealCustom then trains on that CLIP); BENCH=1 adds the cost benchmarks; the motion
 #   adapter trains with the motion text path (TEXT_PATH=cross-kv, attncraft/video/motion_text_path.py) unless
 #   TEXT_PATH= is given empty.
 # Wall time: about 25 minutes on one H200 (SD ~7.5 min, then motion ~8 min beside RealCustom and DPL, then CTGM
@@ -52,7 +53,11 @@ rm -rf "$BASE" "$NEW"; cp -a "$ROOT" "$BASE"
 # the SD with the relation contrast (SD_CONTRAST, default 0.5: the recipe that taught the vertical relations,
 # benchmarks/RESULTS.md "fifth lease"; SD_CONTRAST= to train without it)
 wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=/tmp/refresh-work/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
-wants clip && { job clip "$BASE" "WORK=/tmp/refresh-work/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
+# CLIP_VISION_FROM=0 trains every vision layer of the mesh CLIP (the paired CPU check: +10 to +16 points of mesh
+# shape at equal steps, benchmarks/RESULTS.md); it changes the image features RealCustom reads, so RealCustom then
+# waits for the new CLIP and trains on it (the two ship together). Empty (default): the frozen trunk, as shipped.
+CLIPV=${CLIP_VISION_FROM:-}
+wants clip && { job clip "$BASE" "TRAIN_VISION_FROM=$CLIPV WORK=/tmp/refresh-work/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
 if [ "${BENCH:-0}" = 1 ]; then
   ( job bench_t2v "$BASE" "python3 benchmarks/bench_text_to_video.py --device cuda --rounds 4 --json \$OUT/bench.json > \$OUT/bench.md"
     job bench_broadway_vstar "$BASE" "python3 benchmarks/bench_broadway_vstar.py --device cuda --rounds 3 --warmup 1 --json \$OUT/bench.json > \$OUT/bench.md"
@@ -68,7 +73,16 @@ cp -a "$BASE" "$NEW"
 if ls "$OUT"/sd/shapes-sd.tar.* > /dev/null 2>&1; then
   rm -rf "$NEW/assets/models/shapes-sd" && cat "$OUT"/sd/shapes-sd.tar.* | tar -xf - -C "$NEW/assets/models" && log "wave 2 uses the new SD"
 fi
-job realcustom "$NEW" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" &
+if [ -n "$CLIPV" ] && wants clip; then
+  ( waitrc clip; RC=/tmp/refresh-work/new-rc; rm -rf "$RC"; cp -a "$NEW" "$RC"
+    if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
+      rm -rf "$RC/assets/models/shapes-clip" && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C "$RC/assets/models" \
+        && log "realcustom uses the new CLIP"
+    fi
+    job realcustom "$RC" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" ) &
+else
+  job realcustom "$NEW" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" &
+fi
 job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)

@@ -12,7 +12,8 @@
 # Install into the repository:  rm -rf assets/models/shapes-clip && cat shapes-clip.tar.* | tar -xf - -C assets/models
 #
 # Environment overrides (a CPU dry run: SHAPES_DEVICE=cpu SHAPES_CONFIG=smoke INIT=<a smoke CLIP folder>):
-# SHAPES_DEVICE, SHAPES_CONFIG, INIT, MIN_CLIP, MIN_EVAL, WORK.
+# SHAPES_DEVICE, SHAPES_CONFIG, INIT, MIN_CLIP, MIN_EVAL, WORK, TRAIN_VISION_FROM (the first trained vision layer;
+# 0 trains them all, which changes the image features RealCustom's parts read: retrain those after it).
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-clip-mesh}
 WORK=${WORK:-/tmp/shapes-clip-mesh}
@@ -21,6 +22,8 @@ CFG=${SHAPES_CONFIG:-full-mesh}
 INIT=${INIT:-assets/models/shapes-clip}
 MIN_CLIP=${MIN_CLIP:-5.4}
 MIN_EVAL=${MIN_EVAL:-1.0}
+EXTRA=()
+[ -n "${TRAIN_VISION_FROM:-}" ] && EXTRA+=(--train-vision-from "$TRAIN_VISION_FROM")
 EVAL_CFG=$([ "$CFG" = smoke ] && echo smoke || echo full)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
@@ -31,7 +34,7 @@ T0=$(date +%s)
   python3 -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__, 'cuda', torch.cuda.is_available())"
 } > "$OUT/clip_mesh.log" 2>&1
 
-$T clip --config "$CFG" --device "$DEV" --seed 0 --minutes "$MIN_CLIP" --init "$INIT" --mesh-fraction 0.5 \
+$T clip --config "$CFG" --device "$DEV" --seed 0 --minutes "$MIN_CLIP" --init "$INIT" --mesh-fraction 0.5 "${EXTRA[@]}" \
    --out "$WORK/shapes-clip" >> "$OUT/clip_mesh.log" 2>&1
 RC_CLIP=$?
 echo "clip exit $RC_CLIP after $(( $(date +%s) - T0 )) s" | tee -a "$OUT/clip_mesh.log"

@@ -16,13 +16,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                 description="Train / evaluate the Shapes models.")
     p.add_argument("stage", choices=["clip", "vae", "unet", "motion", "ctgm", "evaluate", "realcustom", "realcustom-eval"])
     p.add_argument("--config", choices=["smoke", "cpu", "full", "finetune", "finetune-text", "finetune-text-cpu",
-                                         "motion-cpu", "full-mesh"],
+                                         "motion-cpu", "full-mesh", "mesh-cpu"],
                    default="smoke",
                    help="smoke (seconds), full (one GPU); realcustom also has cpu (an hour on a CPU); unet also has "
                         "finetune (full, with the UNet settings of a warm start, --init) and finetune-text (finetune "
                         "with the text encoder trained too) and finetune-text-cpu (finetune-text at CPU size, under an "
                         "hour); motion also has motion-cpu (paired experiments on a CPU, --init); clip also has full-mesh (the mesh-reading fine-tune, "
-                        "one GPU)")
+                        "one GPU) and mesh-cpu (full-mesh at CPU size, paired experiments, --init)")
     p.add_argument("--out", required=True, help="output folder (model folder; evaluate: metrics folder)")
     p.add_argument("--minutes", type=float, default=1.0, help="wall-clock budget of this command")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -71,7 +71,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "(unet) to exceed the true caption's by 10 %% (default: the config's, 0 = off)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
+    p.add_argument("--train-vision-from", type=int, default=None,
+                   help="clip: vision layers below this index (and the patch embedding) stay frozen; 0 trains them "
+                        "all (default: the config's; full-mesh and mesh-cpu keep 5 of 6 frozen)")
     ns = p.parse_args(argv)
+    if ns.train_vision_from is not None and ns.train_vision_from < 0:
+        p.error(f"--train-vision-from {ns.train_vision_from}: give a layer index >= 0 (0 trains every layer)")
     stages = CONFIG_STAGES.get(ns.config)
     if stages is not None and ns.stage not in stages:
         p.error(f"--config {ns.config} is a configuration of {' and '.join(stages)}, not of {ns.stage}: "
@@ -86,6 +91,7 @@ CONFIG_STAGES = {
     "finetune-text-cpu": ("unet", "evaluate"),
     "motion-cpu": ("motion", "evaluate"),
     "full-mesh": ("clip", "evaluate"),
+    "mesh-cpu": ("clip", "evaluate"),
 }
 """The stages a specialised ``--config`` belongs to (``smoke`` and ``full`` belong to all); any other stage
 would silently fall back to its full settings, or fail deep inside, so the command line refuses it."""
@@ -110,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts=ns.prompts, ctgm_mode=ns.ctgm_mode, ctgm_sites=ns.ctgm_sites, what=ns.what,
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
         mesh_fraction=ns.mesh_fraction, train_text=ns.train_text, text_lr=ns.text_lr,
-        text_path=ns.text_path, text_path_lr=ns.text_path_lr, contrast=ns.contrast, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        text_path=ns.text_path, text_path_lr=ns.text_path_lr, contrast=ns.contrast,
+        train_vision_from=ns.train_vision_from, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     from attncraft.errors import AttncraftError
 

@@ -15,6 +15,7 @@ keeps the vision trunk below that layer frozen (the features other trained parts
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,8 @@ def _param_groups(model, weight_decay: float):
 
 def train_clip(args: common.RunArgs, cfg: ClipTrain | None = None, quiet: bool = False) -> dict[str, Any]:
     cfg = common.apply_overrides(cfg or get_configs(args.config).clip, args)
+    if args.train_vision_from is not None:  # 0: every vision layer trained
+        cfg = replace(cfg, train_vision_from=args.train_vision_from or None)
     out, device, budget, max_steps, workers, say = common.start_stage("clip", args, cfg, quiet).unpack()
 
     mesh_fraction = cfg.mesh_fraction if args.mesh_fraction is None else args.mesh_fraction

@@ -50,6 +50,7 @@ class RunArgs:
     text_path: str | None = None  # motion: train a motion text path of this kind (None: the config's)
     text_path_lr: float | None = None  # motion: its peak learning rate (None: the config's)
     contrast: float | None = None  # motion / unet: weight of the caption-contrast term (None: the config's, 0 = off)
+    train_vision_from: int | None = None  # clip: first trained vision layer (None: the config's; 0: all trained)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 

@@ -283,6 +283,15 @@ patch embedding and the first 5 of 6 vision layers stay frozen, so the penultima
 image features RealCustom's trained parts read) are unchanged bit for bit."""
 
 
+MESH_FINE_TUNE_CPU = dict(MESH_FINE_TUNE, batch=256, warmup=30, pool=8192, mesh_pool=4096, chunk=256, workers=1,
+                          mesh_workers=1, mesh_refresh_every=2, refresh_every=4, pool_fill_limit_s=None, reserve_s=10.0,
+                          log_every_s=60.0)
+"""``mesh-cpu``: ``full-mesh`` at a size two CPU cores can run in a quarter of an hour, for paired experiments
+from the shipped CLIP (``--init``), e.g. the frozen trunk against every vision layer trained
+(``--train-vision-from 0``): batches of 256 (half meshes), pools of 8,192 scenes and 4,096 meshes, one worker
+each. It compares options at equal steps; it does not train a CLIP to ship."""
+
+
 def get_configs(name: str) -> StageConfigs:
     if name == "full":
         return StageConfigs()
@@ -296,6 +305,8 @@ def get_configs(name: str) -> StageConfigs:
         return StageConfigs(motion=MotionTrain(**MOTION_CPU))
     if name == "full-mesh":
         return StageConfigs(clip=ClipTrain(**MESH_FINE_TUNE))
+    if name == "mesh-cpu":
+        return StageConfigs(clip=ClipTrain(**MESH_FINE_TUNE_CPU))
     if name == "smoke":
         return StageConfigs(
             clip=ClipTrain(batch=32, lr=3e-3, warmup=5, pool=512, chunk=128, refresh_every=8, workers=0,
@@ -319,4 +330,4 @@ def get_configs(name: str) -> StageConfigs:
                             motion_one=2, motion_seq=2, motion_sweep_prompts=1, motion_sweep_guidance=(3.0,),
                             motion_baseline=1, motion_frames=8, motion_batch=2),
         )
-    raise ValueError(f"unknown config {name!r} (smoke, full, finetune, finetune-text, finetune-text-cpu, motion-cpu or full-mesh)")
+    raise ValueError(f"unknown config {name!r} (smoke, full, finetune, finetune-text, finetune-text-cpu, motion-cpu, full-mesh or mesh-cpu)")
