@@ -266,10 +266,11 @@ class TemporalModule(AnimateDiffTransformer3D):
     Head widths that are no multiple of 8 (TAR's 9) run with :class:`ShortSequenceProcessor`.
 
     The block runs on equal slices of the ``N*H*W`` sequences with at most ``kernel_batch_limit``
-    sequences each (:func:`~.backends.map_batch_chunks`; its attention is diffusers' SDPA call, whose
+    sequences each (:func:`~.backends.map_batch_chunks`; where the attention is diffusers' SDPA call, its
     grid holds the batch alone): TAR has one sequence per (clip, ``attn2`` head, latent pixel),
     2 * 8 * 64 * 64 = 65536 on SD 1.5 at 512x512 with guidance, past the fused kernels' CUDA grid limit
-    (two slices of 32768). Every sequence is independent, so the values are those of one call.
+    (two slices of 32768; they also bound the explicit path's scores). Every sequence is independent, so
+    the values are those of one call.
     """
 
     def __init__(self, channels: int, heads: int = DEFAULT_HEADS, max_frames: int = 32):
