@@ -15,6 +15,8 @@
 # trained folders stay as the job scripts leave them (split tars), to be unpacked as the model card says.
 #
 #   run from the repository root, carrying .whl:  OUT=/tmp/refresh bash tools/gpu/refresh_all.sh
+#   DRY=1 runs the control flow alone (seconds, any machine): each training job "produces" the shipped folder
+#   it would retrain, the other jobs print their command; REFRESH_WORK moves the work folder (default /tmp/refresh-work).
 #   JOBS="motion sd clip" limits the trainings (default: all; without sd, wave 2 uses the SD in the tree);
 #   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; CLIP_VISION_FROM=0
 #   trains the mesh CLIP's whole vision tower (RealCustom then trains on that CLIP); BENCH=1 adds the cost benchmarks; the motion
@@ -28,7 +30,8 @@ set -u
 ROOT=$(pwd)
 OUT=${OUT:-$ROOT/outputs/refresh}
 JOBS=${JOBS:-motion sd clip}
-mkdir -p "$OUT" /tmp/refresh-work
+WK=${REFRESH_WORK:-/tmp/refresh-work}
+mkdir -p "$OUT" "$WK"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 log() { echo "$(date -u +%T) $*" | tee -a "$OUT/refresh.log"; }
 wants() { case " $JOBS " in *" $1 "*) return 0;; *) return 1;; esac; }
@@ -38,7 +41,15 @@ job() {
   local name=$1 dir=$2; shift 2
   mkdir -p "$OUT/$name"; log "start $name"
   local t0=$(date +%s)
-  ( cd "$dir" && export OUT="$OUT/$name" PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" && eval "$*" ) > "$OUT/$name/job.log" 2>&1
+  if [ "${DRY:-0}" = 1 ]; then  # the control flow alone: a training "produces" the shipped folder it would retrain
+    ( echo "dry $name in $dir: $*"; cd "$dir/assets/models" || exit 1
+      case $name in
+        sd|clip) tar -cf - "shapes-$name" | split -b 16000k -d -a 2 - "$OUT/$name/shapes-$name.tar." ;;
+        motion) tar -cf "$OUT/$name/shapes-motion.tar" shapes-motion ;;
+      esac ) > "$OUT/$name/job.log" 2>&1
+  else
+    ( cd "$dir" && export OUT="$OUT/$name" PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" && eval "$*" ) > "$OUT/$name/job.log" 2>&1
+  fi
   local rc=$?
   echo $rc > "$OUT/$name/.rc"; log "end $name rc=$rc after $(( $(date +%s) - t0 )) s"
   return $rc
@@ -47,17 +58,17 @@ waitrc() { while [ ! -f "$OUT/$1/.rc" ]; do sleep 5; done; }
 
 # Two copies of the tree: BASE keeps the shipped models (wave 1 trains from them), NEW receives the
 # products of wave 1 for wave 2.
-BASE=/tmp/refresh-work/base NEW=/tmp/refresh-work/new
+BASE=$WK/base NEW=$WK/new
 rm -rf "$BASE" "$NEW"; cp -a "$ROOT" "$BASE"
 
 # the SD with the relation contrast (SD_CONTRAST, default 0.5: the recipe that taught the vertical relations,
 # benchmarks/RESULTS.md "fifth lease"; SD_CONTRAST= to train without it)
-wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=/tmp/refresh-work/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
+wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=$WK/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
 # CLIP_VISION_FROM=0 trains every vision layer of the mesh CLIP (the paired CPU check: +10 to +16 points of mesh
 # shape at equal steps, benchmarks/RESULTS.md); it changes the image features RealCustom reads, so RealCustom then
 # waits for the new CLIP and trains on it (the two ship together). Empty (default): the frozen trunk, as shipped.
 CLIPV=${CLIP_VISION_FROM:-}
-wants clip && { job clip "$BASE" "TRAIN_VISION_FROM=$CLIPV WORK=/tmp/refresh-work/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
+wants clip && { job clip "$BASE" "TRAIN_VISION_FROM=$CLIPV WORK=$WK/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
 if [ "${BENCH:-0}" = 1 ]; then
   ( job bench_t2v "$BASE" "python3 benchmarks/bench_text_to_video.py --device cuda --rounds 4 --json \$OUT/bench.json > \$OUT/bench.md"
     job bench_broadway_vstar "$BASE" "python3 benchmarks/bench_broadway_vstar.py --device cuda --rounds 3 --warmup 1 --json \$OUT/bench.json > \$OUT/bench.md"
@@ -74,25 +85,25 @@ if ls "$OUT"/sd/shapes-sd.tar.* > /dev/null 2>&1; then
   rm -rf "$NEW/assets/models/shapes-sd" && cat "$OUT"/sd/shapes-sd.tar.* | tar -xf - -C "$NEW/assets/models" && log "wave 2 uses the new SD"
 fi
 if [ -n "$CLIPV" ] && wants clip; then
-  ( waitrc clip; RC=/tmp/refresh-work/new-rc; rm -rf "$RC"; cp -a "$NEW" "$RC"
+  ( waitrc clip; RC=$WK/new-rc; rm -rf "$RC"; cp -a "$NEW" "$RC"
     if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
       rm -rf "$RC/assets/models/shapes-clip" && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C "$RC/assets/models" \
         && log "realcustom uses the new CLIP"
     fi
-    job realcustom "$RC" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" ) &
+    job realcustom "$RC" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" ) &
 else
-  job realcustom "$NEW" "WORK=/tmp/refresh-work/rc bash tools/gpu/train_realcustom.sh" &
+  job realcustom "$NEW" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" &
 fi
 job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
-wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=/tmp/refresh-work/motion bash tools/gpu/train_shapes_motion.sh" & }
+wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion bash tools/gpu/train_shapes_motion.sh" & }
 
 # wave 2, CLIP side
 ( if wants clip; then waitrc clip; fi
   if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
-    mkdir -p /tmp/refresh-work/newclip && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C /tmp/refresh-work/newclip
-    CLIP=/tmp/refresh-work/newclip/shapes-clip
+    mkdir -p $WK/newclip && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C $WK/newclip
+    CLIP=$WK/newclip/shapes-clip
   else CLIP=assets/models/shapes-clip; fi
   MIT=$([ -d "$BASE/.mit30" ] && echo "--mit30 .mit30")
   job xmesh_claim "$BASE" "python3 benchmarks/bench_xmesh_claim.py --clip $CLIP $MIT --device cuda --budget-minutes 6 --out \$OUT/claim" ) &
@@ -101,7 +112,7 @@ wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} MIN_TRAIN=\${
 if wants motion; then waitrc motion; fi
 [ -f "$OUT/motion/shapes-motion.tar" ] && tar -xf "$OUT/motion/shapes-motion.tar" -C "$NEW/assets/models" && log "wave 2 uses the new motion adapter"
 if [ -f "$NEW/assets/models/shapes-motion/config.json" ]; then
-  job ctgm "$NEW" "WORK=/tmp/refresh-work/ctgm ADAPTER=assets/models/shapes-motion bash tools/gpu/train_shapes_ctgm.sh" &
+  job ctgm "$NEW" "WORK=$WK/ctgm ADAPTER=assets/models/shapes-motion bash tools/gpu/train_shapes_ctgm.sh" &
   job broadway_vstar "$NEW" "python3 benchmarks/measure_broadway_vstar.py --adapter assets/models/shapes-motion --device cuda --count 200 --batch 50 --workers 8 --out \$OUT/measure" &
 else
   log "no motion adapter: ctgm and broadway_vstar skipped"

@@ -1,0 +1,61 @@
+"""``tools/gpu/refresh_all.sh`` with ``DRY=1``: the GPU refresh's control flow (who waits for whom, which tree
+each job runs in, which product it takes), on a stand-in tree of three model folders, in seconds."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "gpu" / "refresh_all.sh"
+
+
+def _dry(tmp_path: Path, **env: str) -> tuple[list[str], Path, Path]:
+    root, out, work = tmp_path / "root", tmp_path / "out", tmp_path / "work"
+    for name in ("shapes-sd", "shapes-clip", "shapes-motion"):
+        (root / "assets" / "models" / name).mkdir(parents=True)
+        (root / "assets" / "models" / name / "config.json").write_text("{}")
+    run_env = {**os.environ, "DRY": "1", "OUT": str(out), "REFRESH_WORK": str(work), **env}
+    done = subprocess.run(["bash", str(SCRIPT)], cwd=root, env=run_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in (out / "refresh.log").read_text().splitlines()]
+    return events, out, work
+
+
+def _first(events: list[str], text: str) -> int:
+    return next(i for i, e in enumerate(events) if e.startswith(text))
+
+
+def _command(out: Path, job: str) -> str:
+    return (out / job / "job.log").read_text()
+
+
+@pytest.mark.slow
+def test_dependants_wait_for_their_models_and_use_them(tmp_path):
+    events, out, work = _dry(tmp_path, CLIP_VISION_FROM="0")
+    for job in ("sd", "clip", "motion", "realcustom", "dpl_effect", "ctgm", "broadway_vstar", "xmesh_claim"):
+        assert (out / job / ".rc").read_text().strip() == "0", job
+    # wave 2 starts after the SD and takes its product; CTGM and BroadWay/VSTAR after the motion adapter
+    for later in ("start motion", "start dpl_effect", "start realcustom"):
+        assert _first(events, "end sd") < _first(events, "wave 2 uses the new SD") < _first(events, later)
+    for later in ("start ctgm", "start broadway_vstar"):
+        assert _first(events, "end motion") < _first(events, "wave 2 uses the new motion adapter") < _first(events, later)
+    # with the vision tower opened, RealCustom waits for that CLIP and trains in its own tree with it
+    assert _first(events, "end clip") < _first(events, "realcustom uses the new CLIP") < _first(events, "start realcustom")
+    assert f"in {work / 'new-rc'}:" in _command(out, "realcustom")
+    assert "TRAIN_VISION_FROM=0 " in _command(out, "clip")
+    assert f"--clip {work / 'newclip' / 'shapes-clip'}" in _command(out, "xmesh_claim")
+    # the recipes: the SD with the relation contrast, the motion adapter without the caption contrast
+    assert "CONTRAST=0.5 " in _command(out, "sd") and "CONTRAST= " in _command(out, "motion")
+
+
+@pytest.mark.slow
+def test_with_the_trunk_frozen_realcustom_does_not_wait_for_the_clip(tmp_path):
+    events, out, work = _dry(tmp_path, JOBS="sd clip", SD_CONTRAST="")
+    assert "realcustom uses the new CLIP" not in "\n".join(events)
+    assert f"in {work / 'new'}:" in _command(out, "realcustom")
+    assert "CONTRAST= " in _command(out, "sd") and not (out / "motion").exists()
+    assert "no motion adapter: ctgm and broadway_vstar skipped" not in "\n".join(events)  # the tree's adapter serves
