@@ -11,11 +11,17 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ctgm.py"
 
 
+def _script(name: str):
+    """A benchmark script of ``benchmarks/`` loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_benchmark_times_every_variant(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_ctgm", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_ctgm")
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "3", "--size", "16", "--steps", "2",
                        "--rounds", "1", "--warmup", "0", "--json", str(out)]) == 0  # fmt: skip
@@ -32,10 +38,7 @@ def test_benchmark_times_every_variant(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_profile_script_profiles_stock_and_each_variant(capsys):
-    path = BENCH.with_name("profile_ctgm.py")
-    spec = importlib.util.spec_from_file_location("profile_ctgm", path)
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    profile = _script("profile_ctgm")
     assert profile.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "3", "--size", "32",
                          "--steps", "1", "--variants", "tar,tar_part", "--top", "3"]) == 0  # fmt: skip
     out = capsys.readouterr().out
@@ -43,3 +46,14 @@ def test_profile_script_profiles_stock_and_each_variant(capsys):
     assert [h.split(":")[0] for h in heads] == ["#### stock", "#### tar", "#### tar_part"]
     assert all("ms of CPU self time" in h and float(h.split(": ")[1].split()[0]) > 0 for h in heads)
     assert out.count("Self CPU time total") == 3
+
+
+@pytest.mark.slow
+def test_attention_benchmark_times_every_path_and_agrees(capsys):
+    bench = _script("bench_ctgm_attention")
+    assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--calls", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    named = {r[0].strip(): r for r in rows}
+    for name in ("explicit, softmax in fp32", "SDPA, math, heads of 9", "SDPA, math, heads padded to 16",
+                 "ShortSequenceProcessor (explicit, fp32 softmax)"):
+        assert float(named[name][1]) > 0 and float(named[name][2]) < 1e-5, name

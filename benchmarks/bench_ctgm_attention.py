@@ -1,0 +1,168 @@
+"""TAR's temporal attention at SD 1.5's 64x64 layers: SDPA's kernels against explicit products, and one
+whole TAR temporal module with each attention path (and compiled).
+
+Part 1 times one slice of the attention a TAR temporal module makes at the 64x64 layers of SD 1.5 at
+512x512 with guidance: 32,768 sequences x 8 heads x 15 frames x 9 channels (77 text tokens as channels,
+``proj_in`` to 72; two such slices per call). Variants: SDPA restricted to each of its backends (cuDNN,
+memory-efficient, flash, math) on heads of 9 and on heads zero-padded to 16, and the explicit form
+``q @ k^T``, softmax, ``@ v`` with the softmax in fp32 (``ShortSequenceProcessor``) or in the input dtype.
+Every variant's output is compared with the explicit fp32-softmax one (max abs difference).
+
+Part 2 times :class:`~attncraft.attention_processors.ctgm.TemporalModule` (77 channels, 8 heads) on the
+input of one TAR module at those layers, ``(16 * 15, 77, 64, 64)`` (2 CFG halves x 8 ``attn2`` heads, 15
+frames), with diffusers' SDPA processor, with ``ShortSequenceProcessor``, and (``--compile``) with the
+latter under ``torch.compile``. CUDA events, mean of ``--calls`` calls after 3 warm-up calls.
+
+Usage (GPU, under a minute; the compile adds about 20 s): ``python benchmarks/bench_ctgm_attention.py
+--device cuda --compile``. ``--tiny --device cpu`` runs the same code at tiny sizes (a smoke test; numbers mean
+nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def timer(device: torch.device):
+    def measure(fn, calls: int) -> float:
+        with torch.no_grad():
+            for _ in range(3):
+                fn()
+            if device.type != "cuda":
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                return (time.perf_counter() - t0) * 1e3 / calls
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / calls
+
+    return measure
+
+
+def explicit(q, k, v, scale, fp32_softmax: bool = True):
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores = scores.float() * scale if fp32_softmax else scores * scale
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
+def attention_rows(device, dtype, sequences: int, calls: int) -> list[tuple[str, float | None, float | None]]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads, frames, width = 8, 15, 9
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(sequences, heads, frames, width, generator=g).to(device, dtype) for _ in range(3))
+    padded = [F.pad(x, (0, 16 - width)) for x in (q, k, v)]
+    scale = width**-0.5
+    measure = timer(device)
+    with torch.no_grad():
+        ref = explicit(q, k, v, scale)
+    rows = []
+
+    def row(name, fn, crop=False):
+        try:
+            ms = measure(fn, calls)
+            with torch.no_grad():
+                out = fn()
+            diff = float((out[..., :width] - ref).abs().max()) if crop else float((out - ref).abs().max())
+            rows.append((name, ms, diff))
+        except RuntimeError:  # this backend takes no such input here
+            rows.append((name, None, None))
+
+    backends = [("cuDNN", "CUDNN_ATTENTION"), ("memory-efficient", "EFFICIENT_ATTENTION"),
+                ("flash", "FLASH_ATTENTION"), ("math", "MATH")]  # fmt: skip
+    for label, name in backends:
+        backend = getattr(SDPBackend, name, None)
+        if backend is None:
+            continue
+        for what, (a, b, c), crop in (("heads of 9", (q, k, v), False), ("heads padded to 16", padded, True)):
+            def sdpa(a=a, b=b, c=c, backend=backend):
+                with sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(a, b, c, scale=scale)
+
+            row(f"SDPA, {label}, {what}", sdpa, crop)
+    row("explicit, softmax in fp32", lambda: explicit(q, k, v, scale))
+    row("explicit, softmax in the input dtype", lambda: explicit(q, k, v, scale, fp32_softmax=False))
+    return rows
+
+
+def module_rows(device, dtype, clips: int, size: int, calls: int, compile_too: bool) -> list[tuple[str, float, float]]:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from attncraft.attention_processors.ctgm import ShortSequenceProcessor, TemporalModule
+
+    torch.manual_seed(0)
+    module = TemporalModule(77).to(device, dtype).eval()
+    for p in module.proj_out.parameters():  # a non-zero branch
+        torch.nn.init.normal_(p, std=0.02)
+    x = torch.randn(clips * 15, 77, size, size, device=device, dtype=dtype)
+    attentions = [a for b in module.transformer_blocks for a in (b.attn1, b.attn2) if a is not None]
+    measure = timer(device)
+    rows = []
+    for a in attentions:
+        a.set_processor(AttnProcessor2_0())
+    with torch.no_grad():
+        ref = module(x, 15)
+    rows.append(("diffusers' SDPA processor", measure(lambda: module(x, 15), calls), 0.0))
+    for a in attentions:
+        a.set_processor(ShortSequenceProcessor(explicit_on_cpu=True))
+    with torch.no_grad():
+        diff = float((module(x, 15) - ref).abs().max())
+    rows.append(("ShortSequenceProcessor (explicit, fp32 softmax)", measure(lambda: module(x, 15), calls), diff))
+    if compile_too:
+        compiled = torch.compile(module)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            diff = float((compiled(x, 15) - ref).abs().max())
+        seconds = time.perf_counter() - t0
+        rows.append((f"the same, torch.compile ({seconds:.0f} s to compile)", measure(lambda: compiled(x, 15), calls), diff))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from attncraft.devices import DTYPES
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="also time the module under torch.compile")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke run)")
+    args = p.parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    sequences, clips, size = (64, 2, 4) if args.tiny else (32768, 16, 64)
+
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"### TAR's temporal attention ({datetime.date.today().isoformat()}, {hw}, torch {torch.__version__}, {args.dtype})")
+    print()
+    print(f"Command: `python benchmarks/bench_ctgm_attention.py {' '.join(sys.argv[1:] if argv is None else argv)}`")
+    print()
+    print(f"One slice: {sequences:,} sequences x 8 heads x 15 frames x 9 channels; mean of {args.calls} calls.")
+    print()
+    print("| attention | ms | max abs difference to the explicit fp32-softmax form |")
+    print("| --- | ---: | ---: |")
+    for name, ms, diff in attention_rows(device, dtype, sequences, args.calls):
+        print(f"| {name} | {'no kernel' if ms is None else f'{ms:.2f}'} | {'-' if diff is None else f'{diff:.4f}'} |")
+    print()
+    print(f"One TAR temporal module, input ({clips} x 15, 77, {size}, {size}); mean of {args.calls} calls.")
+    print()
+    print("| temporal module | ms | max abs difference to diffusers' processor |")
+    print("| --- | ---: | ---: |")
+    for name, ms, diff in module_rows(device, dtype, clips, size, args.calls, args.compile):
+        print(f"| {name} | {ms:.2f} | {diff:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
