@@ -125,6 +125,7 @@ __all__ = [
     "ctgm_layout",
     "ctgm_technique",
     "formula_parameter_counts",
+    "frame_attention",
     "group_count",
     "load_ctgm",
     "resolve_ctgm_file",
@@ -202,6 +203,13 @@ SHORT_SEQUENCE = 32
 modules); longer ones go to SDPA."""
 
 
+def frame_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention over short sequences as two matrix products, the scale and softmax in fp32:
+    ``(..., L, d)`` inputs, the output in ``value``'s dtype (:class:`ShortSequenceProcessor`'s form)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    return torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)
+
+
 class ShortSequenceProcessor:
     """Self-attention of a temporal module over its frames as two batched matrix products on CUDA,
     with the softmax in fp32.
@@ -246,9 +254,7 @@ class ShortSequenceProcessor:
             return x.view(batch, length, heads, width).transpose(1, 2)
 
         query, key, value = (split(layer(hidden_states)) for layer in (attn.to_q, attn.to_k, attn.to_v))
-        scores = torch.matmul(query, key.transpose(-1, -2)).float() * attn.scale
-        out = torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)
-        out = out.transpose(1, 2).reshape(batch, length, heads * width)
+        out = frame_attention(query, key, value, attn.scale).transpose(1, 2).reshape(batch, length, heads * width)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual

@@ -40,6 +40,17 @@ def _stock(module):
         attention.set_processor(AttnProcessor2_0())
 
 
+def _stock_then_explicit(module, x, frames: int, max_length: int = 8):
+    """The module's output with diffusers' processor, then with the explicit one, and the explicit
+    processors' fallbacks to SDPA."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        _stock(module)
+        ref = module(x, frames)
+        fallbacks = _explicit(module, max_length)
+        out = module(x, frames)
+    return ref, out, fallbacks
+
+
 def test_only_unaligned_head_widths_get_the_short_sequence_processor():
     tar = _module(77, 8)  # 77 text tokens as channels: 8 heads of 9
     assert [type(a.processor) for a in _attentions(tar)] == [ShortSequenceProcessor] * 2
@@ -50,11 +61,7 @@ def test_only_unaligned_head_widths_get_the_short_sequence_processor():
 def test_explicit_attention_equals_the_stock_processor():
     module = _module(77, 8)
     x = torch.randn(2 * 3, 77, 2, 3)  # 2 clips of 3 frames, 2x3 latent pixels
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        _stock(module)
-        ref = module(x, 3)
-        fallbacks = _explicit(module)
-        out = module(x, 3)
+    ref, out, fallbacks = _stock_then_explicit(module, x, 3)
     assert fallbacks == []  # the explicit path ran, not the stock fallback
     assert not torch.allclose(out, x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
@@ -77,12 +84,7 @@ def test_in_half_precision_it_is_as_close_to_fp32_as_the_stock_processor():
 
 def test_sequences_past_the_limit_go_to_sdpa():
     module = _module(77, 8)
-    x = torch.randn(2 * 3, 77, 2, 2)
-    with torch.no_grad():
-        _stock(module)
-        ref = module(x, 3)
-        fallbacks = _explicit(module, max_length=2)  # 3 frames > 2
-        out = module(x, 3)
+    ref, out, fallbacks = _stock_then_explicit(module, torch.randn(2 * 3, 77, 2, 2), 3, max_length=2)  # 3 frames > 2
     assert len(fallbacks) == 2 and torch.equal(out, ref)
 
 
