@@ -38,11 +38,14 @@ def table(title: str, names, counts: torch.Tensor) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attncraft.mesh.procedural import RenderStyle, render_mesh_scenes
-    from attncraft.shapes.mesh_world import MESH_SHAPES, VARIANTS, sample_mesh_scenes, zero_shot_mesh_prompts
+    from attncraft.shapes.mesh_world import MESH_SHAPES, VARIANTS
     from attncraft.shapes.models import load_shapes_clip
-    from attncraft.shapes.training.clip import clip_features
-    from attncraft.shapes.training.data import to_unit, tokenize
+    from attncraft.shapes.training.evaluate import (
+        embed_mesh_renders,
+        mesh_eval_conditions,
+        mesh_prompt_features,
+        read_mesh_attributes,
+    )
     from attncraft.shapes.world import PATTERNS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -54,25 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
 
     model = load_shapes_clip(args.clip, torch_dtype=torch.float32).to(device).eval()
-    prompts, dims = zero_shot_mesh_prompts()
-    kw = dict(two_colour=False, splits=False, unpainted=False)
-    if args.condition == "render":
-        scenes, style = sample_mesh_scenes(args.meshes, CLIP_SEED, **kw), RenderStyle("render")
-    else:
-        scenes = sample_mesh_scenes(args.meshes, CLIP_SEED + 1, backgrounds=("white",), **kw)
-        style = RenderStyle("xmesh")
-    gen = torch.Generator().manual_seed(CLIP_SEED)
+    _, scenes, style = mesh_eval_conditions(args.meshes)[args.condition]
     with torch.no_grad():
-        txt = clip_features(model, input_ids=torch.from_numpy(tokenize(prompts)).long().to(device))
-        feats = []
-        for i in range(0, len(scenes), 250):
-            img = render_mesh_scenes(scenes[i:i + 250], device=device, style=style, generator=gen)
-            feats.append(clip_features(model, pixel_values=to_unit((img * 255).round().to(torch.uint8))))
-        logits = (model.logit_scale.float().exp() * torch.cat(feats) @ txt.t()).view(-1, *dims)
-    read_shape = torch.logsumexp(logits, dim=(1, 2)).argmax(1).cpu()
-    read_pattern = torch.logsumexp(logits, dim=(1, 3)).argmax(1).cpu()
-    shape = torch.tensor([MESH_SHAPES.index(s.shape) for s in scenes])
-    pattern = torch.tensor([PATTERNS.index(s.pattern) for s in scenes])
+        txt, dims = mesh_prompt_features(model, device)
+        img = embed_mesh_renders(model, scenes, style, torch.Generator().manual_seed(CLIP_SEED), device)
+        pred, truth = read_mesh_attributes(model, img, txt, dims, scenes, device)
+    read_shape, read_pattern = pred["shape"].cpu(), pred["pattern"].cpu()
+    shape, pattern = truth["shape"].cpu(), truth["pattern"].cpu()
     variant = [s.variant for s in scenes]
 
     out = [f"### Painted meshes as read by a Shapes CLIP ({args.clip}, {args.condition} condition, "

@@ -103,6 +103,59 @@ def eval_clip(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) -> di
     }
 
 
+def mesh_eval_conditions(n: int) -> dict[str, tuple[str, list, Any]]:
+    """The zero-shot mesh evaluation's conditions: key -> (label, held-out scenes, render style)."""
+    from attncraft.mesh.procedural import RenderStyle
+    from attncraft.shapes.mesh_world import sample_mesh_scenes
+
+    kw = dict(two_colour=False, splits=False, unpainted=False)
+    held_out = sample_mesh_scenes(n, CLIP_SEED, **kw)
+    return {
+        "render": ("random views, distance, lighting and backgrounds", held_out, RenderStyle("render")),
+        "train": ("the same with crops and perspective warps (training augmentations)", held_out, RenderStyle("train")),
+        "xmesh": ("X-Mesh guidance views (SH lighting, camera r = 2, fovy 60 deg), white background",
+                  sample_mesh_scenes(n, CLIP_SEED + 1, backgrounds=("white",), **kw), RenderStyle("xmesh")),
+    }
+
+
+def mesh_prompt_features(model, device: torch.device) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Text embeddings of the 192 zero-shot mesh prompts (colour-major) and their dimensions."""
+    from attncraft.shapes.mesh_world import zero_shot_mesh_prompts
+    from attncraft.shapes.training.clip import clip_features
+    from attncraft.shapes.training.data import tokenize
+
+    prompts, dims = zero_shot_mesh_prompts()
+    return clip_features(model, input_ids=torch.from_numpy(tokenize(prompts)).long().to(device)), dims
+
+
+def embed_mesh_renders(model, scenes, style, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Image embeddings of ``scenes`` rendered in ``style`` (250 at a time, drawing from ``generator``)."""
+    from attncraft.mesh.procedural import render_mesh_scenes
+    from attncraft.shapes.training.clip import clip_features
+    from attncraft.shapes.training.data import to_unit
+
+    out = []
+    for i in range(0, len(scenes), 250):
+        img = render_mesh_scenes(scenes[i:i + 250], device=device, style=style, generator=generator)
+        out.append(clip_features(model, pixel_values=to_unit((img * 255).round().to(torch.uint8))))
+    return torch.cat(out)
+
+
+def read_mesh_attributes(model, img: torch.Tensor, txt: torch.Tensor, dims, scenes,
+                         device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per attribute the reading (argmax of the logits marginalised over the other two) and the truth."""
+    from attncraft.shapes.mesh_world import MESH_SHAPES
+    from attncraft.shapes.world import COLORS, PATTERNS
+
+    logits = (model.logit_scale.float().exp() * img @ txt.t()).view(-1, *dims)
+    pred = {"color": torch.logsumexp(logits, dim=(2, 3)).argmax(1), "pattern": torch.logsumexp(logits, dim=(1, 3)).argmax(1),
+            "shape": torch.logsumexp(logits, dim=(1, 2)).argmax(1)}
+    truth = {"color": torch.tensor([COLORS.index(s.color) for s in scenes], device=device),
+             "pattern": torch.tensor([PATTERNS.index(s.pattern) for s in scenes], device=device),
+             "shape": torch.tensor([MESH_SHAPES.index(s.shape) for s in scenes], device=device)}
+    return pred, truth
+
+
 @torch.no_grad()
 def eval_clip_mesh(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
     """Zero-shot reading of painted procedural meshes (the CLIP that guides X-Mesh).
@@ -118,46 +171,24 @@ def eval_clip_mesh(clip_dir: str | Path, cfg: EvalConfig, device: torch.device) 
     """
     from dataclasses import replace
 
-    from attncraft.mesh.procedural import RenderStyle, render_mesh_scenes
-    from attncraft.shapes.mesh_world import MESH_SHAPES, UNPAINTED, sample_mesh_scenes, zero_shot_mesh_prompts
+    from attncraft.shapes.mesh_world import MESH_SHAPES, UNPAINTED
     from attncraft.shapes.models import load_shapes_clip
-    from attncraft.shapes.training.clip import clip_features
-    from attncraft.shapes.training.data import to_unit, tokenize
-    from attncraft.shapes.world import COLORS, PATTERNS
+    from attncraft.shapes.world import COLORS
 
     t0 = time.time()
     model = load_shapes_clip(clip_dir, torch_dtype=torch.float32).to(device).eval()
-    prompts, dims = zero_shot_mesh_prompts()
-    txt = clip_features(model, input_ids=torch.from_numpy(tokenize(prompts)).long().to(device))
-    scale = model.logit_scale.float().exp()
+    txt, dims = mesh_prompt_features(model, device)
     gen = torch.Generator().manual_seed(CLIP_SEED)
 
     def embed(scenes, style):
-        out = []
-        for i in range(0, len(scenes), 250):
-            img = render_mesh_scenes(scenes[i:i + 250], device=device, style=style, generator=gen)
-            out.append(clip_features(model, pixel_values=to_unit((img * 255).round().to(torch.uint8))))
-        return torch.cat(out)
+        return embed_mesh_renders(model, scenes, style, gen, device)
 
-    kw = dict(two_colour=False, splits=False, unpainted=False)
-    held_out = sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED, **kw)
-    conditions = {
-        "render": ("random views, distance, lighting and backgrounds", held_out, RenderStyle("render")),
-        "train": ("the same with crops and perspective warps (training augmentations)", held_out, RenderStyle("train")),
-        "xmesh": ("X-Mesh guidance views (SH lighting, camera r = 2, fovy 60 deg), white background",
-                  sample_mesh_scenes(cfg.mesh_scenes, CLIP_SEED + 1, backgrounds=("white",), **kw), RenderStyle("xmesh")),
-    }
-    results: dict[str, Any] = {"prompts": len(prompts), "protocol": "held-out painted meshes vs 192 prompts "
+    conditions = mesh_eval_conditions(cfg.mesh_scenes)
+    results: dict[str, Any] = {"prompts": len(txt), "protocol": "held-out painted meshes vs 192 prompts "
                                "'a {pattern} {colour} {shape}'; per-attribute argmax of logsumexp-marginalised logits",
                                "conditions": {}}
     for key, (label, scenes, style) in conditions.items():
-        img = embed(scenes, style)
-        logits = (scale * img @ txt.t()).view(-1, *dims)
-        pred = {"color": torch.logsumexp(logits, dim=(2, 3)).argmax(1), "pattern": torch.logsumexp(logits, dim=(1, 3)).argmax(1),
-                "shape": torch.logsumexp(logits, dim=(1, 2)).argmax(1)}
-        truth = {"color": torch.tensor([COLORS.index(s.color) for s in scenes], device=device),
-                 "pattern": torch.tensor([PATTERNS.index(s.pattern) for s in scenes], device=device),
-                 "shape": torch.tensor([MESH_SHAPES.index(s.shape) for s in scenes], device=device)}
+        pred, truth = read_mesh_attributes(model, embed(scenes, style), txt, dims, scenes, device)
         acc = {k: float((pred[k] == truth[k]).float().mean()) for k in pred}
         acc["joint"] = float(((pred["color"] == truth["color"]) & (pred["pattern"] == truth["pattern"])
                               & (pred["shape"] == truth["shape"])).float().mean())
