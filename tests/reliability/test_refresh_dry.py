@@ -43,9 +43,10 @@ def test_dependants_wait_for_their_models_and_use_them(tmp_path):
         assert _first(events, "end sd") < _first(events, "wave 2 uses the new SD") < _first(events, later)
     for later in ("start ctgm", "start broadway_vstar"):
         assert _first(events, "end motion") < _first(events, "wave 2 uses the new motion adapter") < _first(events, later)
-    # with the vision tower opened, RealCustom waits for that CLIP and trains in its own tree with it
+    # with the vision tower opened, RealCustom waits for that CLIP and trains with it
     assert _first(events, "end clip") < _first(events, "realcustom uses the new CLIP") < _first(events, "start realcustom")
-    assert f"in {work / 'new-rc'}:" in _command(out, "realcustom")
+    assert f"in {work / 'new'}: CLIP_DIR={work / 'newclip' / 'shapes-clip'} " in _command(out, "realcustom")
+    assert (work / "newclip" / "shapes-clip" / "config.json").is_file()
     assert "TRAIN_VISION_FROM=0 " in _command(out, "clip")
     assert f"--clip {work / 'newclip' / 'shapes-clip'}" in _command(out, "xmesh_claim")
     # the recipes: the SD with the relation contrast, the motion adapter without the caption contrast

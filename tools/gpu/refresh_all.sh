@@ -69,6 +69,18 @@ wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=$WK/sd bash tools
 # waits for the new CLIP and trains on it (the two ship together). Empty (default): the frozen trunk, as shipped.
 CLIPV=${CLIP_VISION_FROM:-}
 wants clip && { job clip "$BASE" "TRAIN_VISION_FROM=$CLIPV WORK=$WK/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
+# the new CLIP, unpacked once for the jobs that use it (the X-Mesh claim; RealCustom when the trunk is opened);
+# newclip prints its folder once it is there, or the shipped one when there is no new CLIP
+rm -rf "$WK/newclip" "$WK/newclip.done"
+( if wants clip; then waitrc clip; fi
+  if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
+    mkdir -p "$WK/newclip" && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C "$WK/newclip"
+  fi
+  touch "$WK/newclip.done" ) &
+newclip() {
+  while [ ! -e "$WK/newclip.done" ]; do sleep 2; done
+  if [ -d "$WK/newclip/shapes-clip" ]; then echo "$WK/newclip/shapes-clip"; else echo assets/models/shapes-clip; fi
+}
 if [ "${BENCH:-0}" = 1 ]; then
   ( job bench_t2v "$BASE" "python3 benchmarks/bench_text_to_video.py --device cuda --rounds 4 --json \$OUT/bench.json > \$OUT/bench.md"
     job bench_broadway_vstar "$BASE" "python3 benchmarks/bench_broadway_vstar.py --device cuda --rounds 3 --warmup 1 --json \$OUT/bench.json > \$OUT/bench.md"
@@ -85,12 +97,8 @@ if ls "$OUT"/sd/shapes-sd.tar.* > /dev/null 2>&1; then
   rm -rf "$NEW/assets/models/shapes-sd" && cat "$OUT"/sd/shapes-sd.tar.* | tar -xf - -C "$NEW/assets/models" && log "wave 2 uses the new SD"
 fi
 if [ -n "$CLIPV" ] && wants clip; then
-  ( waitrc clip; RC=$WK/new-rc; rm -rf "$RC"; cp -a "$NEW" "$RC"
-    if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
-      rm -rf "$RC/assets/models/shapes-clip" && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C "$RC/assets/models" \
-        && log "realcustom uses the new CLIP"
-    fi
-    job realcustom "$RC" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" ) &
+  ( CLIP=$(newclip); [ "$CLIP" = assets/models/shapes-clip ] || log "realcustom uses the new CLIP"
+    job realcustom "$NEW" "CLIP_DIR=$CLIP WORK=$WK/rc bash tools/gpu/train_realcustom.sh" ) &
 else
   job realcustom "$NEW" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" &
 fi
@@ -100,11 +108,7 @@ job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 
 wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion bash tools/gpu/train_shapes_motion.sh" & }
 
 # wave 2, CLIP side
-( if wants clip; then waitrc clip; fi
-  if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
-    mkdir -p $WK/newclip && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C $WK/newclip
-    CLIP=$WK/newclip/shapes-clip
-  else CLIP=assets/models/shapes-clip; fi
+( CLIP=$(newclip)
   MIT=$([ -d "$BASE/.mit30" ] && echo "--mit30 .mit30")
   job xmesh_claim "$BASE" "python3 benchmarks/bench_xmesh_claim.py --clip $CLIP $MIT --device cuda --budget-minutes 6 --out \$OUT/claim" ) &
 
