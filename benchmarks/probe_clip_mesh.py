@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--condition", choices=["render", "xmesh"], default="render")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if not (Path(args.clip) / "config.json").is_file():
+        p.error(f"--clip {args.clip}: no CLIP folder there (no config.json); pass a Shapes CLIP folder")
     device = torch.device(args.device)
 
     model = load_shapes_clip(args.clip, torch_dtype=torch.float32).to(device).eval()

@@ -7,6 +7,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_clip_mesh.py"
@@ -47,3 +48,10 @@ def test_tables_cover_every_mesh_and_match_the_evaluation(capsys):
     ref = eval_clip_mesh(SHAPES_CLIP_DIR, cfg, torch.device("cpu"))["conditions"]["render"]["accuracy"]
     assert abs(accuracy["Shape ("] - ref["shape"]) < 1e-6 and abs(accuracy["Pattern ("] - ref["pattern"]) < 1e-6
     assert re.search(r"\| smooth \| \d+ \|", out) and len(sections) > 3
+
+
+def test_a_folder_without_a_clip_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _load().main(["--clip", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and f"--clip {tmp_path}: no CLIP folder there" in err

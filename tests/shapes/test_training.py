@@ -397,6 +397,19 @@ def test_mesh_cpu_config_is_full_mesh_at_cpu_size_and_the_frozen_trunk_is_a_flag
     assert exc.value.code == 2
 
 
+def test_a_vision_layer_past_the_tower_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from attncraft.shapes.models import SHAPES_CLIP_DIR
+    from attncraft.shapes.training.__main__ import main
+
+    out = tmp_path / "clip"
+    assert main(["clip", "--config", "mesh-cpu", "--device", "cpu", "--init", str(SHAPES_CLIP_DIR),
+                 "--train-vision-from", "9", "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err  # (beside transformers' loading bar)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--train-vision-from 9: the vision tower has 6 layers" in errors[0]
+    assert "Traceback" not in err and not out.exists()
+
+
 @pytest.mark.parametrize("stage,config", [("unet", "motion-cpu"), ("motion", "finetune-text"), ("unet", "cpu"),
                                           ("realcustom", "finetune"), ("vae", "full-mesh"), ("unet", "mesh-cpu")])
 def test_a_config_of_another_stage_is_a_usage_error(stage, config, capsys):

@@ -69,7 +69,10 @@ def freeze_vision_trunk(model, train_from: int | None) -> dict[str, torch.Tensor
     vision = model.vision_model
     layers = vision.encoder.layers
     if not 0 < train_from <= len(layers):
-        raise ValueError(f"train_vision_from={train_from}: the vision tower has {len(layers)} layers")
+        from attncraft.errors import InputError
+
+        raise InputError(f"--train-vision-from {train_from}: the vision tower has {len(layers)} layers",
+                         f"give a layer index from 1 to {len(layers)}, or 0 to train every layer")
     frozen: dict[str, torch.Tensor] = {}
     for prefix, module in (("embeddings", vision.embeddings), ("pre_layrnorm", vision.pre_layrnorm),
                            *((f"encoder.layers.{i}", layers[i]) for i in range(train_from))):
