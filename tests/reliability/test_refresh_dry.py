@@ -60,3 +60,21 @@ def test_with_the_trunk_frozen_realcustom_does_not_wait_for_the_clip(tmp_path):
     assert f"in {work / 'new'}:" in _command(out, "realcustom")
     assert "CONTRAST= " in _command(out, "sd") and not (out / "motion").exists()
     assert "no motion adapter: ctgm and broadway_vstar skipped" not in "\n".join(events)  # the tree's adapter serves
+
+
+@pytest.mark.slow
+def test_the_motion_pair_trains_beside_from_the_same_start_and_is_not_shipped(tmp_path):
+    events, out, work = _dry(tmp_path, JOBS="motion", MOTION_INIT="assets/models/shapes-motion", MOTION_PAIR="0.5")
+    plain, paired = _command(out, "motion"), _command(out, "motion_contrast")
+    assert "CONTRAST= INIT=assets/models/shapes-motion " in plain
+    assert "CONTRAST=0.5 INIT=assets/models/shapes-motion " in paired
+    assert f"WORK={work / 'motion_contrast'} " in paired and (out / "motion_contrast" / ".rc").read_text().strip() == "0"
+    # the dependants take the plain adapter and do not wait for the paired one
+    assert _first(events, "end motion ") < _first(events, "wave 2 uses the new motion adapter") < _first(events, "start ctgm")
+    assert not list((out / "motion_contrast").glob("*.tar"))
+
+
+@pytest.mark.slow
+def test_without_the_pair_no_second_motion_adapter(tmp_path):
+    events, out, _ = _dry(tmp_path, JOBS="motion")
+    assert not (out / "motion_contrast").exists() and "INIT= " in _command(out, "motion")

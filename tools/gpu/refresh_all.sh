@@ -18,7 +18,8 @@
 #   DRY=1 runs the control flow alone (seconds, any machine): each training job "produces" the shipped folder
 #   it would retrain, the other jobs print their command; REFRESH_WORK moves the work folder (default /tmp/refresh-work).
 #   JOBS="motion sd clip" limits the trainings (default: all; without sd, wave 2 uses the SD in the tree);
-#   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; CLIP_VISION_FROM=0
+#   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; MOTION_INIT=DIR starts
+#   the motion adapter from a trained one; MOTION_PAIR=W trains a second one beside it with the contrast W (a paired test); CLIP_VISION_FROM=0
 #   trains the mesh CLIP's whole vision tower (RealCustom then trains on that CLIP); BENCH=1 adds the cost benchmarks; the motion
 #   adapter trains with the motion text path (TEXT_PATH=cross-kv, attncraft/video/motion_text_path.py) unless
 #   TEXT_PATH= is given empty.
@@ -105,7 +106,13 @@ fi
 job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
-wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion bash tools/gpu/train_shapes_motion.sh" & }
+# MOTION_INIT=DIR continues from an adapter folder (its motion modules; the text path starts afresh on the new SD)
+wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion bash tools/gpu/train_shapes_motion.sh" & }
+# MOTION_PAIR=W: the caption contrast's paired test, a second adapter trained beside the first from the same start,
+# with the same budget and the contrast of weight W; measured, never shipped, nothing waits for it
+if wants motion && [ -n "${MOTION_PAIR:-}" ]; then
+  job motion_contrast "$NEW" "CONTRAST=$MOTION_PAIR INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion_contrast bash tools/gpu/train_shapes_motion.sh" &
+fi
 
 # wave 2, CLIP side
 ( CLIP=$(newclip)
