@@ -8,8 +8,10 @@ on the training device, batched): resize of the shorter side to the encoder's in
 antialiased), centre crop, normalisation with the mean/std of the model folder's
 ``preprocessor_config.json`` (or the usual values of its model type).
 
-:func:`load_image_encoder` takes ``shapes`` (the Shapes CLIP vision tower, the default of the
-Shapes adapter), a local folder or a Hub id. The encoder is always frozen.
+:func:`load_image_encoder` takes ``shapes`` (the Shapes image encoder, the default of the Shapes adapter: the
+shapes CLIP vision tower shipped beside the adapter in ``assets/models/shapes-realcustom/image_encoder``,
+:data:`~attncraft.shapes.models.SHAPES_REALCUSTOM_ENCODER_DIR`; the shapes CLIP folder where that is absent), a local
+folder or a Hub id. The encoder is always frozen.
 
 The unconditional visual input of the release's guidance is the encoding of an all-zero (black)
 image (:meth:`ImageEncoder.zero_image_states`), not zero tokens (spec, pitfall 9).
@@ -149,6 +151,14 @@ def wrap_vision_model(model: nn.Module, layer: int = -2, mean: Sequence[float] |
     return ImageEncoder(tower, int(size), mean or default_mean, std or default_std, layer=layer, reference=reference)
 
 
+def shapes_encoder_dir() -> Path:
+    """The folder ``shapes`` names: RealCustom's own image encoder when shipped, else the shapes CLIP."""
+    from attncraft.shapes.models import SHAPES_CLIP_DIR, SHAPES_REALCUSTOM_ENCODER_DIR
+
+    own = Path(SHAPES_REALCUSTOM_ENCODER_DIR)
+    return own if (own / "config.json").is_file() else Path(SHAPES_CLIP_DIR)
+
+
 def load_image_encoder(reference: str = "shapes", layer: int = -2, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32) -> ImageEncoder:
     """Load a vision model by reference: ``shapes``, a local folder or a Hub id (offline aware)."""
@@ -158,9 +168,7 @@ def load_image_encoder(reference: str = "shapes", layer: int = -2, device: str |
 
     ref = (reference or "shapes").strip()
     if ref.lower() in ("shapes", "default", ""):
-        from attncraft.shapes.models import SHAPES_CLIP_DIR
-
-        folder: Path | None = Path(SHAPES_CLIP_DIR)
+        folder: Path | None = shapes_encoder_dir()
         source = str(folder)
         ref = "shapes"
     else:

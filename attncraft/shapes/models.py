@@ -36,6 +36,11 @@ TEXT_HIDDEN = 128  # text tower width == UNet cross_attention_dim
 SHAPES_CLIP_DIR: Path = models_dir() / "shapes-clip"
 SHAPES_SD_DIR: Path = models_dir() / "shapes-sd"
 SHAPES_MOTION_DIR: Path = models_dir() / "shapes-motion"
+SHAPES_REALCUSTOM_ENCODER_DIR: Path = models_dir() / "shapes-realcustom" / "image_encoder"
+"""RealCustom's image encoder (a ``CLIPVisionModel``): the vision tower of the shapes CLIP as it was before the mesh
+fine-tune opened its trunk. RealCustom's parts were trained on its features, which the mesh fine-tune changes
+(benchmarks/RESULTS.md: RealCustom retrained on the mesh CLIP kept 33 % of identities, against 42.5 % on this one),
+so it ships beside them (2.5 MB) and the mesh CLIP serves X-Mesh."""
 SHAPES_CTGM_DIR: Path = models_dir() / "shapes-ctgm"
 """Trained CTGMs of the Shapes motion model (``ctgm-tii-tar.safetensors``, ``ctgm-all.safetensors``)."""
 
@@ -424,10 +429,12 @@ def shapes_size_budget() -> dict[str, dict[str, int]]:
         "shapes-motion": count_params(motion),
         "shapes-clip (text tower)": count_params(clip.text_model),
         "shapes-clip (vision tower)": count_params(clip.vision_model),
+        # RealCustom's image encoder: a copy of the vision tower as it was before the mesh fine-tune
+        "shapes-realcustom/image_encoder": count_params(clip.vision_model),
     }
     out = {k: {"params": v, "fp16_bytes": 2 * v} for k, v in parts.items()}
     total = sum(parts[k] for k in ("shapes-clip", "shapes-sd/text_encoder", "shapes-sd/vae", "shapes-sd/unet",
-                                   "shapes-motion"))
+                                   "shapes-motion", "shapes-realcustom/image_encoder"))
     out["total"] = {"params": total, "fp16_bytes": 2 * total}
     return out
 

@@ -35,7 +35,7 @@ def _command(out: Path, job: str) -> str:
 
 @pytest.mark.slow
 def test_dependants_wait_for_their_models_and_use_them(tmp_path):
-    events, out, work = _dry(tmp_path, CLIP_VISION_FROM="0")
+    events, out, work = _dry(tmp_path)
     for job in ("sd", "clip", "motion", "realcustom", "dpl_effect", "ctgm", "broadway_vstar", "xmesh_claim"):
         assert (out / job / ".rc").read_text().strip() == "0", job
     # wave 2 starts after the SD and takes its product; CTGM and BroadWay/VSTAR after the motion adapter
@@ -43,9 +43,8 @@ def test_dependants_wait_for_their_models_and_use_them(tmp_path):
         assert _first(events, "end sd") < _first(events, "wave 2 uses the new SD") < _first(events, later)
     for later in ("start ctgm", "start broadway_vstar"):
         assert _first(events, "end motion") < _first(events, "wave 2 uses the new motion adapter") < _first(events, later)
-    # with the vision tower opened, RealCustom waits for that CLIP and trains with it
-    assert _first(events, "end clip") < _first(events, "realcustom uses the new CLIP") < _first(events, "start realcustom")
-    assert f"in {work / 'new'}: CLIP_DIR={work / 'newclip' / 'shapes-clip'} " in _command(out, "realcustom")
+    # RealCustom trains on the new SD with its own image encoder (the train script's default), not the mesh CLIP
+    assert f"in {work / 'new'}: WORK=" in _command(out, "realcustom") and "CLIP_DIR" not in _command(out, "realcustom")
     assert (work / "newclip" / "shapes-clip" / "config.json").is_file()
     assert "TRAIN_VISION_FROM=0 " in _command(out, "clip")
     assert f"--clip {work / 'newclip' / 'shapes-clip'}" in _command(out, "xmesh_claim")
@@ -54,10 +53,10 @@ def test_dependants_wait_for_their_models_and_use_them(tmp_path):
 
 
 @pytest.mark.slow
-def test_with_the_trunk_frozen_realcustom_does_not_wait_for_the_clip(tmp_path):
-    events, out, work = _dry(tmp_path, JOBS="sd clip", SD_CONTRAST="")
-    assert "realcustom uses the new CLIP" not in "\n".join(events)
-    assert f"in {work / 'new'}:" in _command(out, "realcustom")
+def test_realcustom_keeps_its_encoder_and_an_empty_vision_start_freezes_the_trunk(tmp_path):
+    events, out, work = _dry(tmp_path, JOBS="sd clip", SD_CONTRAST="", CLIP_VISION_FROM="")
+    assert "TRAIN_VISION_FROM= " in _command(out, "clip")
+    assert f"in {work / 'new'}: WORK=" in _command(out, "realcustom")
     assert "CONTRAST= " in _command(out, "sd") and not (out / "motion").exists()
     assert "no motion adapter: ctgm and broadway_vstar skipped" not in "\n".join(events)  # the tree's adapter serves
 

@@ -24,7 +24,7 @@ WORK=${WORK:-/tmp/shapes-realcustom}
 DEV=${SHAPES_DEVICE:-cuda}
 CFG=${SHAPES_CONFIG:-full}
 SD_DIR=${SD_DIR:-assets/models/shapes-sd}
-CLIP_DIR=${CLIP_DIR:-assets/models/shapes-clip}
+CLIP_DIR=${CLIP_DIR:-assets/models/shapes-realcustom/image_encoder}  # RealCustom's own image encoder (the model card says why)
 MINUTES=${MINUTES:-5.75}
 SUBJECTS=${SUBJECTS:-200}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

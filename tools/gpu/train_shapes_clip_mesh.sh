@@ -13,7 +13,8 @@
 #
 # Environment overrides (a CPU dry run: SHAPES_DEVICE=cpu SHAPES_CONFIG=smoke INIT=<a smoke CLIP folder>):
 # SHAPES_DEVICE, SHAPES_CONFIG, INIT, MIN_CLIP, MIN_EVAL, WORK, TRAIN_VISION_FROM (the first trained vision layer;
-# 0 trains them all, which changes the image features RealCustom's parts read: retrain those after it).
+# default 0, all of them, as shipped; empty keeps the trunk frozen). RealCustom reads its own copy of the earlier
+# vision tower (assets/models/shapes-realcustom/image_encoder), so it needs no retraining after this one.
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-clip-mesh}
 WORK=${WORK:-/tmp/shapes-clip-mesh}
@@ -23,6 +24,7 @@ INIT=${INIT:-assets/models/shapes-clip}
 MIN_CLIP=${MIN_CLIP:-5.4}
 MIN_EVAL=${MIN_EVAL:-1.0}
 EXTRA=()
+TRAIN_VISION_FROM=${TRAIN_VISION_FROM-0}  # the shipped recipe: every vision layer trained; empty: the trunk frozen
 [ -n "${TRAIN_VISION_FROM:-}" ] && EXTRA+=(--train-vision-from "$TRAIN_VISION_FROM")
 EVAL_CFG=$([ "$CFG" = smoke ] && echo smoke || echo full)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

@@ -243,12 +243,13 @@ def _u8(images: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------- models
 def load_base(args: common.RunArgs, device: torch.device):
-    """(pipeline, image encoder) from ``--sd`` and ``--clip`` (defaults: the shipped Shapes models)."""
-    from attncraft.realcustom.encoder import load_image_encoder
-    from attncraft.shapes.models import SHAPES_CLIP_DIR, SHAPES_SD_DIR, load_shapes_sd_pipeline
+    """(pipeline, image encoder) from ``--sd`` and ``--clip`` (defaults: the shipped Shapes SD and RealCustom's image
+    encoder, ``shapes-realcustom/image_encoder``; ``--clip`` takes any vision model folder, a whole CLIP too)."""
+    from attncraft.realcustom.encoder import load_image_encoder, shapes_encoder_dir
+    from attncraft.shapes.models import SHAPES_SD_DIR, load_shapes_sd_pipeline
 
     sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
-    clip_dir = Path(args.clip_dir) if args.clip_dir else SHAPES_CLIP_DIR
+    clip_dir = Path(args.clip_dir) if args.clip_dir else shapes_encoder_dir()
     pipe = load_shapes_sd_pipeline(sd_dir, torch_dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
