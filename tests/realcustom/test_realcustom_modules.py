@@ -200,3 +200,16 @@ def test_shapes_names_realcustoms_own_encoder_not_the_mesh_clip(monkeypatch, tmp
     assert mesh_clip.config.vision_config.hidden_size == own.hidden_size
     monkeypatch.setattr(sm, "SHAPES_REALCUSTOM_ENCODER_DIR", tmp_path / "absent")
     assert shapes_encoder_dir() == sm.SHAPES_CLIP_DIR
+
+
+def test_a_checkpoint_records_the_encoder_it_was_trained_on(tmp_path, monkeypatch):
+    import os
+
+    from attncraft.realcustom.encoder import shapes_encoder_dir
+    from attncraft.shapes.training.realcustom import encoder_reference
+
+    own = shapes_encoder_dir()
+    assert encoder_reference(None) == encoder_reference(own) == "shapes"
+    monkeypatch.chdir(own.parent)
+    assert encoder_reference(os.path.join(".", own.name)) == "shapes"  # relative, as the GPU scripts pass it
+    assert encoder_reference(tmp_path) == str(tmp_path.resolve())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,7 @@ def test_smoke_training_lowers_the_held_out_loss_and_writes_its_files(tiny_folde
     assert log["steps"] == 25 and log["evaluation"]["chosen_image_guidance_scale"] == 3.0
     adapter = load_adapter(out, unet=load_shapes_sd_pipeline(sd_dir).unet)
     assert adapter.config.defaults["image_guidance_scale"] == 3.0 and adapter.scoring is not None
+    assert adapter.config.encoder == str(Path(clip_dir).resolve())  # the encoder it was trained on, not the Shapes one
     assert (out / "realcustom.safetensors").stat().st_size < 3e6
     trained = info["adapter"].state_dict()
     assert all(torch.equal(v.half().float(), adapter.state_dict()[k].float()) for k, v in trained.items())

@@ -258,6 +258,17 @@ def load_base(args: common.RunArgs, device: torch.device):
     return pipe, encoder, sd_dir, clip_dir
 
 
+def encoder_reference(clip_dir: str | Path | None) -> str:
+    """The image-encoder reference a trained checkpoint records: ``shapes`` for the Shapes image encoder (the
+    default), else the folder trained with (absolute), so that loading the checkpoint takes the encoder it was
+    trained on, not the Shapes one."""
+    from attncraft.realcustom.encoder import shapes_encoder_dir
+
+    if clip_dir is None or Path(clip_dir).resolve() == shapes_encoder_dir().resolve():
+        return "shapes"
+    return str(Path(clip_dir).resolve())
+
+
 # --------------------------------------------------------------------------------------- training
 def _probe(trainer, pool_encode, n: int, chunk: int, device, use_mask: bool, visual_on: bool = True) -> float:
     """Held-out loss on fixed examples, noise and timesteps (``visual_on=False``: the plain UNet)."""
@@ -314,7 +325,8 @@ def _train(args, cfg, quiet, base, out, device, budget, max_steps, workers, say,
     else:
         (pipe, encoder), sd_dir, clip_dir = base, None, None
     unet = pipe.unet
-    adapter = RealCustomAdapter.from_unet(unet, encoder.hidden_size, encoder="shapes", encoder_layer=encoder.layer,
+    adapter = RealCustomAdapter.from_unet(unet, encoder.hidden_size, encoder=encoder_reference(clip_dir),
+                                          encoder_layer=encoder.layer,
                                           scoring=True, scoring_hidden=cfg.scoring_hidden, init=cfg.init, seed=args.seed)
     adapter = adapter.to(device)
     n_params = sum(p.numel() for p in adapter.parameters())
