@@ -69,18 +69,6 @@ wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=$WK/sd bash tools
 # pattern 38.7 -> 67.1 % of held-out meshes on 1x H200, benchmarks/RESULTS.md "sixth lease"); empty: the frozen trunk
 CLIPV=${CLIP_VISION_FROM-0}
 wants clip && { job clip "$BASE" "TRAIN_VISION_FROM=$CLIPV WORK=$WK/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
-# the new CLIP, unpacked once for the job that uses it (the X-Mesh claim);
-# newclip prints its folder once it is there, or the shipped one when there is no new CLIP
-rm -rf "$WK/newclip" "$WK/newclip.done"
-( if wants clip; then waitrc clip; fi
-  if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
-    mkdir -p "$WK/newclip" && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C "$WK/newclip"
-  fi
-  touch "$WK/newclip.done" ) &
-newclip() {
-  while [ ! -e "$WK/newclip.done" ]; do sleep 2; done
-  if [ -d "$WK/newclip/shapes-clip" ]; then echo "$WK/newclip/shapes-clip"; else echo assets/models/shapes-clip; fi
-}
 if [ "${BENCH:-0}" = 1 ]; then
   ( job bench_t2v "$BASE" "python3 benchmarks/bench_text_to_video.py --device cuda --rounds 4 --json \$OUT/bench.json > \$OUT/bench.md"
     job bench_broadway_vstar "$BASE" "python3 benchmarks/bench_broadway_vstar.py --device cuda --rounds 3 --warmup 1 --json \$OUT/bench.json > \$OUT/bench.md"
@@ -103,15 +91,22 @@ job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
 # MOTION_INIT=DIR continues from an adapter folder (its motion modules; the text path starts afresh on the new SD)
-wants motion && { job motion "$NEW" "CONTRAST=${MOTION_CONTRAST:-} INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion bash tools/gpu/train_shapes_motion.sh" & }
+# motion_job NAME CONTRAST: one motion adapter training in $NEW, into $WK/NAME
+motion_job() {
+  job "$1" "$NEW" "CONTRAST=$2 INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/$1 bash tools/gpu/train_shapes_motion.sh"
+}
+wants motion && { motion_job motion "${MOTION_CONTRAST:-}" & }
 # MOTION_PAIR=W: the caption contrast's paired test, a second adapter trained beside the first from the same start,
 # with the same budget and the contrast of weight W; measured, never shipped, nothing waits for it
-if wants motion && [ -n "${MOTION_PAIR:-}" ]; then
-  job motion_contrast "$NEW" "CONTRAST=$MOTION_PAIR INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/motion_contrast bash tools/gpu/train_shapes_motion.sh" &
-fi
+if wants motion && [ -n "${MOTION_PAIR:-}" ]; then motion_job motion_contrast "$MOTION_PAIR" & fi
 
-# wave 2, CLIP side
-( CLIP=$(newclip)
+# wave 2, CLIP side: the X-Mesh claim with the new CLIP (the shipped one when there is none)
+rm -rf "$WK/newclip"
+( if wants clip; then waitrc clip; fi
+  CLIP=assets/models/shapes-clip
+  if ls "$OUT"/clip/shapes-clip.tar.* > /dev/null 2>&1; then
+    mkdir -p "$WK/newclip" && cat "$OUT"/clip/shapes-clip.tar.* | tar -xf - -C "$WK/newclip" && CLIP=$WK/newclip/shapes-clip
+  fi
   MIT=$([ -d "$BASE/.mit30" ] && echo "--mit30 .mit30")
   job xmesh_claim "$BASE" "python3 benchmarks/bench_xmesh_claim.py --clip $CLIP $MIT --device cuda --budget-minutes 6 --out \$OUT/claim" ) &
 
