@@ -9,7 +9,7 @@ With ``mesh_fraction`` > 0 (``--mesh-fraction``) that share of every batch comes
 pool: renders of painted procedural meshes (:mod:`attncraft.shapes.training.mesh_data`) with their
 captions, so that the CLIP reads 3-D renders (X-Mesh's guidance) as well as the 2-D world. ``--init``
 starts from a trained CLIP folder (a fine-tune) instead of a fresh initialisation; ``train_vision_from``
-keeps the vision trunk below that layer frozen (the features other trained parts read stay put).
+keeps the vision trunk below that layer frozen, its states bit for bit (``--train-vision-from 0`` trains it all).
 """
 
 from __future__ import annotations

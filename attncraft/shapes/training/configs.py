@@ -279,8 +279,10 @@ adapter to ship."""
 MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
                       mesh_refresh_every=6, pool_fill_limit_s=25.0, train_vision_from=5)
 """``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders; the
-patch embedding and the first 5 of 6 vision layers stay frozen, so the penultimate layer's states (the
-image features RealCustom's trained parts read) are unchanged bit for bit."""
+patch embedding and the first 5 of 6 vision layers stay frozen (the first mesh fine-tune's recipe, which kept the
+penultimate states bit for bit). The shipped second fine-tune trained every layer (``--train-vision-from 0``, the
+default of ``tools/gpu/train_shapes_clip_mesh.sh``); RealCustom reads its own copy of the earlier tower
+(``shapes-realcustom/image_encoder``), so nothing depends on the frozen trunk any more."""
 
 
 MESH_FINE_TUNE_CPU = dict(MESH_FINE_TUNE, batch=256, warmup=30, pool=8192, mesh_pool=4096, chunk=256, workers=1,
