@@ -181,8 +181,6 @@ def test_the_shipped_shapes_checkpoint_fits_shapes_sd_and_is_small():
 def test_shapes_names_realcustoms_own_encoder_not_the_mesh_clip(monkeypatch, tmp_path):
     """``shapes`` loads the vision tower shipped beside the RealCustom parts (the one they were trained on), whose
     features the mesh fine-tune of the shipped CLIP no longer gives; without that folder it falls back to the CLIP."""
-    from transformers import CLIPModel
-
     import attncraft.shapes.models as sm
     from attncraft.realcustom.encoder import load_image_encoder, shapes_encoder_dir
 
@@ -192,12 +190,11 @@ def test_shapes_names_realcustoms_own_encoder_not_the_mesh_clip(monkeypatch, tmp
     own = load_image_encoder("shapes")
     assert type(own.model).__name__ == "CLIPVisionModel" and own.reference == "shapes"
     x = torch.rand(2, 3, 64, 64)
+    mesh_clip = load_image_encoder(str(sm.SHAPES_CLIP_DIR))
     with torch.no_grad():
-        ours = own.encode(x)
-        mesh_clip = CLIPModel.from_pretrained(sm.SHAPES_CLIP_DIR, local_files_only=True).eval()
-        theirs = load_image_encoder(str(sm.SHAPES_CLIP_DIR)).encode(x)
+        ours, theirs = own.encode(x), mesh_clip.encode(x)
     assert ours.shape == theirs.shape and not torch.allclose(ours, theirs, atol=1e-3)
-    assert mesh_clip.config.vision_config.hidden_size == own.hidden_size
+    assert mesh_clip.hidden_size == own.hidden_size
     monkeypatch.setattr(sm, "SHAPES_REALCUSTOM_ENCODER_DIR", tmp_path / "absent")
     assert shapes_encoder_dir() == sm.SHAPES_CLIP_DIR
 
