@@ -24,9 +24,14 @@ With ``--methods ...,oracle`` (default) the world, same and three sets also run 
 as its mask (instead of the self-attention k-means one): whether the losses help when the mask is
 right. DPL rows report how often k-means found a background cluster and its IoU with the truth.
 
-Usage (GPU, all rows, expected <= 4 min on one H200)::
+Usage (GPU, all rows; 962 s alone on one H200)::
 
     python benchmarks/bench_dpl_effect.py --device cuda --n 200 --out $OUT/dpl_effect.json
+
+The rows are independent but for ``edits``, which edits the inversions of ``world`` (and of ``same``, for the
+same-shape edits, when that row ran in the same process), so they can run as parallel processes, one JSON each,
+and be merged into one table: ``--merge A.json B.json ...`` (CPU, no model loaded; ``tools/gpu/refresh_all.sh``
+runs ``psnr``, ``world,edits``, ``generated``, ``same``, ``three`` and ``bf16`` side by side).
 
 CPU smoke: ``--n 4 --steps 3 --null-steps 2 --token-steps 2``. Prints a Markdown block for
 benchmarks/RESULTS.md and writes every number (and per-scene values) to ``--out``.
@@ -39,6 +44,7 @@ import datetime
 import json
 import math
 import platform
+import re
 import sys
 import time
 from dataclasses import replace
@@ -488,11 +494,13 @@ class Bench:
         return self.cache["generated"]
 
 
-def markdown(bench: Bench, args, wall: float) -> str:
+def markdown(bench: Bench, args, wall: float, hardware: str | None = None) -> str:
     r = bench.results
+    if hardware is None:
+        hardware = (f"{platform.node()}, {torch.cuda.get_device_name(0) if args.device.startswith('cuda') else 'CPU'}; "
+                    f"torch {torch.__version__}")
     lines = [f"## {datetime.date.today()} — DPL on Shapes SD, measured with the world's ground truth",
-             "", f"Hardware: {platform.node()}, {torch.cuda.get_device_name(0) if args.device.startswith('cuda') else 'CPU'}; "
-             f"torch {torch.__version__}. Command: `python benchmarks/bench_dpl_effect.py {' '.join(sys.argv[1:])}`. "
+             "", f"Hardware: {hardware}. Command: `python benchmarks/bench_dpl_effect.py {' '.join(sys.argv[1:])}`. "
              f"Settings: {args.steps} DDIM steps, guidance {args.guidance}, NTI {args.null_steps} iterations/step "
              f"at lr {args.null_lr:g} (early stop), DPL {args.token_steps} token iterations/step (reference losses and thresholds); "
              f"n = {args.n} scenes per set; wall {wall:.0f} s.", ""]
@@ -534,7 +542,57 @@ def markdown(bench: Bench, args, wall: float) -> str:
     return "\n".join(lines)
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """The results of several runs of this script (their JSON payloads) as one: rows side by side, and the world
+    row's NTI / NTI+DPL reconstruction PSNR in the PSNR table, as one run of every row gives it."""
+    merged: dict = {}
+    for part in parts:
+        for key, value in part["results"].items():
+            if key == "maps":
+                for name, by_method in value.items():
+                    merged.setdefault("maps", {}).setdefault(name, {}).update(by_method)
+            elif isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged[key] = value
+    world = merged.get("maps", {}).get("world", {})
+    if "psnr" in merged and "nti" in world and "dpl" in world:
+        lr = parts[0]["args"]["null_lr"]
+        merged["psnr"].setdefault(f"NTI (lr {lr:g})", world["nti"].get("psnr"))
+        merged["psnr"].setdefault(f"NTI + DPL (lr {lr:g})", world["dpl"].get("psnr"))
+    return merged
+
+
+def merge_main(paths: list[Path]) -> int:
+    from types import SimpleNamespace
+
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"error: cannot read {path} as this script's --out JSON ({exc}); pass the files it wrote")
+    keys = ("n", "steps", "guidance", "null_steps", "null_lr", "token_steps")
+    settings = {k: parts[0]["args"][k] for k in keys}
+    for path, part in zip(paths, parts):
+        if {k: part["args"][k] for k in keys} != settings:
+            raise SystemExit(f"error: {path} ran with other settings than {paths[0]}; merge only runs of one setting")
+    args = SimpleNamespace(device="cpu", **settings)
+    found = re.search(r"Hardware: (.*?)\. Command:", parts[0].get("markdown", ""))
+    text = markdown(SimpleNamespace(results=merge_results(parts)), args, max(p["wall_s"] for p in parts),
+                    hardware=found.group(1) if found else "as recorded in the merged files")
+    runs = "; ".join(f"`--rows {p['args']['rows']}` {p['wall_s']:.0f} s" for p in parts)
+    print(text.replace("; wall ", f"; merged from {len(parts)} processes run side by side ({runs}); longest wall ", 1))
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--merge"]:
+        if len(argv) < 2:
+            raise SystemExit("error: --merge needs the JSON files to merge (this script's --out files)")
+        return merge_main([Path(a) for a in argv[1:]])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=200)

@@ -91,3 +91,64 @@ def test_cost_benchmark_runs_chosen_variants(tmp_path, capsys):
     assert results["null"]["ours_tf32"]["max_abs_diff_vs_ours"] == 0.0  # no TF32 on the CPU
     text = capsys.readouterr().out
     assert "Compilation" not in text and "Whole invert" not in text and results["whole"] is None
+
+
+def _effect_payload(rows: str, results: dict, wall: float, **settings) -> dict:
+    args = {"n": 200, "steps": 20, "guidance": 3.0, "null_steps": 10, "null_lr": 0.05, "token_steps": 21,
+            "rows": rows, **settings}
+    md = "## x\n\nHardware: host, NVIDIA H200; torch 2.11.0+cu130. Command: `...`. Settings: ..."
+    return {"args": args, "results": results, "timing": {}, "wall_s": wall, "markdown": md}
+
+
+def _stats(iou: float) -> dict:
+    return {"loss layers 16x16": {"n_maps": 4, "iou": iou, "iou_ceiling": 0.8, "iou_topk": 0.4, "mass_own": 0.04,
+                                  "area_own": 0.02, "mass_other": 0.02, "mass_background": 0.94,
+                                  "area_background": 0.95, "peak_own": 0.7, "peak_other": 0.05,
+                                  "peak_background": 0.2}, "psnr": 44.0 if iou > 0.2 else 41.0}
+
+
+def test_effect_runs_side_by_side_merge_into_one_table(tmp_path, capsys):
+    bench = load("bench_dpl_effect")
+    parts = {
+        "psnr": _effect_payload("psnr", {"psnr": {"DDIM inversion": 29.5}}, 78.0),
+        "world": _effect_payload("world,edits", {"maps": {"world": {"nti": _stats(0.26), "dpl": _stats(0.18)}},
+                                                 "edits": {"world NTI+P2P shape blend=off": {
+                                                     "n": 200, "edited_right": 0.3, "others_unchanged": 0.9,
+                                                     "outside_l1": 0.02, "outside_changed": 0.07}}}, 1047.0),
+        "bf16": _effect_payload("bf16", {"maps": {"world": {"dpl_bf16": _stats(0.181)}}}, 286.0),
+    }
+    paths = []
+    for name, payload in parts.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(payload))
+    merged = bench.merge_results([parts["psnr"], parts["world"], parts["bf16"]])
+    # every row's methods side by side, and the world row's PSNRs in the PSNR table as one whole run puts them
+    assert list(merged["maps"]["world"]) == ["nti", "dpl", "dpl_bf16"]
+    assert merged["psnr"] == {"DDIM inversion": 29.5, "NTI (lr 0.05)": 44.0, "NTI + DPL (lr 0.05)": 41.0}
+    assert bench.main(["--merge", *map(str, paths)]) == 0
+    text = capsys.readouterr().out
+    assert "Hardware: host, NVIDIA H200; torch 2.11.0+cu130." in text and "longest wall 1047 s" in text
+    assert "| world | dpl_bf16 | loss layers 16x16 | 4 | 0.181 |" in text and "| NTI + DPL (lr 0.05) | 41.00 |" in text
+    assert "| world NTI+P2P shape blend=off | 200 | 0.300 |" in text
+    # runs of other settings are not merged
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_effect_payload("same", {"maps": {}}, 10.0, n=50)))
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(["--merge", str(paths[0]), str(other)])
+
+
+def test_paired_differences_are_per_video_and_skip_missing_scores(tmp_path, capsys):
+    paired = load("paired_differences")
+    a = [{"motion": 0.0, "recolor": 1.0}, {"motion": 0.5}, {"motion": 1.0, "recolor": 0.0}]
+    b = [{"motion": 1.0, "recolor": 1.0}, {"motion": 0.5}, {"motion": 1.0, "recolor": 1.0}]
+    n, mean, low, high = paired.paired(a, b, "motion")
+    assert n == 3 and mean == pytest.approx(1 / 3) and 0.0 <= low <= mean <= high <= 1.0
+    n, mean, _, _ = paired.paired(a, b, "recolor")  # the second video has no recolor in either row
+    assert n == 2 and mean == pytest.approx(0.5)
+    assert paired.paired(a, b, "order") is None
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"vstar": {"plain": {"scores": a}, "tar": {"scores": b}}}))
+    assert paired.main([str(path), "--pair", "vstar/plain:vstar/tar", "--metrics", "motion,order"]) == 0
+    assert "| vstar/tar − vstar/plain | +0.333 [" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no row 'vstar/both'"):
+        paired.main([str(path), "--pair", "vstar/plain:vstar/both"])
