@@ -36,11 +36,18 @@ def _command(out: Path, job: str) -> str:
 @pytest.mark.slow
 def test_dependants_wait_for_their_models_and_use_them(tmp_path):
     events, out, work = _dry(tmp_path)
-    for job in ("sd", "clip", "motion", "realcustom", "dpl_effect", "ctgm", "broadway_vstar", "xmesh_claim"):
+    dpl_rows = ("dpl_psnr", "dpl_world", "dpl_generated", "dpl_same", "dpl_three", "dpl_bf16")
+    for job in ("sd", "clip", "motion", "realcustom", "dpl_effect", "ctgm", "broadway_vstar", "xmesh_claim", *dpl_rows):
         assert (out / job / ".rc").read_text().strip() == "0", job
     # wave 2 starts after the SD and takes its product; CTGM and BroadWay/VSTAR after the motion adapter
-    for later in ("start motion", "start dpl_effect", "start realcustom"):
+    for later in ("start motion", "start dpl_world", "start realcustom"):
         assert _first(events, "end sd") < _first(events, "wave 2 uses the new SD") < _first(events, later)
+    # the DPL effect runs as six processes in the new tree, merged once the last has ended; edits shares world's
+    assert max(_first(events, f"end {job} ") for job in dpl_rows) < _first(events, "start dpl_effect")
+    assert "--rows world,edits " in _command(out, "dpl_world") and f"in {work / 'new'}: " in _command(out, "dpl_bf16")
+    merge = _command(out, "dpl_effect")
+    assert "--merge " in merge and all(str(out / job / "dpl_effect.json") in merge for job in dpl_rows)
+    assert not (out / "motion_eval").exists()  # the adapter is retrained and evaluated by its own job
     for later in ("start ctgm", "start broadway_vstar"):
         assert _first(events, "end motion") < _first(events, "wave 2 uses the new motion adapter") < _first(events, later)
     # RealCustom trains on the new SD with its own image encoder (the train script's default), not the mesh CLIP
@@ -59,6 +66,9 @@ def test_realcustom_keeps_its_encoder_and_an_empty_vision_start_freezes_the_trun
     assert f"in {work / 'new'}: WORK=" in _command(out, "realcustom")
     assert "CONTRAST= " in _command(out, "sd") and not (out / "motion").exists()
     assert "no motion adapter: ctgm and broadway_vstar skipped" not in "\n".join(events)  # the tree's adapter serves
+    # and is evaluated on the new SD, in the new tree, after the SD
+    assert _first(events, "wave 2 uses the new SD") < _first(events, "start motion_eval")
+    assert f"in {work / 'new'}: " in _command(out, "motion_eval") and "--what motion " in _command(out, "motion_eval")
 
 
 @pytest.mark.slow

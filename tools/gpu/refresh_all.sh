@@ -17,7 +17,8 @@
 #   run from the repository root, carrying .whl:  OUT=/tmp/refresh bash tools/gpu/refresh_all.sh
 #   DRY=1 runs the control flow alone (seconds, any machine): each training job "produces" the shipped folder
 #   it would retrain, the other jobs print their command; REFRESH_WORK moves the work folder (default /tmp/refresh-work).
-#   JOBS="motion sd clip" limits the trainings (default: all; without sd, wave 2 uses the SD in the tree);
+#   JOBS="motion sd clip" limits the trainings (default: all; without sd, wave 2 uses the SD in the tree; without
+#   motion, the tree's adapter, evaluated on the new SD by the job motion_eval);
 #   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; MOTION_INIT=DIR starts
 #   the motion adapter from a trained one; MOTION_PAIR=W trains a second one beside it with the contrast W (a paired test); CLIP_VISION_FROM
 #   (default 0, the whole vision tower, as shipped) is the mesh CLIP's first trained vision layer; BENCH=1 adds the cost benchmarks; the motion
@@ -25,8 +26,10 @@
 #   TEXT_PATH= is given empty.
 # Wall time: about 25 minutes on one H200 (SD ~7.5 min, then motion ~8 min beside RealCustom and DPL, then CTGM
 # ~9 min beside BroadWay/VSTAR ~6 min).
-# Every job script it runs was run on an H200 on 2026-12-01 from an orchestration of the same shape; this
-# file as a whole has not run yet. Timings taken beside the trainings are noisy (benchmarks/RESULTS.md).
+# Every job script it runs was run on an H200 on 2026-12-01 from an orchestration of the same shape; the
+# graph of 2026-12-02 (benchmarks/RESULTS.md, "seventh lease") ran as JOBS="sd clip" does: SD ~8 min beside the
+# CLIP, then CTGM, RealCustom, BroadWay/VSTAR, the motion evaluation and the six DPL processes side by side, the
+# longest (DPL world + edits) 17.5 min. Timings taken beside the trainings are noisy (benchmarks/RESULTS.md).
 set -u
 ROOT=$(pwd)
 OUT=${OUT:-$ROOT/outputs/refresh}
@@ -87,7 +90,13 @@ fi
 # RealCustom reads its own image encoder (assets/models/shapes-realcustom/image_encoder), not the mesh CLIP: trained on
 # the whole-trunk mesh CLIP it kept 33 % of identities against 42.5 % (benchmarks/RESULTS.md), so it does not wait for it
 job realcustom "$NEW" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" &
-job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
+# the DPL effect (n = 200) as six processes side by side (962 s in one process alone), merged into one table
+# when all are done; edits edits the world row's inversions, so the two share a process
+( for rows in psnr world,edits generated same three bf16; do
+    job "dpl_${rows%%,*}" "$NEW" "nice -n 5 python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --rows $rows --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
+  done; wait
+  parts=$(for r in psnr world generated same three bf16; do printf '%s ' "$OUT/dpl_$r/dpl_effect.json"; done)
+  job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --merge $parts> \$OUT/dpl_effect.md" ) &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
 # MOTION_INIT=DIR continues from an adapter folder (its motion modules; the text path starts afresh on the new SD)
@@ -96,6 +105,8 @@ motion_job() {
   job "$1" "$NEW" "CONTRAST=$2 INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/$1 bash tools/gpu/train_shapes_motion.sh"
 }
 wants motion && { motion_job motion "${MOTION_CONTRAST:-}" & }
+# without a motion training, the tree's adapter goes on to wave 2: evaluate it on the new SD first-hand
+wants motion || job motion_eval "$NEW" "python3 -m attncraft.shapes.training evaluate --what motion --config full --device cuda --minutes 1.5 --sd assets/models/shapes-sd --adapter assets/models/shapes-motion --out \$OUT" &
 # MOTION_PAIR=W: the caption contrast's paired test, a second adapter trained beside the first from the same start,
 # with the same budget and the contrast of weight W; measured, never shipped, nothing waits for it
 if wants motion && [ -n "${MOTION_PAIR:-}" ]; then motion_job motion_contrast "$MOTION_PAIR" & fi
