@@ -144,3 +144,34 @@ def test_swapped_motions_turn_every_change_the_other_way():
         if any(m.kind == "move" for o in scene.objects for m in o.motions):
             assert caption_scene(swapped, seed=0) != caption_scene(scene, seed=0)
             parse_caption(caption_scene(swapped, seed=0))
+
+
+def test_a_sweep_cut_short_keeps_the_folders_guidance_and_leaves_the_folder_alone(motion_run, tmp_path):
+    """Out of time after the first guidance, the evaluation has compared nothing: it evaluates at the adapter
+    folder's own guidance and does not overwrite it (a job beside it may read the folder)."""
+    import shutil
+    import time
+    from dataclasses import replace
+
+    from attncraft.shapes.training import common
+    from attncraft.shapes.training.configs import get_configs
+    from attncraft.shapes.training.evaluate import Scorer
+    from attncraft.shapes.training.motion_eval import eval_motion, motion_markdown
+
+    root, _ = motion_run
+    adapter = tmp_path / "adapter"
+    shutil.copytree(root / "shapes-motion", adapter)
+    (adapter / "attncraft_defaults.json").write_text(json.dumps({"guidance_scale": 7.5, "num_inference_steps": 25}))
+    before = (adapter / "attncraft_defaults.json").read_bytes()
+    cfg = replace(get_configs("smoke").eval, motion_sweep_guidance=(3.0, 5.0), motion_one=1, motion_seq=1,
+                  motion_sweep_prompts=1, motion_baseline=1)
+    spent = common.Budget(0.01, 0.0, t0=time.time() - 60.0)  # already over
+    scorer = Scorer(0)
+    try:
+        res = eval_motion(root / "sd", adapter, cfg, torch.device("cpu"), scorer, tmp_path, spent, say=lambda m: None)
+    finally:
+        scorer.close()
+    assert [r["guidance"] for r in res["sweep"]["results"]] == [3.0] and res["sweep"]["complete"] is False
+    assert res["default"]["guidance_scale"] == 7.5 and res["default"]["from"] == "folder (sweep cut short)"
+    assert (adapter / "attncraft_defaults.json").read_bytes() == before
+    assert "guidance 7.5 (the adapter folder's: the sweep was cut short)" in "\n".join(motion_markdown(res))

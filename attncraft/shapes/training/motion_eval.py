@@ -193,12 +193,19 @@ def eval_motion(sd_dir: str | Path, adapter_dir: str | Path | None, cfg: EvalCon
             f"identity {s.get('identity', 0):.3f}")
     best = max(sweep, key=lambda r: (r.get("motion", 0.0), r.get("frame_color_shape", 0.0), r.get("identity", 0.0)))
     guidance = best["guidance"]
-    res["sweep"] = {"prompts": len(sweep_prompts), "seed": MOTION_SWEEP_SEED, "results": sweep,
+    complete = len(sweep) == len(cfg.motion_sweep_guidance)
+    path = Path(adapter_dir) / DEFAULTS_FILE if adapter_dir else None
+    defaults = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    source = "sweep"
+    if not complete and "guidance_scale" in defaults:
+        # a sweep cut short by the time budget has not compared the guidances: evaluate at the folder's own default
+        # and leave the folder as it is (another job may be reading it)
+        guidance, source = float(defaults["guidance_scale"]), "folder (sweep cut short)"
+        say(f"sweep incomplete: evaluating at the adapter folder's guidance {guidance:g}, which stays as it is")
+    res["sweep"] = {"prompts": len(sweep_prompts), "seed": MOTION_SWEEP_SEED, "results": sweep, "complete": complete,
                     "seconds": round(time.time() - t0, 1)}
-    res["default"] = {"guidance_scale": guidance, "num_inference_steps": steps, "num_frames": frames}
-    if adapter_dir:
-        path = Path(adapter_dir) / DEFAULTS_FILE
-        defaults = json.loads(path.read_text()) if path.is_file() else {}
+    res["default"] = {"guidance_scale": guidance, "num_inference_steps": steps, "num_frames": frames, "from": source}
+    if path is not None and source == "sweep":
         defaults.update(guidance_scale=guidance, num_inference_steps=steps)
         path.write_text(json.dumps(defaults, indent=2) + "\n")
 
@@ -244,7 +251,8 @@ def motion_markdown(m: dict[str, Any]) -> list[str]:
 
     d = m["default"]
     lines = ["## shapes motion (reader accuracy)", "", f"Model: {m['model']}.",
-             f"Default: {m['scheduler']}, {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, "
+             f"Default: {m['scheduler']}, {d['num_inference_steps']} steps, guidance {d['guidance_scale']}"
+             f"{'' if d.get('from', 'sweep') == 'sweep' else ' (the adapter folder' + chr(39) + 's: the sweep was cut short)'}, "
              f"{d['num_frames']} frames. Per motion kind: share of the videos asking for it where it happens "
              "(number of videos in brackets).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
