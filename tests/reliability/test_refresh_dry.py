@@ -87,3 +87,17 @@ def test_the_motion_pair_trains_beside_from_the_same_start_and_is_not_shipped(tm
 def test_without_the_pair_no_second_motion_adapter(tmp_path):
     events, out, _ = _dry(tmp_path, JOBS="motion")
     assert not (out / "motion_contrast").exists() and "INIT= " in _command(out, "motion")
+
+
+@pytest.mark.slow
+def test_quiet_timings_run_last_one_at_a_time(tmp_path):
+    events, out, _ = _dry(tmp_path, JOBS="sd", QUIET_BENCH="1")
+    quiet = ("quiet_ctgm", "quiet_realcustom", "quiet_dpl")
+    others = [e for e in events if e.startswith("end ") and not e.startswith(tuple(f"end {q} " for q in quiet))]
+    last_other = max(events.index(e) for e in others)
+    starts = [_first(events, f"start {q}") for q in quiet]
+    ends = [_first(events, f"end {q} ") for q in quiet]
+    assert last_other < starts[0] < ends[0] < starts[1] < ends[1] < starts[2] < ends[2]
+    assert "--variants release,release_reuse " in _command(out, "quiet_realcustom")
+    events, out, _ = _dry(tmp_path / "plain", JOBS="sd")
+    assert not any((out / q).exists() for q in quiet)

@@ -21,7 +21,9 @@
 #   motion, the tree's adapter, evaluated on the new SD by the job motion_eval);
 #   SD_CONTRAST (default 0.5) and MOTION_CONTRAST (default off) weight the caption-contrast terms; MOTION_INIT=DIR starts
 #   the motion adapter from a trained one; MOTION_PAIR=W trains a second one beside it with the contrast W (a paired test); CLIP_VISION_FROM
-#   (default 0, the whole vision tower, as shipped) is the mesh CLIP's first trained vision layer; BENCH=1 adds the cost benchmarks; the motion
+#   (default 0, the whole vision tower, as shipped) is the mesh CLIP's first trained vision layer; BENCH=1 adds the cost benchmarks
+#   beside the trainings (noisy); QUIET_BENCH=1 times, once every other job has ended, the three figures that need a quiet GPU
+#   (CTGM whole runs, RealCustom release vs release_reuse, DPL's compiled passes; ~8 min); the motion
 #   adapter trains with the motion text path (TEXT_PATH=cross-kv, attncraft/video/motion_text_path.py) unless
 #   TEXT_PATH= is given empty.
 # Wall time: about 25 minutes on one H200 (SD ~7.5 min, then motion ~8 min beside RealCustom and DPL, then CTGM
@@ -131,4 +133,11 @@ else
   log "no motion adapter: ctgm and broadway_vstar skipped"
 fi
 wait
+# the timings that need the GPU to themselves, in the tree as it is (random weights at full size: the models trained above
+# do not enter them), one after the other, after everything else
+if [ "${QUIET_BENCH:-0}" = 1 ]; then
+  job quiet_ctgm "$BASE" "python3 benchmarks/bench_ctgm.py --device cuda --rounds 2 --json \$OUT/bench_ctgm.json > \$OUT/bench_ctgm.md"
+  job quiet_realcustom "$BASE" "python3 benchmarks/bench_realcustom.py --device cuda --variants release,release_reuse --rounds 5 --json \$OUT/bench_rc.json > \$OUT/bench_rc.md"
+  job quiet_dpl "$BASE" "python3 benchmarks/bench_dpl.py --device cuda --variants ours_compiled --skip-whole --json \$OUT/bench_dpl.json > \$OUT/bench_dpl.md"
+fi
 log "done"
