@@ -18,6 +18,7 @@ Rows (``--rows``, default all):
   attributes, the other objects keep theirs, and the change outside the edited object's region
   (its centre's disc of its radius + 1.5 px: every shape of that size fits in it); P2P on generated
   images, NTI+P2P and DPL+P2P on world renders, local blend off/on; shape swaps and colour edits.
+* ``edits-same`` - the same-shape colour edits of ``edits`` alone, on the ``same`` row's inversions.
 * ``bf16`` - the maps row of ``world`` with DPL's mixed-precision option, against fp32.
 
 With ``--methods ...,oracle`` (default) the world, same and three sets also run DPL with the true background
@@ -28,10 +29,11 @@ Usage (GPU, all rows; 962 s alone on one H200)::
 
     python benchmarks/bench_dpl_effect.py --device cuda --n 200 --out $OUT/dpl_effect.json
 
-The rows are independent but for ``edits``, which edits the inversions of ``world`` (and of ``same``, for the
-same-shape edits, when that row ran in the same process), so they can run as parallel processes, one JSON each,
-and be merged into one table: ``--merge A.json B.json ...`` (CPU, no model loaded; ``tools/gpu/refresh_all.sh``
-runs ``psnr``, ``world,edits``, ``generated``, ``same``, ``three`` and ``bf16`` side by side).
+The rows are independent but for the edits, which edit the inversions of ``world`` (``edits``) and of ``same``
+(``edits-same``; ``edits`` makes them too when ``same`` ran before it in the process), so they can run as parallel
+processes, one JSON each, and be merged into one table: ``--merge A.json B.json ...`` (CPU, no model loaded;
+``tools/gpu/refresh_all.sh`` runs ``psnr``, ``world,edits``, ``generated``, ``same,edits-same``, ``three`` and ``bf16``
+side by side).
 
 CPU smoke: ``--n 4 --steps 3 --null-steps 2 --token-steps 2``. Prints a Markdown block for
 benchmarks/RESULTS.md and writes every number (and per-scene values) to ``--out``.
@@ -418,17 +420,30 @@ class Bench:
                 for blend in (False, True):
                     res[f"world {method} {kind} blend={'on' if blend else 'off'}"] = self.run_edits(
                         method, inv, scenes, captions, orders, kind, blend)
-        same = self.cache.get("inv same")
-        if same is not None:
-            s_scenes, s_captions, _, _, s_orders = self.world_set("same")
-            for method, inv in zip(("NTI+P2P", "DPL+P2P"), same):
-                for blend in (False, True):
-                    res[f"same-shape {method} color blend={'on' if blend else 'off'}"] = self.run_edits(
-                        method, inv, s_scenes, s_captions, s_orders, "color", blend)
+        if "inv same" in self.cache:
+            res.update(self.same_shape_edits())
         if "p2p generated" not in self.results:
             self.generated_set()
         res.update(self.results.pop("p2p generated"))
-        self.results["edits"] = res
+        self.results.setdefault("edits", {}).update(res)
+
+    def same_shape_edits(self) -> dict:
+        """Colour edits of one of two same-shape objects, on the ``same`` row's inversions."""
+        res = {}
+        s_scenes, s_captions, _, _, s_orders = self.world_set("same")
+        for method, inv in zip(("NTI+P2P", "DPL+P2P"), self.cache["inv same"]):
+            for blend in (False, True):
+                res[f"same-shape {method} color blend={'on' if blend else 'off'}"] = self.run_edits(
+                    method, inv, s_scenes, s_captions, s_orders, "color", blend)
+        return res
+
+    def row_edits_same(self):
+        """The same-shape edits alone (``edits`` makes them too when ``same`` ran before it in the process): for
+        runs of the rows in parallel processes, ``--rows same,edits-same`` beside ``--rows world,edits``."""
+        if "inv same" not in self.cache:
+            self.row_maps("same")
+        if "inv same" in self.cache:  # needs --methods with nti and dpl
+            self.results.setdefault("edits", {}).update(self.same_shape_edits())
 
     # -- P2P on generated images (text-to-image), which also gives the generated set -------------
     def p2p_generated(self, scenes, captions, orders):
@@ -623,6 +638,8 @@ def main(argv=None) -> int:
             bench.row_maps(row)
         elif row == "edits":
             bench.row_edits()
+        elif row == "edits-same":
+            bench.row_edits_same()
         elif row == "bf16":
             bench.row_bf16()
         else:

@@ -152,3 +152,17 @@ def test_paired_differences_are_per_video_and_skip_missing_scores(tmp_path, caps
     assert "| vstar/tar − vstar/plain | +0.333 [" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no row 'vstar/both'"):
         paired.main([str(path), "--pair", "vstar/plain:vstar/both"])
+
+
+@pytest.mark.slow
+def test_same_shape_edits_run_in_their_rows_process(tmp_path):
+    """``--rows same,edits-same`` (a process of its own beside ``world,edits``) makes the same-shape edits on that
+    process's inversions, and nothing of the world row (a tiny run on the shipped Shapes SD, ~20 s)."""
+    bench = load("bench_dpl_effect")
+    out = tmp_path / "same.json"
+    assert bench.main(["--device", "cpu", "--n", "2", "--steps", "3", "--null-steps", "1", "--token-steps", "1",
+                       "--rows", "same,edits-same", "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert sorted(results["edits"]) == sorted(f"same-shape {m} color blend={b}" for m in ("NTI+P2P", "DPL+P2P")
+                                              for b in ("off", "on"))
+    assert list(results["maps"]) == ["same"] and all(e["n"] == 2 for e in results["edits"].values())

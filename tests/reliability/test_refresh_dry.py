@@ -44,7 +44,8 @@ def test_dependants_wait_for_their_models_and_use_them(tmp_path):
         assert _first(events, "end sd") < _first(events, "wave 2 uses the new SD") < _first(events, later)
     # the DPL effect runs as six processes in the new tree, merged once the last has ended; edits shares world's
     assert max(_first(events, f"end {job} ") for job in dpl_rows) < _first(events, "start dpl_effect")
-    assert "--rows world,edits " in _command(out, "dpl_world") and f"in {work / 'new'}: " in _command(out, "dpl_bf16")
+    assert "--rows world,edits " in _command(out, "dpl_world") and "--rows same,edits-same " in _command(out, "dpl_same")
+    assert f"in {work / 'new'}: " in _command(out, "dpl_bf16")
     merge = _command(out, "dpl_effect")
     assert "--merge " in merge and all(str(out / job / "dpl_effect.json") in merge for job in dpl_rows)
     assert not (out / "motion_eval").exists()  # the adapter is retrained and evaluated by its own job

@@ -93,8 +93,8 @@ fi
 # the whole-trunk mesh CLIP it kept 33 % of identities against 42.5 % (benchmarks/RESULTS.md), so it does not wait for it
 job realcustom "$NEW" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" &
 # the DPL effect (n = 200) as six processes side by side (962 s in one process alone), merged into one table
-# when all are done; edits edits the world row's inversions, so the two share a process
-( for rows in psnr world,edits generated same three bf16; do
+# when all are done; the edits edit the world and same rows' inversions, so each shares its row's process
+( for rows in psnr world,edits generated same,edits-same three bf16; do
     job "dpl_${rows%%,*}" "$NEW" "nice -n 5 python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --rows $rows --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
   done; wait
   parts=$(for r in psnr world generated same three bf16; do printf '%s ' "$OUT/dpl_$r/dpl_effect.json"; done)
