@@ -70,6 +70,8 @@ def test_realcustom_keeps_its_encoder_and_an_empty_vision_start_freezes_the_trun
     # and is evaluated on the new SD, in the new tree, after the SD
     assert _first(events, "wave 2 uses the new SD") < _first(events, "start motion_eval")
     assert f"in {work / 'new'}: " in _command(out, "motion_eval") and "--what motion " in _command(out, "motion_eval")
+    # on a copy of the adapter: the evaluation re-saves its guidance there, not where CTGM and BroadWay/VSTAR read it
+    assert f"--adapter {work / 'motion_eval' / 'shapes-motion'} " in _command(out, "motion_eval")
 
 
 @pytest.mark.slow

@@ -107,8 +107,10 @@ motion_job() {
   job "$1" "$NEW" "CONTRAST=$2 INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/$1 bash tools/gpu/train_shapes_motion.sh"
 }
 wants motion && { motion_job motion "${MOTION_CONTRAST:-}" & }
-# without a motion training, the tree's adapter goes on to wave 2: evaluate it on the new SD first-hand
-wants motion || job motion_eval "$NEW" "python3 -m attncraft.shapes.training evaluate --what motion --config full --device cuda --minutes 1.5 --sd assets/models/shapes-sd --adapter assets/models/shapes-motion --out \$OUT" &
+# without a motion training, the tree's adapter goes on to wave 2: evaluate it on the new SD first-hand, on a copy (the
+# evaluation re-saves the guidance its sweep picks into the folder it reads, and the CTGM and BroadWay/VSTAR jobs read
+# the tree's folder meanwhile)
+wants motion || job motion_eval "$NEW" "rm -rf $WK/motion_eval && mkdir -p $WK/motion_eval && cp -a assets/models/shapes-motion $WK/motion_eval/ && python3 -m attncraft.shapes.training evaluate --what motion --config full --device cuda --minutes 1.5 --sd assets/models/shapes-sd --adapter $WK/motion_eval/shapes-motion --out \$OUT" &
 # MOTION_PAIR=W: the caption contrast's paired test, a second adapter trained beside the first from the same start,
 # with the same budget and the contrast of weight W; measured, never shipped, nothing waits for it
 if wants motion && [ -n "${MOTION_PAIR:-}" ]; then motion_job motion_contrast "$MOTION_PAIR" & fi
