@@ -250,9 +250,9 @@ def motion_markdown(m: dict[str, Any]) -> list[str]:
         return f"{100 * r[k]:.1f} %" + (f" ({n})" if n is not None else "")
 
     d = m["default"]
+    origin = "" if d.get("from", "sweep") == "sweep" else " (the adapter folder's: the sweep was cut short)"
     lines = ["## shapes motion (reader accuracy)", "", f"Model: {m['model']}.",
-             f"Default: {m['scheduler']}, {d['num_inference_steps']} steps, guidance {d['guidance_scale']}"
-             f"{'' if d.get('from', 'sweep') == 'sweep' else ' (the adapter folder' + chr(39) + 's: the sweep was cut short)'}, "
+             f"Default: {m['scheduler']}, {d['num_inference_steps']} steps, guidance {d['guidance_scale']}{origin}, "
              f"{d['num_frames']} frames. Per motion kind: share of the videos asking for it where it happens "
              "(number of videos in brackets).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
