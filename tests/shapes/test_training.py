@@ -522,3 +522,40 @@ def test_unet_warm_start_keeps_the_text_encoder_its_unet_was_trained_with(traine
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     emb = after.get_input_embeddings().weight
     assert not torch.equal(other.text_model.embeddings.token_embedding.weight.half().float(), emb)
+
+
+def test_sd_evaluation_cut_short_keeps_the_folders_sampler(trained, tmp_path):
+    """Out of time after the first sampler, the evaluation has compared nothing: it evaluates at the folder's own
+    sampler and guidance and writes none of the folder's files (a job beside it may read them)."""
+    import shutil
+    import time
+    from dataclasses import replace
+
+    from attncraft.shapes.models import SD_DEFAULTS_FILE, shapes_scheduler
+    from attncraft.shapes.training import common
+    from attncraft.shapes.training.configs import get_configs
+    from attncraft.shapes.training.evaluate import Scorer, eval_sd, to_markdown
+
+    root, _ = trained
+    folder = tmp_path / "sd"
+    shutil.copytree(root / "shapes-sd", folder)
+    shapes_scheduler("DDIMScheduler").save_pretrained(str(folder / "scheduler"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / SD_DEFAULTS_FILE).write_text(json.dumps({"guidance_scale": 7.5, "num_inference_steps": 4}))
+    before = {p: p.read_bytes() for p in folder.rglob("*.json")}
+    cfg = get_configs("smoke").eval
+    assert len(cfg.sweep_schedulers) * len(cfg.sweep_guidance) > 1
+    spent = common.Budget(0.01, 0.0, t0=time.time() - 60.0)  # already over
+    scorer = Scorer(0)
+    try:
+        res = eval_sd(folder, replace(cfg, sd_one=1, sd_two=1), torch.device("cpu"), scorer, tmp_path / "out", spent,
+                      say=lambda m: None)
+    finally:
+        scorer.close()
+    assert len(res["sweep"]["results"]) == 1 and res["sweep"]["complete"] is False
+    assert res["default"]["scheduler"] == "DDIMScheduler" and res["default"]["guidance_scale"] == 7.5
+    assert res["default"]["from"] == "folder (sweep cut short)"
+    assert {p: p.read_bytes() for p in folder.rglob("*.json")} == before
+    assert "guidance 7.5 (the folder's own: the sweep was cut short)" in to_markdown({"sd": res})

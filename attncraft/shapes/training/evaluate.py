@@ -437,6 +437,7 @@ def eval_sd(sd_dir: str | Path, cfg: EvalConfig, device: torch.device, scorer: S
     pipe = load_shapes_sd_pipeline(sd_dir, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     res: dict[str, Any] = {"steps": cfg.steps}
+    folder_scheduler = pipe.scheduler  # the folder's own sampler, kept if the sweep is cut short
 
     # 1. sampler sweep
     t0 = time.time()
@@ -453,18 +454,31 @@ def eval_sd(sd_dir: str | Path, cfg: EvalConfig, device: torch.device, scorer: S
             sweep.append({"scheduler": name, "guidance": g, **s})
             say(f"sweep {name:30s} g={g:4.1f}: objects {s.get('objects', 0):.3f} all_correct {s['all_correct']:.3f}")
     best = max(sweep, key=lambda r: (r.get("objects", 0.0), r["all_correct"]))
-    res["sweep"] = {"prompts": len(sweep_prompts), "seed": SWEEP_SEED, "results": sweep,
+    complete = len(sweep) == len(cfg.sweep_schedulers) * len(cfg.sweep_guidance)
+    folder_defaults = sd_dir / SD_DEFAULTS_FILE
+    saved = json.loads(folder_defaults.read_text()) if folder_defaults.is_file() else {}
+    res["sweep"] = {"prompts": len(sweep_prompts), "seed": SWEEP_SEED, "results": sweep, "complete": complete,
                     "seconds": round(time.time() - t0, 1)}
-    default = {"width": 64, "height": 64, "num_inference_steps": cfg.steps, "guidance_scale": best["guidance"]}
-    res["default"] = {"scheduler": best["scheduler"], **default}
-    pipe.scheduler = shapes_scheduler(best["scheduler"])
-    # record the default in the folder (scheduler config + defaults file)
-    pipe.scheduler.save_pretrained(str(sd_dir / "scheduler"))
-    model_index = sd_dir / "model_index.json"
-    mi = json.loads(model_index.read_text())
-    mi["scheduler"] = ["diffusers", best["scheduler"]]
-    model_index.write_text(json.dumps(mi, indent=2) + "\n")
-    (sd_dir / SD_DEFAULTS_FILE).write_text(json.dumps(default, indent=2) + "\n")
+    if not complete and "guidance_scale" in saved:
+        # a sweep cut short by the time budget compared only part of the samplers: evaluate at the folder's own
+        # sampler and guidance, and leave the folder as it is (another job may be reading it)
+        say(f"sweep incomplete: evaluating at the folder's {type(folder_scheduler).__name__}, guidance "
+            f"{saved['guidance_scale']}, which stay as they are")
+        pipe.scheduler = folder_scheduler
+        default = {"width": 64, "height": 64, "num_inference_steps": cfg.steps,
+                   "guidance_scale": float(saved["guidance_scale"])}
+        res["default"] = {"scheduler": type(folder_scheduler).__name__, **default, "from": "folder (sweep cut short)"}
+    else:
+        default = {"width": 64, "height": 64, "num_inference_steps": cfg.steps, "guidance_scale": best["guidance"]}
+        res["default"] = {"scheduler": best["scheduler"], **default, "from": "sweep"}
+        pipe.scheduler = shapes_scheduler(best["scheduler"])
+        # record the default in the folder (scheduler config + defaults file)
+        pipe.scheduler.save_pretrained(str(sd_dir / "scheduler"))
+        model_index = sd_dir / "model_index.json"
+        mi = json.loads(model_index.read_text())
+        mi["scheduler"] = ["diffusers", best["scheduler"]]
+        model_index.write_text(json.dumps(mi, indent=2) + "\n")
+        folder_defaults.write_text(json.dumps(default, indent=2) + "\n")
 
     # 2. final numbers at the default; fewer prompts if the sweep shows they would not fit the budget
     per_image = (time.time() - t0) / max(1, len(sweep) * len(sweep_prompts))
@@ -538,9 +552,10 @@ def to_markdown(results: dict[str, Any]) -> str:
     if "sd" in results:
         s = results["sd"]
         d = s["default"]
+        origin = "" if d.get("from", "sweep") == "sweep" else " (the folder's own: the sweep was cut short)"
         lines += ["## shapes SD (reader accuracy)", "",
                   f"Default sampler: {d['scheduler']}, {d['num_inference_steps']} steps, "
-                  f"guidance {d['guidance_scale']}.", "",
+                  f"guidance {d['guidance_scale']}{origin}.", "",
                   "| prompts | n | count | colour | shape | size | position | pattern | background | relation "
                   "| all attributes of every object | exact |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
