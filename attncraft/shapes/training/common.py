@@ -54,6 +54,20 @@ class RunArgs:
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
+SWEEP_CUT_SHORT = "folder (sweep cut short)"
+"""Where an evaluation's default came from when its sweep ran out of time: the folder's own saved one."""
+
+
+def defaults_kept(path: Path | None, complete: bool) -> dict | None:
+    """A folder's saved defaults (its ``attncraft_defaults.json``) when a sweep cut short by the time budget must
+    not replace them: a partial sweep has not compared the settings, so the evaluation runs at the folder's own and
+    writes nothing there (another job may be reading the folder). ``None``: the sweep decides, and is saved."""
+    if complete or path is None or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved if "guidance_scale" in saved else None
+
+
 class Budget:
     """The command's wall-clock budget: training stops ``reserve_s`` before the end, to save."""
 

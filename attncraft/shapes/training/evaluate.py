@@ -456,18 +456,16 @@ def eval_sd(sd_dir: str | Path, cfg: EvalConfig, device: torch.device, scorer: S
     best = max(sweep, key=lambda r: (r.get("objects", 0.0), r["all_correct"]))
     complete = len(sweep) == len(cfg.sweep_schedulers) * len(cfg.sweep_guidance)
     folder_defaults = sd_dir / SD_DEFAULTS_FILE
-    saved = json.loads(folder_defaults.read_text()) if folder_defaults.is_file() else {}
+    kept = common.defaults_kept(folder_defaults, complete)
     res["sweep"] = {"prompts": len(sweep_prompts), "seed": SWEEP_SEED, "results": sweep, "complete": complete,
                     "seconds": round(time.time() - t0, 1)}
-    if not complete and "guidance_scale" in saved:
-        # a sweep cut short by the time budget compared only part of the samplers: evaluate at the folder's own
-        # sampler and guidance, and leave the folder as it is (another job may be reading it)
+    if kept is not None:  # the folder's own sampler and guidance, and the folder left as it is
         say(f"sweep incomplete: evaluating at the folder's {type(folder_scheduler).__name__}, guidance "
-            f"{saved['guidance_scale']}, which stay as they are")
+            f"{kept['guidance_scale']}, which stay as they are")
         pipe.scheduler = folder_scheduler
         default = {"width": 64, "height": 64, "num_inference_steps": cfg.steps,
-                   "guidance_scale": float(saved["guidance_scale"])}
-        res["default"] = {"scheduler": type(folder_scheduler).__name__, **default, "from": "folder (sweep cut short)"}
+                   "guidance_scale": float(kept["guidance_scale"])}
+        res["default"] = {"scheduler": type(folder_scheduler).__name__, **default, "from": common.SWEEP_CUT_SHORT}
     else:
         default = {"width": 64, "height": 64, "num_inference_steps": cfg.steps, "guidance_scale": best["guidance"]}
         res["default"] = {"scheduler": best["scheduler"], **default, "from": "sweep"}
@@ -552,7 +550,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     if "sd" in results:
         s = results["sd"]
         d = s["default"]
-        origin = "" if d.get("from", "sweep") == "sweep" else " (the folder's own: the sweep was cut short)"
+        origin = " (the folder's own: the sweep was cut short)" if d.get("from") == common.SWEEP_CUT_SHORT else ""
         lines += ["## shapes SD (reader accuracy)", "",
                   f"Default sampler: {d['scheduler']}, {d['num_inference_steps']} steps, "
                   f"guidance {d['guidance_scale']}{origin}.", "",

@@ -195,17 +195,16 @@ def eval_motion(sd_dir: str | Path, adapter_dir: str | Path | None, cfg: EvalCon
     guidance = best["guidance"]
     complete = len(sweep) == len(cfg.motion_sweep_guidance)
     path = Path(adapter_dir) / DEFAULTS_FILE if adapter_dir else None
-    defaults = json.loads(path.read_text()) if path is not None and path.is_file() else {}
-    source = "sweep"
-    if not complete and "guidance_scale" in defaults:
-        # a sweep cut short by the time budget has not compared the guidances: evaluate at the folder's own default
-        # and leave the folder as it is (another job may be reading it)
-        guidance, source = float(defaults["guidance_scale"]), "folder (sweep cut short)"
+    kept = common.defaults_kept(path, complete)
+    if kept is not None:
+        guidance = float(kept["guidance_scale"])
         say(f"sweep incomplete: evaluating at the adapter folder's guidance {guidance:g}, which stays as it is")
     res["sweep"] = {"prompts": len(sweep_prompts), "seed": MOTION_SWEEP_SEED, "results": sweep, "complete": complete,
                     "seconds": round(time.time() - t0, 1)}
-    res["default"] = {"guidance_scale": guidance, "num_inference_steps": steps, "num_frames": frames, "from": source}
-    if path is not None and source == "sweep":
+    res["default"] = {"guidance_scale": guidance, "num_inference_steps": steps, "num_frames": frames,
+                      "from": "sweep" if kept is None else common.SWEEP_CUT_SHORT}
+    if path is not None and kept is None:
+        defaults = json.loads(path.read_text()) if path.is_file() else {}
         defaults.update(guidance_scale=guidance, num_inference_steps=steps)
         path.write_text(json.dumps(defaults, indent=2) + "\n")
 
@@ -250,7 +249,7 @@ def motion_markdown(m: dict[str, Any]) -> list[str]:
         return f"{100 * r[k]:.1f} %" + (f" ({n})" if n is not None else "")
 
     d = m["default"]
-    origin = "" if d.get("from", "sweep") == "sweep" else " (the adapter folder's: the sweep was cut short)"
+    origin = " (the adapter folder's: the sweep was cut short)" if d.get("from") == common.SWEEP_CUT_SHORT else ""
     lines = ["## shapes motion (reader accuracy)", "", f"Model: {m['model']}.",
              f"Default: {m['scheduler']}, {d['num_inference_steps']} steps, guidance {d['guidance_scale']}{origin}, "
              f"{d['num_frames']} frames. Per motion kind: share of the videos asking for it where it happens "
