@@ -509,7 +509,8 @@ class Bench:
         return self.cache["generated"]
 
 
-def markdown(bench: Bench, args, wall: float, hardware: str | None = None) -> str:
+def markdown(bench: Bench, args, wall: float, hardware: str | None = None, runs: str | None = None) -> str:
+    """The Markdown block; ``hardware`` and ``runs`` (the merged processes, by ``--merge``) replace this process's."""
     r = bench.results
     if hardware is None:
         hardware = (f"{platform.node()}, {torch.cuda.get_device_name(0) if args.device.startswith('cuda') else 'CPU'}; "
@@ -518,7 +519,7 @@ def markdown(bench: Bench, args, wall: float, hardware: str | None = None) -> st
              "", f"Hardware: {hardware}. Command: `python benchmarks/bench_dpl_effect.py {' '.join(sys.argv[1:])}`. "
              f"Settings: {args.steps} DDIM steps, guidance {args.guidance}, NTI {args.null_steps} iterations/step "
              f"at lr {args.null_lr:g} (early stop), DPL {args.token_steps} token iterations/step (reference losses and thresholds); "
-             f"n = {args.n} scenes per set; wall {wall:.0f} s.", ""]
+             f"n = {args.n} scenes per set; {runs + '; longest ' if runs else ''}wall {wall:.0f} s.", ""]
     if "psnr" in r:
         lines += ["| reconstruction PSNR (world renders, two objects) | dB |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in r["psnr"].items() if v is not None] + [""]
@@ -594,21 +595,18 @@ def merge_main(paths: list[Path]) -> int:
             raise SystemExit(f"error: {path} ran with other settings than {paths[0]}; merge only runs of one setting")
     args = SimpleNamespace(device="cpu", **settings)
     found = re.search(r"Hardware: (.*?)\. Command:", parts[0].get("markdown", ""))
-    text = markdown(SimpleNamespace(results=merge_results(parts)), args, max(p["wall_s"] for p in parts),
-                    hardware=found.group(1) if found else "as recorded in the merged files")
     runs = "; ".join(f"`--rows {p['args']['rows']}` {p['wall_s']:.0f} s" for p in parts)
-    print(text.replace("; wall ", f"; merged from {len(parts)} processes run side by side ({runs}); longest wall ", 1))
+    text = markdown(SimpleNamespace(results=merge_results(parts)), args, max(p["wall_s"] for p in parts),
+                    hardware=found.group(1) if found else "as recorded in the merged files",
+                    runs=f"merged from {len(parts)} processes run side by side ({runs})")
+    print(text)
     return 0
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--merge"]:
-        if len(argv) < 2:
-            raise SystemExit("error: --merge needs the JSON files to merge (this script's --out files)")
-        return merge_main([Path(a) for a in argv[1:]])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON", default=None,
+                        help="join the --out files of runs of some rows each into one table (no model is loaded)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
@@ -623,6 +621,8 @@ def main(argv=None) -> int:
                         help="nti, dpl, oracle (DPL with the true background as its mask; world, same, three)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_main(args.merge)
     args.methods = {m.strip() for m in args.methods.split(",") if m.strip()}
     if args.threads:
         torch.set_num_threads(args.threads)

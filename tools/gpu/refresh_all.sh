@@ -94,10 +94,11 @@ fi
 job realcustom "$NEW" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" &
 # the DPL effect (n = 200) as six processes side by side (962 s in one process alone), merged into one table
 # when all are done; the edits edit the world and same rows' inversions, so each shares its row's process
-( for rows in psnr world,edits generated same,edits-same three bf16; do
+( parts=
+  for rows in psnr world,edits generated same,edits-same three bf16; do
     job "dpl_${rows%%,*}" "$NEW" "nice -n 5 python3 benchmarks/bench_dpl_effect.py --device cuda --n 200 --rows $rows --out \$OUT/dpl_effect.json > \$OUT/dpl_effect.md" &
+    parts="$parts$OUT/dpl_${rows%%,*}/dpl_effect.json "
   done; wait
-  parts=$(for r in psnr world generated same three bf16; do printf '%s ' "$OUT/dpl_$r/dpl_effect.json"; done)
   job dpl_effect "$NEW" "python3 benchmarks/bench_dpl_effect.py --merge $parts> \$OUT/dpl_effect.md" ) &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
