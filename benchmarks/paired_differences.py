@@ -49,7 +49,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pair", action="append", required=True, help="A:B, printed as B - A")
     parser.add_argument("--metrics", default=",".join(METRICS))
     args = parser.parse_args(argv)
-    data = json.loads(args.json.read_text())
+    try:
+        data = json.loads(args.json.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read {args.json} as a measurement's JSON ({exc}); pass the file that "
+                         "measure_ctgm.py or measure_broadway_vstar.py wrote")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     print("| difference | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")

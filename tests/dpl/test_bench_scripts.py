@@ -152,6 +152,8 @@ def test_paired_differences_are_per_video_and_skip_missing_scores(tmp_path, caps
     assert "| vstar/tar − vstar/plain | +0.333 [" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no row 'vstar/both'"):
         paired.main([str(path), "--pair", "vstar/plain:vstar/both"])
+    with pytest.raises(SystemExit, match="cannot read .*missing.json as a measurement's JSON"):
+        paired.main([str(tmp_path / "missing.json"), "--pair", "vstar/plain:vstar/tar"])
 
 
 @pytest.mark.slow
