@@ -378,8 +378,9 @@ def test_cpu_configs_are_their_gpu_twins_at_cpu_size():
 
 
 def test_mesh_cpu_config_is_full_mesh_at_cpu_size_and_the_frozen_trunk_is_a_flag():
-    """mesh-cpu differs from full-mesh only in sizes; --train-vision-from sets the first trained vision layer
-    (0: all of them), and a negative index is a usage error."""
+    """mesh-cpu differs from full-mesh only in sizes; both train the whole vision tower by default (the shipped
+    recipe); --train-vision-from sets the first trained vision layer (0: all of them, 5: the first mesh fine-tune's
+    frozen trunk), and a negative index is a usage error."""
     from dataclasses import asdict
 
     from attncraft.shapes.training.__main__ import parse
@@ -388,9 +389,10 @@ def test_mesh_cpu_config_is_full_mesh_at_cpu_size_and_the_frozen_trunk_is_a_flag
     full, cpu = asdict(get_configs("full-mesh").clip), asdict(get_configs("mesh-cpu").clip)
     sizes = {"batch", "warmup", "pool", "mesh_pool", "chunk", "workers", "mesh_workers", "mesh_refresh_every",
              "refresh_every", "pool_fill_limit_s", "reserve_s", "log_every_s"}
-    assert {k for k in full if full[k] != cpu[k]} <= sizes and cpu["train_vision_from"] == 5 and cpu["batch"] == 256
+    assert {k for k in full if full[k] != cpu[k]} <= sizes and cpu["train_vision_from"] is None is full["train_vision_from"] and cpu["batch"] == 256
     assert cpu["mesh_fraction"] == full["mesh_fraction"] == 0.5 and cpu["lr"] == full["lr"]
     assert parse(["clip", "--config", "mesh-cpu", "--train-vision-from", "0", "--out", "x"]).train_vision_from == 0
+    assert parse(["clip", "--config", "mesh-cpu", "--train-vision-from", "5", "--out", "x"]).train_vision_from == 5
     assert parse(["evaluate", "--config", "mesh-cpu", "--out", "x"]).train_vision_from is None
     with pytest.raises(SystemExit) as exc:
         parse(["clip", "--config", "mesh-cpu", "--train-vision-from", "-1", "--out", "x"])

@@ -71,7 +71,7 @@ rm -rf "$BASE" "$NEW"; cp -a "$ROOT" "$BASE"
 # benchmarks/RESULTS.md "fifth lease"; SD_CONTRAST= to train without it)
 wants sd && { job sd "$BASE" "CONTRAST=${SD_CONTRAST-0.5} WORK=$WK/sd bash tools/gpu/retrain_shapes_sd_relations.sh" & }
 # CLIP_VISION_FROM (default 0) is the first trained vision layer of the mesh CLIP: 0 trains them all (shape 37.7 -> 76.3 %,
-# pattern 38.7 -> 67.1 % of held-out meshes on 1x H200, benchmarks/RESULTS.md "sixth lease"); empty: the frozen trunk
+# pattern 38.7 -> 67.1 % of held-out meshes on 1x H200, benchmarks/RESULTS.md "sixth lease"); 5: the frozen trunk
 CLIPV=${CLIP_VISION_FROM-0}
 wants clip && { job clip "$BASE" "TRAIN_VISION_FROM=$CLIPV WORK=$WK/clip bash tools/gpu/train_shapes_clip_mesh.sh" & }
 if [ "${BENCH:-0}" = 1 ]; then

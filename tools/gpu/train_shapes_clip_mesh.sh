@@ -13,7 +13,7 @@
 #
 # Environment overrides (a CPU dry run: SHAPES_DEVICE=cpu SHAPES_CONFIG=smoke INIT=<a smoke CLIP folder>):
 # SHAPES_DEVICE, SHAPES_CONFIG, INIT, MIN_CLIP, MIN_EVAL, WORK, TRAIN_VISION_FROM (the first trained vision layer;
-# default 0, all of them, as shipped; empty keeps the trunk frozen). RealCustom reads its own copy of the earlier
+# default 0, all of them, as shipped; empty: the config's, also all; 5 keeps the first mesh fine-tune's frozen trunk). RealCustom reads its own copy of the earlier
 # vision tower (assets/models/shapes-realcustom/image_encoder), so it needs no retraining after this one.
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-clip-mesh}
@@ -24,7 +24,7 @@ INIT=${INIT:-assets/models/shapes-clip}
 MIN_CLIP=${MIN_CLIP:-5.4}
 MIN_EVAL=${MIN_EVAL:-1.0}
 EXTRA=()
-TRAIN_VISION_FROM=${TRAIN_VISION_FROM-0}  # the shipped recipe: every vision layer trained; empty: the trunk frozen
+TRAIN_VISION_FROM=${TRAIN_VISION_FROM-0}  # the shipped recipe: every vision layer trained; 5: the trunk frozen
 [ -n "${TRAIN_VISION_FROM:-}" ] && EXTRA+=(--train-vision-from "$TRAIN_VISION_FROM")
 EVAL_CFG=$([ "$CFG" = smoke ] && echo smoke || echo full)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

@@ -73,7 +73,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     p.add_argument("--train-vision-from", type=int, default=None,
                    help="clip: vision layers below this index (and the patch embedding) stay frozen; 0 trains them "
-                        "all (default: the config's; full-mesh and mesh-cpu keep 5 of 6 frozen)")
+                        "all (default: the config's; full-mesh and mesh-cpu train them all, 5 keeps the first mesh fine-tune's frozen trunk)")
     ns = p.parse_args(argv)
     if ns.train_vision_from is not None and ns.train_vision_from < 0:
         p.error(f"--train-vision-from {ns.train_vision_from}: give a layer index >= 0 (0 trains every layer)")

@@ -277,20 +277,20 @@ adapter to ship."""
 
 
 MESH_FINE_TUNE = dict(mesh_fraction=0.5, lr=3e-4, warmup=100, pool=65536, mesh_pool=65536, workers=8, mesh_workers=6,
-                      mesh_refresh_every=6, pool_fill_limit_s=25.0, train_vision_from=5)
+                      mesh_refresh_every=6, pool_fill_limit_s=25.0, train_vision_from=None)
 """``full-mesh``: the shipped CLIP fine-tuned (``--init``) on half 2-D scenes, half painted-mesh renders; the
-patch embedding and the first 5 of 6 vision layers stay frozen (the first mesh fine-tune's recipe, which kept the
-penultimate states bit for bit). The shipped second fine-tune trained every layer (``--train-vision-from 0``, the
-default of ``tools/gpu/train_shapes_clip_mesh.sh``); RealCustom reads its own copy of the earlier tower
-(``shapes-realcustom/image_encoder``), so nothing depends on the frozen trunk any more."""
+whole vision tower is trained, as in the shipped second to fourth fine-tunes (``--train-vision-from 5`` keeps the
+patch embedding and the first 5 of 6 layers frozen: the first mesh fine-tune's recipe, which kept the penultimate
+states bit for bit). RealCustom reads its own copy of the earlier tower (``shapes-realcustom/image_encoder``), so
+nothing depends on a frozen trunk."""
 
 
 MESH_FINE_TUNE_CPU = dict(MESH_FINE_TUNE, batch=256, warmup=30, pool=8192, mesh_pool=4096, chunk=256, workers=1,
                           mesh_workers=1, mesh_refresh_every=2, refresh_every=4, pool_fill_limit_s=None, reserve_s=10.0,
                           log_every_s=60.0)
 """``mesh-cpu``: ``full-mesh`` at a size two CPU cores can run in a quarter of an hour, for paired experiments
-from the shipped CLIP (``--init``), e.g. the frozen trunk against every vision layer trained
-(``--train-vision-from 0``): batches of 256 (half meshes), pools of 8,192 scenes and 4,096 meshes, one worker
+from the shipped CLIP (``--init``), e.g. every vision layer trained against the frozen trunk
+(``--train-vision-from 5``): batches of 256 (half meshes), pools of 8,192 scenes and 4,096 meshes, one worker
 each. It compares options at equal steps; it does not train a CLIP to ship."""
 
 
