@@ -68,6 +68,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profiling.py beside it
 
 from attncraft.attention_processors import AttentionTechnique, get_manager  # noqa: E402
 from attncraft.attention_processors.dpl import DPLConfig, LossMaps, dpl_losses  # noqa: E402
@@ -355,9 +356,11 @@ def embedding_differences(variants: dict, results: dict) -> None:
 
 def profile_variants(variants: dict, label: str, iters: int, device) -> tuple[list[str], dict]:
     """torch.profiler summary of ``iters`` iterations per variant (after one untimed)."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    from profiling import kernel_table, kernel_times, profiler_activities
+
+    activities = profiler_activities(device)
     lines, summary = [], {}
     for name in [n for n in PROFILED if n in variants]:
         v = variants[name]
@@ -371,23 +374,14 @@ def profile_variants(variants: dict, label: str, iters: int, device) -> tuple[li
                 host = (time.perf_counter() - t0) * 1000 / iters
                 sync(device)
                 wall = (time.perf_counter() - t0) * 1000 / iters
-        kernels: dict[str, list[float]] = {}
-        for event in prof.events():
-            if str(getattr(event, "device_type", "")).endswith("CUDA"):
-                entry = kernels.setdefault(event.name, [0.0, 0])
-                entry[0] += event.time_range.elapsed_us() / 1000 / iters
-                entry[1] += 1 / iters
+        kernels = kernel_times(prof.events(), iters)
         busy = sum(ms for ms, _ in kernels.values())
         summary[name] = {"host_ms": host, "wall_ms": wall, "kernel_ms": busy if kernels else None}
         lines += [f"### {label}, {name}", "",
                   f"Per iteration: host {host:.1f} ms (until the last launch returns), wall {wall:.1f} ms, "
                   + (f"summed kernel time {busy:.1f} ms." if kernels else "no CUDA kernels recorded (CPU run)."), ""]
         if kernels:
-            lines += ["| kernel | ms / iteration | launches / iteration | share of kernel time |", "|---|---|---|---|"]
-            for kname, (ms, count) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:12]:
-                short = kname if len(kname) <= 90 else kname[:87] + "..."
-                lines.append(f"| `{short.replace('|', '/')}` | {ms:.2f} | {count:.0f} | {ms / busy:.1%} |")
-            lines.append("")
+            lines += kernel_table(kernels, "iteration")
     return lines, summary
 
 

@@ -33,7 +33,11 @@ mask recomputed every step, 1.1x with it reused from the middle step (goal 1.1x 
 
 Usage: ``python benchmarks/bench_realcustom.py --device cuda`` (about 2.5 minutes on an H200, model
 building included); ``--variants plain,release`` runs a subset; ``--tiny --device cpu`` for a quick
-local check.
+local check. ``--profile DIR``, after the timed rounds, profiles one more run of each variant
+(``torch.profiler``, CPU and CUDA activity) and prints host time (until the last launch returns), wall
+time and the summed kernel time per run: where wall time exceeds kernel time, the GPU waited on the
+host (a launch-bound run), where they agree, the extra cost is GPU work. The top kernels of each
+variant go to ``DIR/realcustom_profile.md``.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profiling.py beside it
 
 VARIANTS = {
     "plain": None,
@@ -233,6 +240,36 @@ class OpCounter:
         return False
 
 
+def profile_variants(pipe, names: list[str], subject, size: int, steps: int, device) -> tuple[dict, list[str]]:
+    """One profiled run per variant: {name: host / wall / kernel ms and kernel launches per run}, and the
+    markdown of each variant's top kernels."""
+    from torch.profiler import profile
+
+    from profiling import kernel_table, kernel_times, profiler_activities
+
+    summary, lines = {}, []
+    for name in names:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        with profile(activities=profiler_activities(device)) as prof:
+            t0 = time.perf_counter()
+            run(pipe, name, subject, size, steps)
+            host = (time.perf_counter() - t0) * 1000
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - t0) * 1000
+        kernels = kernel_times(prof.events(), 1)
+        busy = sum(ms for ms, _ in kernels.values()) if kernels else None
+        summary[name] = {"host_ms": host, "wall_ms": wall, "kernel_ms": busy,
+                         "kernel_launches": int(round(sum(n for _, n in kernels.values()))) if kernels else None}
+        lines += [f"### {name}", "", f"One run: host {host:.0f} ms (until the last launch returns), wall {wall:.0f} ms, "
+                  + (f"summed kernel time {busy:.0f} ms ({summary[name]['kernel_launches']} launches)." if kernels
+                     else "no CUDA kernels recorded (CPU run)."), ""]
+        if kernels:
+            lines += kernel_table(kernels, "run")
+    return summary, lines
+
+
 def unet_flops_per_row(pipe, size: int) -> float:
     """FLOPs of one UNet row at ``size`` (SDXL conditioning), counted on the meta device (no compute)."""
     from diffusers import UNet2DConditionModel
@@ -289,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny SDXL-shaped models for a CPU smoke run")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (plain is always run)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="after the timed rounds, profile one run per variant: host, wall and kernel time, "
+                             "top kernels in DIR/realcustom_profile.md")
     args = parser.parse_args(argv)
     names = ["plain"] + [v for v in args.variants.split(",") if v and v != "plain"]
     unknown = [v for v in names if v not in VARIANTS]
@@ -322,11 +362,14 @@ def main(argv: list[str] | None = None) -> int:
                     peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             for rows in (2, 3):
                 anchors[rows].append(unet_anchor(pipe, device, dtype, size, rows, args.anchor_calls))
+        profiled, profile_lines = (profile_variants(pipe, names, subject, size, args.steps, device)
+                                   if args.profile is not None else ({}, []))
     base = statistics.median(times["plain"])
     results = {name: {"ms_per_run": statistics.median(times[name]), "rounds": times[name],
                       "ratio": statistics.median(times[name]) / base, "paired_ratio": statistics.median(
                           t / p for t, p in zip(times[name], times["plain"])),
-                      **counts[name], "peak_gib": peaks.get(name)} for name in names}
+                      **counts[name], "peak_gib": peaks.get(name),
+                      **({"profile": profiled[name]} if name in profiled else {})} for name in names}
     results["anchors_ms"] = {str(k): statistics.median(v) for k, v in anchors.items()}
     row_flops = unet_flops_per_row(pipe, size)
     results["unet_tflop_per_row"] = row_flops / 1e12
@@ -367,6 +410,20 @@ def main(argv: list[str] | None = None) -> int:
           "operator), profiled once in the warm-up run; the eager UNet being launch-bound, RealCustom's host cost.  ")
     print("Targets: release <= 1.2x (goal 1.1x), release_reuse <= 1.1x (goal 1.05x); with the mask read from the "
           "text + image rows: release_condmask, release_condmask_reuse.")
+    if profiled:
+        print()
+        print("Profiled runs (one per variant, after the timed rounds): host ms until the last launch returns / wall ms "
+              "/ summed kernel ms / wall minus kernels (the GPU waiting on the host).")
+        print()
+        print("| variant | host ms | wall ms | kernel ms | GPU idle ms | kernel launches |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name in names:
+            p = profiled[name]
+            k = "-" if p["kernel_ms"] is None else f"{p['kernel_ms']:.0f}"
+            idle = "-" if p["kernel_ms"] is None else f"{p['wall_ms'] - p['kernel_ms']:.0f}"
+            print(f"| {name} | {p['host_ms']:.0f} | {p['wall_ms']:.0f} | {k} | {idle} | {p['kernel_launches'] or '-'} |")
+        args.profile.mkdir(parents=True, exist_ok=True)
+        (args.profile / "realcustom_profile.md").write_text("\n".join(profile_lines) + "\n")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

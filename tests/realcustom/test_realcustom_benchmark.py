@@ -54,6 +54,24 @@ def test_benchmark_runs_every_variant_with_the_expected_unet_rows(tmp_path, caps
     assert "| release_reuse |" in capsys.readouterr().out
 
 
+def test_benchmark_profile_option_profiles_each_variant_once(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_realcustom", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, prof = tmp_path / "bench.json", tmp_path / "prof"
+    assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "2", "--rounds", "1",
+                       "--anchor-calls", "1", "--variants", "release_reuse", "--json", str(out),
+                       "--profile", str(prof)]) == 0
+    results = json.loads(out.read_text())
+    for name in ("plain", "release_reuse"):
+        p = results[name]["profile"]
+        assert 0 < p["host_ms"] <= p["wall_ms"], name
+        assert p["kernel_ms"] is None and p["kernel_launches"] is None, name  # no CUDA on this machine
+    text = (prof / "realcustom_profile.md").read_text()
+    assert "### plain" in text and "### release_reuse" in text and "no CUDA kernels recorded" in text
+    assert "| release_reuse |" in capsys.readouterr().out.split("Profiled runs")[1]
+
+
 def test_benchmark_variant_subset_and_unknown_variant(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_realcustom", BENCH)
     bench = importlib.util.module_from_spec(spec)
@@ -64,3 +82,23 @@ def test_benchmark_variant_subset_and_unknown_variant(tmp_path):
     assert set(json.loads(out.read_text())) == {"plain", "release_condmask", "anchors_ms", "unet_tflop_per_row"}
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--device", "cpu", "--variants", "nope"])
+
+
+def test_kernel_accounting_sums_cuda_kernels_per_unit_and_ranks_them():
+    """``benchmarks/profiling.py`` (shared with bench_dpl): only CUDA events count, divided by ``per``."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCH.parent))
+    from profiling import kernel_table, kernel_times
+
+    def event(name, device, us):
+        return SimpleNamespace(name=name, device_type=f"DeviceType.{device}",
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event("gemm", "CUDA", 3000), event("gemm", "CUDA", 1000), event("softmax", "CUDA", 1000),
+              event("aten::mm", "CPU", 9000)]
+    kernels = kernel_times(events, per=2)
+    assert kernels == {"gemm": [2.0, 1.0], "softmax": [0.5, 0.5]}
+    rows = kernel_table(kernels, "run")
+    assert rows[2] == "| `gemm` | 2.00 | 1 | 80.0% |" and rows[3] == "| `softmax` | 0.50 | 0 | 20.0% |"

@@ -101,6 +101,6 @@ def test_quiet_timings_run_last_one_at_a_time(tmp_path):
     starts = [_first(events, f"start {q}") for q in quiet]
     ends = [_first(events, f"end {q} ") for q in quiet]
     assert last_other < starts[0] < ends[0] < starts[1] < ends[1] < starts[2] < ends[2]
-    assert "--variants release,release_reuse " in _command(out, "quiet_realcustom")
+    assert "--variants release,release_reuse,release_condmask_reuse --rounds 5 --profile " in _command(out, "quiet_realcustom")
     events, out, _ = _dry(tmp_path / "plain", JOBS="sd")
     assert not any((out / q).exists() for q in quiet)
