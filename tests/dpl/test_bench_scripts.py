@@ -168,3 +168,23 @@ def test_same_shape_edits_run_in_their_rows_process(tmp_path):
     assert sorted(results["edits"]) == sorted(f"same-shape {m} color blend={b}" for m in ("NTI+P2P", "DPL+P2P")
                                               for b in ("off", "on"))
     assert list(results["maps"]) == ["same"] and all(e["n"] == 2 for e in results["edits"].values())
+
+
+@pytest.mark.slow
+def test_regional_compile_probe_counts_graphs_per_block_class():
+    """``probe_regional_compile.py`` on its SD 1.5-layout UNet: the block instances of SD 1.5, no graph break,
+    at most one graph per instance, and stock processors share graphs between transformer blocks (the sharing
+    regional compilation relies on); the managed count is what RESULTS reports."""
+    probe = load("probe_regional_compile")
+    pipe = probe.sd15_layout_pipeline()
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 64
+    try:
+        stock = probe.count(pipe, "Transformer2DModel", managed=False)
+        managed = probe.count(pipe, "Transformer2DModel", managed=True)
+    finally:
+        torch._dynamo.config.recompile_limit = limit
+        torch._dynamo.reset()
+    assert stock["instances"] == managed["instances"] == 16
+    assert stock["graph_breaks"] == managed["graph_breaks"] == 0
+    assert 0 < stock["unique_graphs"] < stock["instances"] and stock["unique_graphs"] <= managed["unique_graphs"] <= 16
