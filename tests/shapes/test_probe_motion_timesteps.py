@@ -1,0 +1,42 @@
+"""``benchmarks/probe_motion_timesteps.py`` on the shipped text-to-video model (CPU, a few clips): the motion
+probe per band of timesteps, with what the shipped adapter must show in any band: the caption helps (the empty
+caption costs more) and the order of frames matters (shuffled frames cost more)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_motion_timesteps.py"
+
+
+@pytest.mark.slow
+def test_probe_reads_each_band_of_the_shipped_adapter(capsys):
+    spec = importlib.util.spec_from_file_location("probe_motion_timesteps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.probe(["--n", "8", "--frames", "8", "--device", "cpu", "--bands", "500-800,800-1000"])
+    assert set(rows) == {"500-800", "800-1000"}
+    for band, r in rows.items():
+        assert set(r) == {"true", "frames_shuffled", "motion_swapped", "empty"}, band
+        assert r["empty"] > r["true"] and r["frames_shuffled"] > r["true"], (band, r)
+    assert "| [800, 1000) |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_negative_prompt_probe_scores_both_rows_on_the_same_prompts(tmp_path, capsys):
+    """``benchmarks/probe_motion_negative.py`` end to end at 2 prompts and 2 steps: both rows scored by the reader."""
+    import json
+
+    script = SCRIPT.parent / "probe_motion_negative.py"
+    spec = importlib.util.spec_from_file_location("probe_motion_negative", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "neg.json"
+    assert module.main(["--n", "2", "--steps", "2", "--batch", "2", "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["default negative prompt", "the motion turned the other way as negative"]
+    assert all(r["n"] == 2 and 0.0 <= r["motion"] <= 1.0 for r in rows.values())
+    assert "| the motion turned the other way as negative | 2 |" in capsys.readouterr().out
