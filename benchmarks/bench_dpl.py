@@ -356,25 +356,14 @@ def embedding_differences(variants: dict, results: dict) -> None:
 
 def profile_variants(variants: dict, label: str, iters: int, device) -> tuple[list[str], dict]:
     """torch.profiler summary of ``iters`` iterations per variant (after one untimed)."""
-    from torch.profiler import profile
+    from profiling import kernel_table, profiled
 
-    from profiling import kernel_table, kernel_times, profiler_activities
-
-    activities = profiler_activities(device)
     lines, summary = [], {}
     for name in [n for n in PROFILED if n in variants]:
         v = variants[name]
         with v.active():
             v.step()
-            sync(device)
-            with profile(activities=activities) as prof:
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    v.step()
-                host = (time.perf_counter() - t0) * 1000 / iters
-                sync(device)
-                wall = (time.perf_counter() - t0) * 1000 / iters
-        kernels = kernel_times(prof.events(), iters)
+            host, wall, kernels = profiled(lambda: [v.step() for _ in range(iters)], device, iters)
         busy = sum(ms for ms, _ in kernels.values())
         summary[name] = {"host_ms": host, "wall_ms": wall, "kernel_ms": busy if kernels else None}
         lines += [f"### {label}, {name}", "",

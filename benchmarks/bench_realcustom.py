@@ -243,22 +243,11 @@ class OpCounter:
 def profile_variants(pipe, names: list[str], subject, size: int, steps: int, device) -> tuple[dict, list[str]]:
     """One profiled run per variant: {name: host / wall / kernel ms and kernel launches per run}, and the
     markdown of each variant's top kernels."""
-    from torch.profiler import profile
-
-    from profiling import kernel_table, kernel_times, profiler_activities
+    from profiling import kernel_table, profiled
 
     summary, lines = {}, []
     for name in names:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        with profile(activities=profiler_activities(device)) as prof:
-            t0 = time.perf_counter()
-            run(pipe, name, subject, size, steps)
-            host = (time.perf_counter() - t0) * 1000
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            wall = (time.perf_counter() - t0) * 1000
-        kernels = kernel_times(prof.events(), 1)
+        host, wall, kernels = profiled(lambda: run(pipe, name, subject, size, steps), device)
         busy = sum(ms for ms, _ in kernels.values()) if kernels else None
         summary[name] = {"host_ms": host, "wall_ms": wall, "kernel_ms": busy,
                          "kernel_launches": int(round(sum(n for _, n in kernels.values()))) if kernels else None}

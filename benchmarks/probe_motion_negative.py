@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     from attncraft.loading import load_text_to_video
     from attncraft.shapes.captions import caption_scene
     from attncraft.shapes.training.motion import swap_motions
-    from attncraft.shapes.training.motion_eval import MOTION_KINDS, motion_prompts, score_one_video, summarize_videos
+    from attncraft.shapes.training.motion_eval import (MOTION_KINDS, generate_videos, motion_prompts, score_one_video,
+                                                       summarize_videos)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=48)
@@ -46,18 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     reversed_ = [caption_scene(swap_motions(s), seed=i) for i, s in enumerate(scenes)]
     rows = {}
     for name, negatives in (("default negative prompt", None), ("the motion turned the other way as negative", reversed_)):
-        scores = []
-        for i in range(0, len(prompts), args.batch):
-            part = prompts[i:i + args.batch]
-            gens = [torch.Generator(device=pipe._execution_device).manual_seed(args.seed * 1000 + i + j)
-                    for j in range(len(part))]
-            with torch.no_grad():
-                res = pipe(prompt=part, negative_prompt=None if negatives is None else negatives[i:i + args.batch],
-                           num_frames=16, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
-                           generator=gens, output_type="np", decode_chunk_size=1024)
-            scores += [score_one_video((v, pr)) for v, pr in zip(res.frames, part)]
-            print(f"{name}: {len(scores)}/{len(prompts)}", file=sys.stderr, flush=True)
-        rows[name] = summarize_videos(scores)
+        videos = generate_videos(pipe, prompts, 16, steps, guidance, args.batch, args.seed * 1000, negative=negatives)
+        rows[name] = summarize_videos([score_one_video(item) for item in zip(list(videos), prompts)])
+        print(f"{name}: {len(prompts)} videos", file=sys.stderr, flush=True)
     kinds = [k for k in MOTION_KINDS if any(f"n_{k}" in r for r in rows.values())]
     print(f"### Motion with a reversed-motion negative prompt ({args.n} held-out one-motion prompts, seed {args.seed}, "
           f"guidance {guidance:g}, {steps} steps, {args.device})")

@@ -33,9 +33,9 @@ def probe(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """The table's rows: band -> the probe's four losses (also printed as a markdown table)."""
     from diffusers import MotionAdapter, UNetMotionModel
 
-    from attncraft.shapes.models import NOISE_SCHEDULE, SHAPES_SD_DIR
+    from attncraft.shapes.models import SHAPES_SD_DIR
     from attncraft.shapes.training.data import tokenize
-    from attncraft.shapes.training.motion import ClipEncoder, load_frozen_sd, motion_probe
+    from attncraft.shapes.training.motion import ClipEncoder, load_frozen_sd, motion_probe, training_alphas_cumprod
     from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
     from attncraft.video.motion_text_path import apply_text_path, has_text_path
 
@@ -59,9 +59,7 @@ def probe(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     encoder = ClipEncoder(sd.vae, device, 32, 64)
     with torch.no_grad():
         empty = text_encoder(torch.from_numpy(tokenize([""])).long().to(device)).last_hidden_state.float()
-    betas = torch.linspace(NOISE_SCHEDULE["beta_start"] ** 0.5, NOISE_SCHEDULE["beta_end"] ** 0.5,
-                           NOISE_SCHEDULE["num_train_timesteps"], dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float().to(device)
+    alphas_cumprod = training_alphas_cumprod(device)
     print(f"### Held-out v-MSE by timestep band ({args.adapter}{' + its text path' if text else ''}, {args.n} clips of "
           f"{args.frames} frames, {device})")
     print()

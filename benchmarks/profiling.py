@@ -14,6 +14,27 @@ def profiler_activities(device) -> list:
     return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
 
 
+def profiled(fn, device, per: int = 1) -> tuple[float, float, dict[str, list[float]]]:
+    """Run ``fn`` under ``torch.profiler`` after a device sync: (host ms until it returns, wall ms after a
+    second sync, :func:`kernel_times`), each divided by ``per`` (the iterations ``fn`` runs)."""
+    import time
+
+    import torch
+    from torch.profiler import profile
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=profiler_activities(device)) as prof:
+        t0 = time.perf_counter()
+        fn()
+        host = (time.perf_counter() - t0) * 1000 / per
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1000 / per
+    return host, wall, kernel_times(prof.events(), per)
+
+
 def kernel_times(events, per: int) -> dict[str, list[float]]:
     """CUDA kernels of profiler ``events``: name -> [ms, launches], each divided by ``per``."""
     kernels: dict[str, list[float]] = {}

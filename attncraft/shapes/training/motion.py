@@ -198,6 +198,15 @@ def swap_motions(scene):
     return scene.with_objects(objects)
 
 
+def training_alphas_cumprod(device: torch.device) -> torch.Tensor:
+    """The motion stage's noise schedule (SD's scaled-linear betas, cumulated in float64), on ``device``."""
+    from attncraft.shapes.models import NOISE_SCHEDULE
+
+    betas = torch.linspace(NOISE_SCHEDULE["beta_start"] ** 0.5, NOISE_SCHEDULE["beta_end"] ** 0.5,
+                           NOISE_SCHEDULE["num_train_timesteps"], dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float().to(device)
+
+
 @torch.no_grad()
 def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod, device, n: int, frames: int,
                  batch: int = 32, t_range: tuple[int, int] = (200, 800)) -> dict[str, float]:
@@ -253,7 +262,7 @@ def save_adapter_folder(out: Path, adapter, defaults: dict[str, Any]) -> None:
 def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bool = False) -> dict[str, Any]:
     from diffusers import UNetMotionModel
 
-    from attncraft.shapes.models import NOISE_SCHEDULE, SHAPES_SD_DIR
+    from attncraft.shapes.models import SHAPES_SD_DIR
 
     cfg = common.with_contrast(common.apply_overrides(cfg or get_configs(args.config).motion, args), args)
     if args.text_path:
@@ -299,9 +308,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
 
     with torch.no_grad():
         empty = text_encoder(torch.from_numpy(tokenize([""])).long().to(device)).last_hidden_state.float()
-    betas = torch.linspace(NOISE_SCHEDULE["beta_start"] ** 0.5, NOISE_SCHEDULE["beta_end"] ** 0.5,
-                           NOISE_SCHEDULE["num_train_timesteps"], dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float().to(device)
+    alphas_cumprod = training_alphas_cumprod(device)
     n_t = alphas_cumprod.shape[0]
 
     probe_args = dict(n=cfg.probe_examples, frames=cfg.frames)

@@ -106,15 +106,17 @@ def summarize_videos(scores: list[dict[str, float]]) -> dict[str, Any]:
 
 @torch.no_grad()
 def generate_videos(pipe, prompts: list[str], frames: int, steps: int, guidance: float, batch: int, seed: int,
-                    size: int = 64) -> np.ndarray:
-    """(N, F, H, W, 3) float frames in [0, 1]; video ``i`` uses its own generator seeded ``seed + i``."""
+                    size: int = 64, negative: list[str] | None = None) -> np.ndarray:
+    """(N, F, H, W, 3) float frames in [0, 1]; video ``i`` uses its own generator seeded ``seed + i``
+    (and ``negative[i]`` as its negative prompt when given; the pipeline's default otherwise)."""
     device = pipe._execution_device
     out = []
     for i in range(0, len(prompts), batch):
         part = prompts[i:i + batch]
         gens = [torch.Generator(device=device).manual_seed(seed + i + j) for j in range(len(part))]
-        res = pipe(prompt=part, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
-                   height=size, width=size, generator=gens, output_type="np", decode_chunk_size=1024)
+        res = pipe(prompt=part, negative_prompt=None if negative is None else negative[i:i + batch], num_frames=frames,
+                   num_inference_steps=steps, guidance_scale=guidance, height=size, width=size, generator=gens,
+                   output_type="np", decode_chunk_size=1024)
         out.append(np.asarray(res.frames, dtype=np.float32))
     return np.concatenate(out)
 
