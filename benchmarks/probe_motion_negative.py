@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 25)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.n < 1 or args.batch < 1 or (args.steps is not None and args.steps < 1):
+        p.error(f"--n {args.n} --batch {args.batch} --steps {args.steps}: each must be at least 1")
     loaded = load_text_to_video("shapes", device=args.device)
     pipe, defaults = loaded.pipeline, loaded.defaults
     guidance = float(defaults.get("guidance_scale", 7.5))

@@ -24,6 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BANDS = ((0, 200), (200, 500), (500, 800), (800, 1000))
 
 
+def parse_bands(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    """``"0-200,800-1000"`` -> [(0, 200), (800, 1000)]; a usage error names a band that is not LO-HI with
+    0 <= LO < HI <= 1000."""
+    bands = []
+    for band in (b.strip() for b in text.split(",")):
+        lo, _, hi = band.partition("-")
+        if not (lo.isdigit() and hi.isdigit() and int(lo) < int(hi) <= 1000):
+            parser.error(f"--bands: {band!r} is not LO-HI with 0 <= LO < HI <= 1000 (e.g. 800-1000)")
+        bands.append((int(lo), int(hi)))
+    return bands
+
+
 def main(argv: list[str] | None = None) -> int:
     rows = probe(argv)
     return 0 if rows else 1
@@ -47,6 +59,13 @@ def probe(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--bands", default=",".join(f"{lo}-{hi}" for lo, hi in BANDS), help="timestep bands, e.g. 0-200,800-1000")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    bands = parse_bands(p, args.bands)
+    for folder, what in ((args.sd, "--sd"), (args.adapter, "--adapter")):
+        if not (Path(folder) / ("model_index.json" if what == "--sd" else "config.json")).is_file():
+            p.error(f"{what} {folder}: not a {'Stable Diffusion' if what == '--sd' else 'MotionAdapter'} folder; "
+                    f"pass a local folder (default: the shipped one)")
+    if args.n < 1 or not 2 <= args.frames <= 32:
+        p.error(f"--n {args.n} --frames {args.frames}: give at least 1 clip and 2 to 32 frames")
     device = torch.device(args.device)
     torch.manual_seed(0)
     sd = load_frozen_sd(args.sd, device)
@@ -66,7 +85,6 @@ def probe(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("| t | true caption | frames shuffled | motions swapped | empty caption | swapped - true | empty - true |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     rows = {}
-    bands = [tuple(int(x) for x in band.split("-")) for band in args.bands.split(",") if band]
     for lo, hi in bands:
         r = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, n=args.n, frames=args.frames,
                          t_range=(lo, hi))

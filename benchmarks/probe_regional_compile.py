@@ -69,8 +69,11 @@ def count(pipe, cls: str, managed: bool) -> dict[str, int]:
             "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
     import logging
+
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help; it takes no options
 
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     torch.manual_seed(0)

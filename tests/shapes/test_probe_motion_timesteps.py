@@ -40,3 +40,27 @@ def test_negative_prompt_probe_scores_both_rows_on_the_same_prompts(tmp_path, ca
     assert list(rows) == ["default negative prompt", "the motion turned the other way as negative"]
     assert all(r["n"] == 2 and 0.0 <= r["motion"] <= 1.0 for r in rows.values())
     assert "| the motion turned the other way as negative | 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bands", "800"], "--bands: '800' is not LO-HI"),
+    (["--bands", "900-800"], "--bands: '900-800' is not LO-HI"),
+    (["--adapter", "/nonexistent"], "--adapter /nonexistent: not a MotionAdapter folder"),
+    (["--n", "0"], "give at least 1 clip"),
+])
+def test_probe_bad_input_is_a_one_line_usage_error(argv, message, capsys):
+    spec = importlib.util.spec_from_file_location("probe_motion_timesteps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exc:
+        module.probe(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_negative_probe_refuses_zero_prompts(capsys):
+    spec = importlib.util.spec_from_file_location("probe_motion_negative", SCRIPT.parent / "probe_motion_negative.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--n", "0"])
+    assert exc.value.code == 2 and "each must be at least 1" in capsys.readouterr().err
