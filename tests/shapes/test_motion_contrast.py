@@ -89,3 +89,58 @@ def test_training_cli_gives_one_line_for_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.strip().startswith("error: --contrast must be >= 0") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()  # nothing written
+
+
+def test_contrast_rows_picks_the_largest_timesteps_and_matches_the_masked_term():
+    from attncraft.shapes.training.common import contrast_rows
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (48,), generator=g)
+    assert torch.equal(contrast_rows(t, 0, 1000), torch.arange(48))
+    sel = contrast_rows(t, 800, 1000)
+    assert sel.numel() == 15  # ceil(1.5 * 48 * 200 / 1000)
+    assert set(sel.tolist()) == set(torch.argsort(t, descending=True)[:15].tolist())
+    assert contrast_rows(t, 999, 1000).numel() == 1 and contrast_rows(t[:2], 100, 1000).numel() == 2
+    # the term on the chosen rows, masked below 800, equals the term on the whole batch masked below 800
+    # (every row at or above 800 is among the chosen here)
+    assert int((t >= 800).sum()) <= 15
+    true = torch.rand(48, generator=g) + 0.1
+    swapped = true * (0.9 + 0.4 * torch.rand(48, generator=g))
+    keep = torch.rand(48, generator=g) > 0.2
+    whole = caption_contrast(true, swapped, 0.1, keep & (t >= 800))
+    part = caption_contrast(true[sel], swapped[sel], 0.1, keep[sel] & (t[sel] >= 800))
+    assert torch.equal(whole, part)
+
+
+@pytest.fixture(scope="module")
+def high_noise_run(contrast_run):
+    from attncraft.shapes.training.motion import train_motion
+
+    root, _ = contrast_run
+    info = train_motion(_run_args(root / "high", sd_dir=str(root / "sd"), contrast=0.5, contrast_min_t=500),
+                        quiet=True)
+    return root, info
+
+
+def test_smoke_run_with_a_lowest_timestep_records_it_and_covers_less(contrast_run, high_noise_run):
+    _, everywhere = contrast_run
+    root, info = high_noise_run
+    record = info["caption_contrast"]
+    assert record["min_t"] == 500 and everywhere["caption_contrast"]["min_t"] == 0
+    # the share of the batch the term counted: only clips at t >= 500 (about half), so below the all-timestep run's
+    assert 0 <= record["rows_share_mean"] < everywhere["caption_contrast"]["rows_share_mean"]
+    log = json.loads((root / "high" / "training_log.json").read_text())
+    assert log["caption_contrast"]["min_t"] == 500
+    high = log["heldout_v_loss_high_noise"]
+    assert high["t_range"] == [800, 1000] and set(high["before"]) == {"true", "frames_shuffled", "motion_swapped", "empty"}
+    assert np.isfinite(info["final_loss"])
+
+
+def test_a_lowest_timestep_out_of_range_is_refused(tmp_path, capsys):
+    from attncraft.shapes.training.__main__ import main
+
+    code = main(["motion", "--config", "smoke", "--device", "cpu", "--contrast", "0.5", "--contrast-min-t", "1000",
+                 "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().startswith("error: --contrast-min-t must be in [0, 1000)")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()

@@ -175,3 +175,42 @@ def test_the_motion_word_probe_sees_the_trained_path_and_is_zero_for_a_word_kept
     assert other["text"] > 0 and all(max(other[f"t{t}"].values()) > 0 for t in bench.TIMESTEPS)
     assert [r["pair"] for r in res["rows"][2:]] == ["reference: red / blue", "reference: on the left / on the right"]
     assert bench.main(["--adapter", str(root / "no-such-adapter")]) == 2  # one line, no traceback
+
+
+def test_a_continuation_starts_from_the_folders_text_path(text_path_run):
+    """``--init`` with a text path: the UNet starts as the loader builds it for sampling (base + the
+    folder's differences), and the differences kept after are still taken from the base SD."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    from attncraft.shapes.training.motion import init_text_path, load_init_adapter
+
+    root, _ = text_path_run
+    folder = root / "adapter"
+    saved, _ = mtp.read_text_path(folder)
+    sd = tm.sd_pipeline(seed=1)
+    adapter = load_init_adapter(folder, dict(MotionAdapter.load_config(str(folder))))
+    unet = UNetMotionModel.from_unet2d(sd.unet, adapter)
+    base = mtp.mark_trainable(unet)
+    said = []
+    record = init_text_path(unet, folder, "cross-kv", say=said.append)
+    assert record["from"] == str(folder) and said and "continued from" in said[0]
+    params = dict(unet.named_parameters())
+    for name, delta in saved.items():
+        assert torch.equal(params[name].detach(), base[name] + delta.float()), name
+        assert params[name].requires_grad
+    deltas = mtp.text_path_deltas(unet, base)
+    assert all(torch.equal(deltas[n].half(), saved[n]) for n in saved)
+    assert getattr(unet, mtp.APPLIED_ATTR, None) is None
+    # a folder without a text path: nothing changes
+    plain = tm.sd_unet(seed=1)
+    assert init_text_path(plain, root / "sd", "cross-kv") is None and init_text_path(plain, None, "cross-kv") is None
+
+
+def test_a_continued_training_records_where_its_text_path_started(text_path_run):
+    from attncraft.shapes.training.motion import train_motion
+
+    root, _ = text_path_run
+    info = train_motion(_run_args(root / "continued", sd_dir=str(root / "sd"), text_path="cross-kv",
+                                  init_dir=str(root / "adapter"), max_steps=2), quiet=True)
+    assert info["text_path"]["initialised_from"]["from"] == str(root / "adapter")
+    assert info["initialised_from"] is not None

@@ -103,9 +103,9 @@ job realcustom "$NEW" "WORK=$WK/rc bash tools/gpu/train_realcustom.sh" &
 # the motion adapter with the motion text path (TEXT_PATH= to train the motion modules alone, as shipped)
 # (MOTION_CONTRAST=W adds the caption contrast; off by default: not shown to help the reader yet)
 # MOTION_INIT=DIR continues from an adapter folder (its motion modules; the text path starts afresh on the new SD)
-# motion_job NAME CONTRAST: one motion adapter training in $NEW, into $WK/NAME
+# motion_job NAME CONTRAST [MIN_T]: one motion adapter training in $NEW, into $WK/NAME
 motion_job() {
-  job "$1" "$NEW" "CONTRAST=$2 INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/$1 bash tools/gpu/train_shapes_motion.sh"
+  job "$1" "$NEW" "CONTRAST=$2 CONTRAST_MIN_T=${3:-} INIT=${MOTION_INIT:-} MIN_TRAIN=\${MIN_TRAIN:-6} TEXT_PATH=${TEXT_PATH-cross-kv} WORK=$WK/$1 bash tools/gpu/train_shapes_motion.sh"
 }
 wants motion && { motion_job motion "${MOTION_CONTRAST:-}" & }
 # without a motion training, the tree's adapter goes on to wave 2: evaluate it on the new SD first-hand, on a copy (the
@@ -114,7 +114,8 @@ wants motion && { motion_job motion "${MOTION_CONTRAST:-}" & }
 wants motion || job motion_eval "$NEW" "rm -rf $WK/motion_eval && mkdir -p $WK/motion_eval && cp -a assets/models/shapes-motion $WK/motion_eval/ && python3 -m attncraft.shapes.training evaluate --what motion --config full --device cuda --minutes 1.5 --sd assets/models/shapes-sd --adapter $WK/motion_eval/shapes-motion --out \$OUT" &
 # MOTION_PAIR=W: the caption contrast's paired test, a second adapter trained beside the first from the same start,
 # with the same budget and the contrast of weight W; measured, never shipped, nothing waits for it
-if wants motion && [ -n "${MOTION_PAIR:-}" ]; then motion_job motion_contrast "$MOTION_PAIR" & fi
+# (MOTION_PAIR_MIN_T=T keeps that contrast to timesteps >= T)
+if wants motion && [ -n "${MOTION_PAIR:-}" ]; then motion_job motion_contrast "$MOTION_PAIR" "${MOTION_PAIR_MIN_T:-}" & fi
 
 # wave 2, CLIP side: the X-Mesh claim with the new CLIP (the shipped one when there is none)
 rm -rf "$WK/newclip"

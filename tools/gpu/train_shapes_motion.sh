@@ -21,7 +21,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #   saved as text_path.safetensors in the adapter folder and applied by the loader; ~0.56 MB; see
 #   attncraft/video/motion_text_path.py), TEXT_PATH_LR (its peak lr, default 2e-4), CONTRAST=W (the
 #   caption-contrast term with weight W, e.g. 0.5: each clip's loss under its caption with the motions
-#   reversed must exceed the true caption's by 10 %; about twice the step's cost, so half the steps).
+#   reversed must exceed the true caption's by 10 %; about twice the step's cost, so half the steps),
+#   CONTRAST_MIN_T=T (the contrast on the clips at timesteps >= T only, e.g. 800; about 1.3x the step's cost).
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-motion}
 WORK=${WORK:-/tmp/shapes-motion}
@@ -38,6 +39,7 @@ EXTRA=()
 [ -n "${TEXT_PATH:-}" ] && EXTRA+=(--text-path "$TEXT_PATH")
 [ -n "${TEXT_PATH_LR:-}" ] && EXTRA+=(--text-path-lr "$TEXT_PATH_LR")
 [ -n "${CONTRAST:-}" ] && EXTRA+=(--contrast "$CONTRAST")
+[ -n "${CONTRAST_MIN_T:-}" ] && EXTRA+=(--contrast-min-t "$CONTRAST_MIN_T")
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
 T="python3 -m attncraft.shapes.training"

@@ -69,6 +69,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="motion / unet: weight of the caption-contrast term, which asks each example's loss under "
                         "its caption with the motions turned the other way (motion) or the relation words flipped "
                         "(unet) to exceed the true caption's by 10 %% (default: the config's, 0 = off)")
+    p.add_argument("--contrast-min-t", type=int, default=None,
+                   help="motion: the lowest timestep the caption contrast covers, e.g. 800 for the high-noise fifth "
+                        "where the motion is decided; its reversed-caption pass then runs on those clips only "
+                        "(default: the config's, 0 = all timesteps)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     p.add_argument("--train-vision-from", type=int, default=None,
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts=ns.prompts, ctgm_mode=ns.ctgm_mode, ctgm_sites=ns.ctgm_sites, what=ns.what,
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
         mesh_fraction=ns.mesh_fraction, train_text=ns.train_text, text_lr=ns.text_lr,
-        text_path=ns.text_path, text_path_lr=ns.text_path_lr, contrast=ns.contrast,
+        text_path=ns.text_path, text_path_lr=ns.text_path_lr, contrast=ns.contrast, contrast_min_t=ns.contrast_min_t,
         train_vision_from=ns.train_vision_from, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     from attncraft.errors import AttncraftError

@@ -50,6 +50,7 @@ class RunArgs:
     text_path: str | None = None  # motion: train a motion text path of this kind (None: the config's)
     text_path_lr: float | None = None  # motion: its peak learning rate (None: the config's)
     contrast: float | None = None  # motion / unet: weight of the caption-contrast term (None: the config's, 0 = off)
+    contrast_min_t: int | None = None  # motion: the lowest timestep the contrast covers (None: the config's, 0 = all)
     train_vision_from: int | None = None  # clip: first trained vision layer (None: the config's; 0: all trained)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -296,15 +297,38 @@ def caption_contrast(true_loss: torch.Tensor, swapped_loss: torch.Tensor, margin
     return (gap * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def with_contrast(cfg: Any, args: RunArgs) -> Any:
-    """``cfg`` (a motion or UNet config) with ``--contrast`` applied, refused below 0."""
+def with_contrast(cfg: Any, args: RunArgs, num_timesteps: int = 1000) -> Any:
+    """``cfg`` (a motion or UNet config) with ``--contrast`` (and, for motion, ``--contrast-min-t``)
+    applied; a weight below 0 or a lowest timestep outside ``[0, num_timesteps)`` is refused."""
+    from attncraft.errors import InputError
+
     if args.contrast is not None:
         cfg = replace(cfg, contrast=float(args.contrast))
     if cfg.contrast < 0:
-        from attncraft.errors import InputError
-
         raise InputError(f"--contrast must be >= 0, not {cfg.contrast}", "pass a weight such as 0.5, or 0 for off")
+    if args.contrast_min_t is not None:
+        if not hasattr(cfg, "contrast_min_t"):
+            raise InputError("--contrast-min-t is an option of the motion stage", "leave it out for this stage")
+        cfg = replace(cfg, contrast_min_t=int(args.contrast_min_t))
+    low = getattr(cfg, "contrast_min_t", 0)
+    if not 0 <= low < num_timesteps:
+        raise InputError(f"--contrast-min-t must be in [0, {num_timesteps}), not {low}",
+                         "pass a timestep such as 800 (the high-noise fifth), or 0 for all timesteps")
     return cfg
+
+
+def contrast_rows(t: torch.Tensor, min_t: int, num_timesteps: int, slack: float = 1.5) -> torch.Tensor:
+    """Indices of the batch rows the contrast's reversed-caption pass runs on: all rows when ``min_t``
+    is 0; otherwise the ``ceil(slack * B * (T - min_t) / T)`` rows of largest timestep (at least 1, at
+    most B). A fixed count for a given batch size (no host sync, one compiled shape): with uniform
+    timesteps the rows at or above ``min_t`` are ``B * (T - min_t) / T`` on average, so the slack
+    covers nearly all of them, and the rows below ``min_t`` among the chosen are masked out by the
+    caller. The main loss keeps every row and its uniform timesteps."""
+    B = t.shape[0]
+    if min_t <= 0:
+        return torch.arange(B, device=t.device)
+    k = min(B, max(1, math.ceil(slack * B * (num_timesteps - min_t) / num_timesteps)))
+    return torch.topk(t, k, sorted=False).indices
 
 
 class ContrastLog:
@@ -316,16 +340,17 @@ class ContrastLog:
     def __init__(self):
         self.readings: list[tuple[float, float]] = []
 
-    def add(self, step: int, term: torch.Tensor, rows: torch.Tensor) -> None:
+    def add(self, step: int, term: torch.Tensor, rows: torch.Tensor, batch: int | None = None) -> None:
+        """``rows``: the rows the term counted, of a batch of ``batch`` (default: ``len(rows)``)."""
         if step % self.every == 0:
-            self.readings.append((float(term.detach()), float(rows.float().mean())))
+            self.readings.append((float(term.detach()), float(rows.float().sum()) / (batch or rows.numel())))
 
     def record(self, cfg: Any) -> dict[str, Any] | None:
         """The training log's entry (None when the term is off)."""
         if cfg.contrast <= 0:
             return None
         shares = [r for _, r in self.readings]
-        return {"weight": cfg.contrast, "margin": cfg.contrast_margin,
+        return {"weight": cfg.contrast, "margin": cfg.contrast_margin, "min_t": getattr(cfg, "contrast_min_t", 0),
                 "term_every_50_steps": [round(t, 5) for t, _ in self.readings],
                 "rows_share_mean": sum(shares) / len(shares) if shares else None}  # fmt: skip
 

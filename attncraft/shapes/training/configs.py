@@ -142,6 +142,9 @@ class MotionTrain:
     # clip's loss with its caption's motions turned the other way must exceed the true caption's by the margin
     contrast: float = 0.0
     contrast_margin: float = 0.1
+    # the lowest timestep the contrast covers (0: all); above 0, the reversed-caption pass runs on the clips of
+    # largest timestep only (common.contrast_rows), so the term costs a share of the step, not a whole pass
+    contrast_min_t: int = 0
     overrides: dict[str, Any] | None = None  # MotionAdapter kwargs over the ones derived from the UNet
     max_steps: int | None = None
     log_every_s: float = 15.0

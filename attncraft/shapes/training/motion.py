@@ -30,6 +30,9 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   refreshed from fresh scenes throughout. A 16-frame example is every second frame of a clip (from
   frame 0 or 1: the whole motion either way); a share of the steps (``long_fraction``) trains on all
   32 frames, half as many clips, so the adapter's frame positions 16..31 are trained too.
+* **Continuing (``--init DIR``).** The motion modules start from the folder's adapter, and its motion
+  text path, when it has one of the kind trained, is added to the base as the loader adds it for
+  sampling, so a continuation starts from the model the folder gives (:func:`init_text_path`).
 * **Caption contrast (``--contrast W``, off by default).** The plain objective gives the caption's
   motion words little weight: after training, a caption with its motions turned the other way costs
   only about 2 % more loss than the true one (``benchmarks/RESULTS.md``), with or without the text
@@ -40,8 +43,14 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   timestep; its gradient rewards predictions that depend on what the caption says moves how. One more
   forward and backward pass of the batch (about twice the step's cost). The reversed captions come from the
   scene generator with the same caption seeds (:class:`~.data.SceneChunks` ``contrast="motion"``).
+  ``--contrast-min-t T`` keeps the term to the clips drawn at timesteps >= T: the adapter reads the
+  motion words most at high noise, where a sampler decides what moves where (the swapped caption costs
+  +8.9 % of loss at t >= 800 against +4.2-4.6 % between 200 and 800,
+  ``benchmarks/probe_motion_timesteps.py``), and the second pass then runs on about 1.5 (1000 - T) / 1000
+  of the batch (:func:`~.common.contrast_rows`), so at T = 800 it adds about a third of a pass, not a whole one.
+  The main loss keeps its uniform timesteps either way.
 * **Held-out probe.** Before and after training, the v-loss on fixed held-out clips (t in
-  [200, 800)) with the true captions, with the clip's frames shuffled in time, with the motions of
+  [200, 800), and again in [800, 1000)) with the true captions, with the clip's frames shuffled in time, with the motions of
   the caption turned the other way, and with the empty caption: true < shuffled says the adapter uses
   the order of frames, true < swapped that it reads the motion from the text.
 
@@ -78,6 +87,10 @@ from attncraft.video import motion_text_path as text_path
 
 PROBE_SEED_BASE = 6_000_000
 """Held-out clips of the probe (disjoint from training and evaluation seeds)."""
+
+HIGH_NOISE = (800, 1000)
+"""The probe's second band of timesteps, where the adapter reads the motion words most
+(``benchmarks/probe_motion_timesteps.py``): logged before and after training beside [200, 800)."""
 DEFAULTS = {"num_frames": 16, "fps": 8.0}
 """Recommended video settings written into the adapter folder (the evaluation adds the guidance)."""
 
@@ -123,6 +136,24 @@ def load_init_adapter(path: str | Path, expected: dict[str, Any]):
         if (tuple(have) if isinstance(have, (list, tuple)) else have) != (tuple(want) if isinstance(want, (list, tuple)) else want):
             raise ValueError(f"--init {path}: its {key} is {have}, the adapter to train has {want}")
     return adapter
+
+
+def init_text_path(unet, init_dir: str | Path | None, kind: str, say=print) -> dict[str, Any] | None:
+    """Continue the motion text path of the ``--init`` adapter when it has one of ``kind``: its
+    differences are added to ``unet`` (as the loader adds them for sampling, so training starts from
+    the model the adapter folder gives), and the trained ones saved after are taken from the base
+    SD again, so they hold both. Returns what it started from (None: the text path starts at zero)."""
+    if init_dir is None or not text_path.has_text_path(init_dir):
+        return None
+    _, record = text_path.read_text_path(init_dir)
+    if record.get("kind") != kind:
+        say(f"--init {init_dir}: its text path is of kind {record.get('kind')!r}, not {kind!r}; this one starts at zero")
+        return None
+    text_path.apply_text_path(unet, init_dir)
+    setattr(unet, text_path.APPLIED_ATTR, None)  # the training's own text path, saved anew after
+    trained_on = (record.get("training") or {}).get("base_unet_sha256_16")
+    say(f"motion text path continued from {init_dir} (trained on the SD UNet {trained_on})")
+    return {"from": str(init_dir), "base_unet_sha256_16": trained_on}
 
 
 def adapter_from_unet(unet, adapter) -> None:
@@ -286,9 +317,10 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     del sd
     motion_params = [p for p in unet.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in motion_params)
-    text_base, text_params = None, []
+    text_base, text_params, text_init = None, [], None
     if cfg.text_path:
-        text_base = text_path.mark_trainable(unet, cfg.text_path)
+        text_base = text_path.mark_trainable(unet, cfg.text_path)  # the base SD's values: deltas are taken from them
+        text_init = init_text_path(unet, args.init_dir, cfg.text_path, say)
         text_params = text_path.text_path_parameters(unet, cfg.text_path)
         say(f"motion text path '{cfg.text_path}': {len(text_params)} tensors of the spatial cross-attention "
             f"({sum(p.numel() for p in text_params) / 1e6:.3f} M params) trained too, peak lr {cfg.text_path_lr:g} "
@@ -302,7 +334,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     encoder = ClipEncoder(vae, device, length, cfg.image_size)
     fields = {"latents": ((4, length, latent, latent), torch.float16), **caption_fields(n_caps, contrast)}
     if contrast:
-        say(f"caption contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (reversed-motion captions)")
+        low = f", timesteps >= {cfg.contrast_min_t} only" if cfg.contrast_min_t > 0 else ""
+        say(f"caption contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (reversed-motion captions{low})")
     pool = DevicePool(cfg.pool, fields, device)
     fill_pool(pool, stream, encoder, limit_s=cfg.pool_fill_limit_s, log=say)
 
@@ -316,6 +349,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     unet.eval()
     probe_before = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
     say(f"held-out v-loss before training ({probe_names}): {_probe_line(probe_before)}")
+    high_before = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, t_range=HIGH_NOISE, **probe_args)
+    say(f"  the same at t in [{HIGH_NOISE[0]}, {HIGH_NOISE[1]}): {_probe_line(high_before)}")
     unet.train()
 
     groups: list[dict[str, Any]] = [{"params": motion_params}]
@@ -353,16 +388,17 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
         loss = (per * weight).mean()
         if contrast:  # the same noisy clips under the reversed captions (no host sync: rows are weighted)
-            swapped_ids = pool.data["swapped"][idx, cap].long()
-            rows = (swapped_ids != ids).any(dim=1) & ~drop
+            sel = common.contrast_rows(t, cfg.contrast_min_t, n_t)  # all rows, or those of largest t
+            swapped_ids = pool.data["swapped"][idx, cap].long()[sel]
+            rows = (swapped_ids != ids[sel]).any(dim=1) & ~drop[sel] & (t[sel] >= cfg.contrast_min_t)
             with torch.no_grad(), common.autocast(device):
                 cond_sw = text_encoder(swapped_ids).last_hidden_state.float().repeat_interleave(z0.shape[2], dim=0)
             with common.autocast(device):
-                pred_sw = model_fn(noisy, t, encoder_hidden_states=cond_sw, return_dict=False)[0]
-            per_sw = (pred_sw.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
-            term = common.caption_contrast(per, per_sw, cfg.contrast_margin, rows)
+                pred_sw = model_fn(noisy[sel], t[sel], encoder_hidden_states=cond_sw, return_dict=False)[0]
+            per_sw = (pred_sw.float() - target[sel]).pow(2).mean(dim=(1, 2, 3, 4))
+            term = common.caption_contrast(per[sel], per_sw, cfg.contrast_margin, rows)
             loss = loss + cfg.contrast * term
-            contrast_log.add(step, term, rows)
+            contrast_log.add(step, term, rows, batch=B)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
@@ -378,6 +414,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     ema.copy_to(unet)
     probe_after = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
     say(f"held-out v-loss after training ({probe_names}): {_probe_line(probe_after)}")
+    high_after = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, t_range=HIGH_NOISE, **probe_args)
+    say(f"  the same at t in [{HIGH_NOISE[0]}, {HIGH_NOISE[1]}): {_probe_line(high_after)}")
     adapter_from_unet(unet, adapter)
     save_adapter_folder(out, adapter, DEFAULTS)
     text_info = None
@@ -387,7 +425,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         text_info = {"kind": cfg.text_path, "tensors": len(deltas), "params": sum(d.numel() for d in deltas.values()),
                      "lr": cfg.text_path_lr, "warmup": cfg.text_path_warmup,
                      "relative_change": {"mean": float(rel.mean()), "max": float(rel.max())},
-                     "base_unet_sha256_16": weights_fingerprint(sd_dir / "unet"), "steps": steps.done}
+                     "base_unet_sha256_16": weights_fingerprint(sd_dir / "unet"), "steps": steps.done,
+                     "initialised_from": text_init}
         text_path.save_text_path(out / text_path.TEXT_PATH_FILE, deltas, cfg.text_path, training=text_info)
         say(f"motion text path saved: {len(deltas)} tensors, relative change mean {text_info['relative_change']['mean']:.3f} "
             f"max {text_info['relative_change']['max']:.3f}")
@@ -410,6 +449,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         "compiled": model_fn.compiled,
         "ema": f"power-function, gamma={cfg.ema_gamma}",
         "heldout_v_loss": {"before": probe_before, "after": probe_after},
+        "heldout_v_loss_high_noise": {"t_range": list(HIGH_NOISE), "before": high_before, "after": high_after},
         "folder_bytes": common.folder_size(out),
         **common.summarize_losses(log.history),
     }
