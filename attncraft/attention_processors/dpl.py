@@ -155,9 +155,11 @@ def thresholds(step: int, config: DPLConfig) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def smoothing_kernel(sigma: float = 0.5, size: int = 3) -> torch.Tensor:
-    """Attend-and-Excite's (size x size) smoothing kernel: ``exp(-(x / (2 sigma))^2)`` per axis, normalised."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+def smoothing_kernel(sigma: float = 0.5, size: int = 3, device: torch.device | str | None = None) -> torch.Tensor:
+    """Attend-and-Excite's (size x size) smoothing kernel: ``exp(-(x / (2 sigma))^2)`` per axis, normalised,
+    made on ``device`` (inside a compiled graph: made where the maps are, so the graph holds no CPU
+    operation, which would keep a CUDA-graph backend from capturing it)."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-((x / (2 * sigma)) ** 2))
     k = g[:, None] * g[None, :]
     return (k / k.sum()).float()
@@ -199,7 +201,7 @@ def attention_balancing_loss(
     if smooth:
         lead = per.shape[:-2]
         flat = per.reshape(-1, 1, *per.shape[-2:])
-        kernel = (smoothing_kernel(sigma).to(flat.device, flat.dtype)[None, None] if torch.compiler.is_compiling()
+        kernel = (smoothing_kernel(sigma, device=flat.device).to(flat.dtype)[None, None] if torch.compiler.is_compiling()
                   else _kernel_on(float(sigma), flat.device, flat.dtype))  # a graph constant when compiled
         flat = F.conv2d(F.pad(flat, (1, 1, 1, 1), mode="reflect"), kernel)
         per = flat.reshape(*lead, *per.shape[-2:])

@@ -46,6 +46,10 @@ def test_smoothing_kernel_is_attend_and_excites():
     assert k.shape == (3, 3) and k.sum().item() == pytest.approx(1.0)
     assert k[1, 1].item() == pytest.approx(centre ** 2) and k[0, 0].item() == pytest.approx(side ** 2)
     assert k[0, 1].item() == pytest.approx(side * centre)
+    # made on the device asked for, with no CPU tensor on the way (a compiled graph keeps no CPU operation)
+    meta = smoothing_kernel(0.5, device="meta")
+    assert meta.device.type == "meta" and meta.shape == (3, 3) and meta.dtype == torch.float32
+    assert torch.equal(smoothing_kernel(0.5, device="cpu"), k)
 
 
 def test_attention_balancing_loss_by_hand():

@@ -144,3 +144,16 @@ def test_a_lowest_timestep_out_of_range_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.strip().startswith("error: --contrast-min-t must be in [0, 1000)")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
+def test_an_init_adapter_of_another_layout_is_one_line(tmp_path, capsys):
+    """``--init`` with an adapter whose layout is not the configuration's: one line, exit 2, nothing written."""
+    from attncraft.shapes.models import SHAPES_MOTION_DIR
+    from attncraft.shapes.training.__main__ import main
+
+    code = main(["motion", "--config", "smoke", "--device", "cpu", "--init", str(SHAPES_MOTION_DIR),
+                 "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()  # after the base model's loading bars
+    last = err.splitlines()[-1].split("\r")[-1]
+    assert code == 2 and last.startswith(f"error: --init {SHAPES_MOTION_DIR}: its motion_num_attention_heads is 4")
+    assert "Traceback" not in err and not (tmp_path / "a").exists()

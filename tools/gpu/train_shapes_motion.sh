@@ -22,7 +22,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #   attncraft/video/motion_text_path.py), TEXT_PATH_LR (its peak lr, default 2e-4), CONTRAST=W (the
 #   caption-contrast term with weight W, e.g. 0.5: each clip's loss under its caption with the motions
 #   reversed must exceed the true caption's by 10 %; about twice the step's cost, so half the steps),
-#   CONTRAST_MIN_T=T (the contrast on the clips at timesteps >= T only, e.g. 800; about 1.3x the step's cost).
+#   CONTRAST_MIN_T=T (the contrast on the clips at timesteps >= T only, e.g. 800; still ~1.8x the step's cost
+#   on an H200, where the small UNet is launch-bound).
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-motion}
 WORK=${WORK:-/tmp/shapes-motion}

@@ -143,7 +143,7 @@ class MotionTrain:
     contrast: float = 0.0
     contrast_margin: float = 0.1
     # the lowest timestep the contrast covers (0: all); above 0, the reversed-caption pass runs on the clips of
-    # largest timestep only (common.contrast_rows), so the term costs a share of the step, not a whole pass
+    # largest timestep only (common.contrast_rows): a share of the FLOPs (on a launch-bound GPU, not of the time)
     contrast_min_t: int = 0
     overrides: dict[str, Any] | None = None  # MotionAdapter kwargs over the ones derived from the UNet
     max_steps: int | None = None

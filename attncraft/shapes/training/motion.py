@@ -47,8 +47,9 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   motion words most at high noise, where a sampler decides what moves where (the swapped caption costs
   +8.9 % of loss at t >= 800 against +4.2-4.6 % between 200 and 800,
   ``benchmarks/probe_motion_timesteps.py``), and the second pass then runs on about 1.5 (1000 - T) / 1000
-  of the batch (:func:`~.common.contrast_rows`), so at T = 800 it adds about a third of a pass, not a whole one.
-  The main loss keeps its uniform timesteps either way.
+  of the batch (:func:`~.common.contrast_rows`). That saves FLOPs, not time, on an H200: the small
+  UNet is launch-bound, so a pass of 15 clips costs nearly what one of 48 does (5.8 -> 3.2 steps/s at
+  T = 800, ``benchmarks/RESULTS.md``, "ninth lease"). The main loss keeps its uniform timesteps either way.
 * **Held-out probe.** Before and after training, the v-loss on fixed held-out clips (t in
   [200, 800), and again in [800, 1000)) with the true captions, with the clip's frames shuffled in time, with the motions of
   the caption turned the other way, and with the empty caption: true < shuffled says the adapter uses
@@ -134,7 +135,10 @@ def load_init_adapter(path: str | Path, expected: dict[str, Any]):
     for key in ("block_out_channels", "motion_layers_per_block", "motion_num_attention_heads"):
         have, want = adapter.config[key], expected[key]
         if (tuple(have) if isinstance(have, (list, tuple)) else have) != (tuple(want) if isinstance(want, (list, tuple)) else want):
-            raise ValueError(f"--init {path}: its {key} is {have}, the adapter to train has {want}")
+            from attncraft.errors import InputError
+
+            raise InputError(f"--init {path}: its {key} is {have}, the adapter to train has {want}",
+                             "continue an adapter trained with this configuration, or leave --init out")
     return adapter
 
 
