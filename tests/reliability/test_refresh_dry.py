@@ -76,10 +76,11 @@ def test_realcustom_keeps_its_encoder_and_an_empty_vision_start_freezes_the_trun
 
 @pytest.mark.slow
 def test_the_motion_pair_trains_beside_from_the_same_start_and_is_not_shipped(tmp_path):
-    events, out, work = _dry(tmp_path, JOBS="motion", MOTION_INIT="assets/models/shapes-motion", MOTION_PAIR="0.5")
+    events, out, work = _dry(tmp_path, JOBS="motion", MOTION_INIT="assets/models/shapes-motion", MOTION_PAIR="0.5",
+                             MOTION_PAIR_MIN_T="800")
     plain, paired = _command(out, "motion"), _command(out, "motion_contrast")
-    assert "CONTRAST= INIT=assets/models/shapes-motion " in plain
-    assert "CONTRAST=0.5 INIT=assets/models/shapes-motion " in paired
+    assert "CONTRAST= CONTRAST_MIN_T= INIT=assets/models/shapes-motion " in plain
+    assert "CONTRAST=0.5 CONTRAST_MIN_T=800 INIT=assets/models/shapes-motion " in paired
     assert f"WORK={work / 'motion_contrast'} " in paired and (out / "motion_contrast" / ".rc").read_text().strip() == "0"
     # the dependants take the plain adapter and do not wait for the paired one
     assert _first(events, "end motion ") < _first(events, "wave 2 uses the new motion adapter") < _first(events, "start ctgm")
@@ -95,12 +96,13 @@ def test_without_the_pair_no_second_motion_adapter(tmp_path):
 @pytest.mark.slow
 def test_quiet_timings_run_last_one_at_a_time(tmp_path):
     events, out, _ = _dry(tmp_path, JOBS="sd", QUIET_BENCH="1")
-    quiet = ("quiet_ctgm", "quiet_realcustom", "quiet_dpl")
+    quiet = ("quiet_ctgm", "quiet_realcustom", "quiet_dpl", "quiet_dpl_cudagraphs")
     others = [e for e in events if e.startswith("end ") and not e.startswith(tuple(f"end {q} " for q in quiet))]
     last_other = max(events.index(e) for e in others)
     starts = [_first(events, f"start {q}") for q in quiet]
     ends = [_first(events, f"end {q} ") for q in quiet]
-    assert last_other < starts[0] < ends[0] < starts[1] < ends[1] < starts[2] < ends[2]
+    assert last_other < starts[0] < ends[0] < starts[1] < ends[1] < starts[2] < ends[2] < starts[3] < ends[3]
+    assert "--compile-backend cudagraphs" in _command(out, "quiet_dpl_cudagraphs")
     assert "--variants release,release_reuse,release_condmask_reuse --rounds 5 --profile " in _command(out, "quiet_realcustom")
     events, out, _ = _dry(tmp_path / "plain", JOBS="sd")
     assert not any((out / q).exists() for q in quiet)

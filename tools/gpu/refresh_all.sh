@@ -23,7 +23,8 @@
 #   the motion adapter from a trained one; MOTION_PAIR=W trains a second one beside it with the contrast W (a paired test); CLIP_VISION_FROM
 #   (default 0, the whole vision tower, as shipped) is the mesh CLIP's first trained vision layer; BENCH=1 adds the cost benchmarks
 #   beside the trainings (noisy); QUIET_BENCH=1 times, once every other job has ended, the three figures that need a quiet GPU
-#   (CTGM whole runs, RealCustom release / release_reuse / release_condmask_reuse with a profile of each, DPL's compiled passes; ~8 min); the motion
+#   (CTGM whole runs, RealCustom release / release_reuse / release_condmask_reuse with a profile of each, DPL's compiled passes with
+#   inductor and with the CUDA-graph backend alone; ~12 min); the motion
 #   adapter trains with the motion text path (TEXT_PATH=cross-kv, attncraft/video/motion_text_path.py) unless
 #   TEXT_PATH= is given empty.
 # Wall time: about 25 minutes on one H200 (SD ~7.5 min, then motion ~8 min beside RealCustom and DPL, then CTGM
@@ -143,5 +144,7 @@ if [ "${QUIET_BENCH:-0}" = 1 ]; then
   job quiet_ctgm "$BASE" "python3 benchmarks/bench_ctgm.py --device cuda --rounds 2 --json \$OUT/bench_ctgm.json > \$OUT/bench_ctgm.md"
   job quiet_realcustom "$BASE" "python3 benchmarks/bench_realcustom.py --device cuda --variants release,release_reuse,release_condmask_reuse --rounds 5 --profile \$OUT --json \$OUT/bench_rc.json > \$OUT/bench_rc.md"
   job quiet_dpl "$BASE" "python3 benchmarks/bench_dpl.py --device cuda --variants ours_compiled --skip-whole --json \$OUT/bench_dpl.json > \$OUT/bench_dpl.md"
+  # CUDA graphs without inductor's code generation: does most of the compiled speed-up come without its ~195 s compile?
+  job quiet_dpl_cudagraphs "$BASE" "python3 benchmarks/bench_dpl.py --device cuda --variants ours_compiled --compile-backend cudagraphs --skip-whole --json \$OUT/bench_dpl.json > \$OUT/bench_dpl.md"
 fi
 log "done"
