@@ -192,7 +192,7 @@ def test_a_continuation_starts_from_the_folders_text_path(text_path_run):
     unet = UNetMotionModel.from_unet2d(sd.unet, adapter)
     base = mtp.mark_trainable(unet)
     said = []
-    record = init_text_path(unet, folder, "cross-kv", say=said.append)
+    record = init_text_path(unet, folder, say=said.append)
     assert record["from"] == str(folder) and said and "continued from" in said[0]
     params = dict(unet.named_parameters())
     for name, delta in saved.items():
@@ -203,7 +203,7 @@ def test_a_continuation_starts_from_the_folders_text_path(text_path_run):
     assert getattr(unet, mtp.APPLIED_ATTR, None) is None
     # a folder without a text path: nothing changes
     plain = tm.sd_unet(seed=1)
-    assert init_text_path(plain, root / "sd", "cross-kv") is None and init_text_path(plain, None, "cross-kv") is None
+    assert init_text_path(plain, root / "sd") is None and init_text_path(plain, None) is None
 
 
 def test_a_continued_training_records_where_its_text_path_started(text_path_run):

@@ -142,18 +142,16 @@ def load_init_adapter(path: str | Path, expected: dict[str, Any]):
     return adapter
 
 
-def init_text_path(unet, init_dir: str | Path | None, kind: str, say=print) -> dict[str, Any] | None:
-    """Continue the motion text path of the ``--init`` adapter when it has one of ``kind``: its
+def init_text_path(unet, init_dir: str | Path | None, say=print) -> dict[str, Any] | None:
+    """Continue the motion text path of the ``--init`` adapter when it has one: its
     differences are added to ``unet`` (as the loader adds them for sampling, so training starts from
     the model the adapter folder gives), and the trained ones saved after are taken from the base
-    SD again, so they hold both. Returns what it started from (None: the text path starts at zero)."""
+    SD again, so they hold both. Returns what it started from (None: the text path starts at zero).
+    There is one kind of text path (``cross-kv``), and :func:`~attncraft.video.motion_text_path.apply_text_path`
+    refuses a file that does not fit this UNet's layout."""
     if init_dir is None or not text_path.has_text_path(init_dir):
         return None
-    _, record = text_path.read_text_path(init_dir)
-    if record.get("kind") != kind:
-        say(f"--init {init_dir}: its text path is of kind {record.get('kind')!r}, not {kind!r}; this one starts at zero")
-        return None
-    text_path.apply_text_path(unet, init_dir)
+    record = text_path.apply_text_path(unet, init_dir)
     setattr(unet, text_path.APPLIED_ATTR, None)  # the training's own text path, saved anew after
     trained_on = (record.get("training") or {}).get("base_unet_sha256_16")
     say(f"motion text path continued from {init_dir} (trained on the SD UNet {trained_on})")
@@ -324,7 +322,7 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     text_base, text_params, text_init = None, [], None
     if cfg.text_path:
         text_base = text_path.mark_trainable(unet, cfg.text_path)  # the base SD's values: deltas are taken from them
-        text_init = init_text_path(unet, args.init_dir, cfg.text_path, say)
+        text_init = init_text_path(unet, args.init_dir, say)
         text_params = text_path.text_path_parameters(unet, cfg.text_path)
         say(f"motion text path '{cfg.text_path}': {len(text_params)} tensors of the spatial cross-attention "
             f"({sum(p.numel() for p in text_params) / 1e6:.3f} M params) trained too, peak lr {cfg.text_path_lr:g} "
