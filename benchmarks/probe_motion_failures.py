@@ -33,7 +33,6 @@ import json
 import math
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +145,7 @@ def table(rows: dict[str, list[list[tuple[str, str, float]]]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from attncraft.loading import load_text_to_video
+    from attncraft.shapes.training.evaluate import Scorer
     from attncraft.shapes.training.motion_eval import MOTION_ONE_SEED, generate_videos, motion_prompts, world_renders
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -154,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--adapter", default="shapes", help="motion adapter folder (default: the embedded one)")
     p.add_argument("--sd", default=None, help="base model folder (default: the embedded Shapes SD)")
-    p.add_argument("--workers", type=int, default=1, help="reader processes")
+    p.add_argument("--workers", type=int, default=1, help="reader processes (forked before CUDA starts)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if min(args.n, args.batch, args.workers) < 1:
         p.error(f"--n {args.n} --batch {args.batch} --workers {args.workers}: each must be at least 1")
+    scorer = Scorer(args.workers if args.workers > 1 else 0)  # forked before CUDA starts, one torch thread each
     adapter = None if args.adapter == "shapes" else args.adapter
     dtype = torch.float16 if torch.device(args.device).type == "cuda" else torch.float32  # as the evaluation
     loaded = load_text_to_video(args.sd or "shapes", adapter, device=args.device, dtype=dtype)
@@ -169,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     frames = int(defaults.get("num_frames", 16))
     scenes, prompts = motion_prompts(args.n, MOTION_ONE_SEED, 1)
     videos = generate_videos(pipe, prompts, frames, steps, guidance, args.batch, MOTION_ONE_SEED * 1000)
+    print(f"generated {len(videos)} videos", file=sys.stderr, flush=True)
     renders = world_renders(scenes, frames)
-    with ProcessPoolExecutor(args.workers) if args.workers > 1 else _Serial() as pool:
-        rows = {"generated": list(pool.map(classify_video, zip(list(videos), prompts))),
-                "world renders": list(pool.map(classify_video, zip(list(renders), prompts)))}
+    rows = {"generated": scorer.map(classify_video, list(zip(list(videos), prompts))),
+            "world renders": scorer.map(classify_video, list(zip(list(renders), prompts)))}
+    scorer.close()
     lines = [f"### How one-motion videos fail ({args.n} held-out prompts, seed {MOTION_ONE_SEED}, {loaded.label}, "
              f"guidance {guidance:g}, {steps} steps, {frames} frames, {args.device})", "",
              "Share of motion clauses per category; magnitude: the largest change of the clause's kind in any "
@@ -183,20 +185,6 @@ def main(argv: list[str] | None = None) -> int:
                   "frames": frames, "prompts": prompts, "rows": rows}
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
-
-
-class _Serial:
-    """``map`` in this process (one reader worker)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
 
 
 if __name__ == "__main__":

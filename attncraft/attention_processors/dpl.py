@@ -111,8 +111,10 @@ class DPLConfig:
     "fourth lease"): 0.46x the reference's cost per token update and 0.50x per null-text iteration
     (eager: 0.83x / 0.73x; "eighth lease": 0.38x / 0.61x, eager 0.80x / 0.87x), the optimised embeddings within 1.3e-4 / 2.9e-3 of strict fp32 eager, but
     88 + 86 s of compilation for the first inversion, more than it saves on one image (102 s at 21 + 51
-    iterations a step, 50 steps), which is why it is not the default (later inversions in one process
-    recompile from inductor's caches, faster; not measured). Compiling the repeated blocks instead (regional
+    iterations a step, 50 steps), which is why it is not the default. With a warm inductor cache (a later
+    process on the same machine, ``TORCHINDUCTOR_CACHE_DIR``) the compilation takes 10 + 10 s ("tenth lease"), and
+    the compiled passes then pay for themselves on the first image. The CUDA-graph backend without inductor
+    compiles in 18 + 13 s but keeps little of the gain (0.51x / 0.74x). Compiling the repeated blocks instead (regional
     compilation) would not shorten it: under the attention manager 14 of 16 transformer blocks are graphs of their own
     (``benchmarks/probe_regional_compile.py``). With the ``aot_eager`` backend the results equal the eager ones exactly on the
     CPU, but inductor on the CPU returns wrong gradients for these calls (embeddings alone requiring
