@@ -132,7 +132,8 @@ def test_smoke_run_with_a_lowest_timestep_records_it_and_covers_less(contrast_ru
     log = json.loads((root / "high" / "training_log.json").read_text())
     assert log["caption_contrast"]["min_t"] == 500
     high = log["heldout_v_loss_high_noise"]
-    assert high["t_range"] == [800, 1000] and set(high["before"]) == {"true", "frames_shuffled", "motion_swapped", "empty"}
+    assert high["t_range"] == [800, 1000] and set(high["before"]) == {"true", "frames_shuffled", "motion_swapped", "empty",
+                                                       "true_between_frames", "motion_swapped_between_frames"}
     assert np.isfinite(info["final_loss"])
 
 

@@ -214,3 +214,19 @@ def test_a_continued_training_records_where_its_text_path_started(text_path_run)
                                   init_dir=str(root / "adapter"), max_steps=2), quiet=True)
     assert info["text_path"]["initialised_from"]["from"] == str(root / "adapter")
     assert info["initialised_from"] is not None
+
+
+def test_a_continuation_without_the_flag_keeps_the_folders_text_path(text_path_run):
+    """``--init`` of a folder with a text path and no ``--text-path``: the path is continued and saved,
+    not dropped (the motion modules would otherwise train on the base's cross-attention)."""
+    from attncraft.shapes.training.motion import train_motion
+
+    root, _ = text_path_run
+    info = train_motion(_run_args(root / "kept", sd_dir=str(root / "sd"), init_dir=str(root / "adapter"), max_steps=2),
+                        quiet=True)
+    assert info["text_path"]["kind"] == "cross-kv"
+    assert info["text_path"]["initialised_from"]["from"] == str(root / "adapter")
+    assert mtp.has_text_path(root / "kept")
+    saved, _ = mtp.read_text_path(root / "adapter")
+    kept, _ = mtp.read_text_path(root / "kept")
+    assert kept.keys() == saved.keys()

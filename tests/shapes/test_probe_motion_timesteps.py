@@ -20,7 +20,10 @@ def test_probe_reads_each_band_of_the_shipped_adapter(capsys):
     rows = module.probe(["--n", "8", "--frames", "8", "--device", "cpu", "--bands", "500-800,800-1000"])
     assert set(rows) == {"500-800", "800-1000"}
     for band, r in rows.items():
-        assert set(r) == {"true", "frames_shuffled", "motion_swapped", "empty"}, band
+        assert set(r) == {"true", "frames_shuffled", "motion_swapped", "empty", "true_between_frames",
+                          "motion_swapped_between_frames"}, band
+        # the part of a loss in how the frames differ is a part of it
+        assert 0 < r["true_between_frames"] < r["true"] and 0 < r["motion_swapped_between_frames"] < r["motion_swapped"]
         assert r["empty"] > r["true"] and r["frames_shuffled"] > r["true"], (band, r)
     assert "| [800, 1000) |" in capsys.readouterr().out
 

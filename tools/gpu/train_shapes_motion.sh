@@ -23,7 +23,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 #   caption-contrast term with weight W, e.g. 0.5: each clip's loss under its caption with the motions
 #   reversed must exceed the true caption's by 10 %; about twice the step's cost, so half the steps),
 #   CONTRAST_MIN_T=T (the contrast on the clips at timesteps >= T only, e.g. 800; still ~1.8x the step's cost
-#   on an H200, where the small UNet is launch-bound).
+#   on an H200, where the small UNet is launch-bound), FRAME_DEVIATION_WEIGHT=W (the part of the v-error that
+#   differs between frames weighted W, 1 = plain), MOTION_REGION_WEIGHT=W (extra weight W where the clip changes).
 set -uo pipefail
 OUT=${OUT:-$PWD/outputs/gpu-motion}
 WORK=${WORK:-/tmp/shapes-motion}
@@ -41,6 +42,8 @@ EXTRA=()
 [ -n "${TEXT_PATH_LR:-}" ] && EXTRA+=(--text-path-lr "$TEXT_PATH_LR")
 [ -n "${CONTRAST:-}" ] && EXTRA+=(--contrast "$CONTRAST")
 [ -n "${CONTRAST_MIN_T:-}" ] && EXTRA+=(--contrast-min-t "$CONTRAST_MIN_T")
+[ -n "${FRAME_DEVIATION_WEIGHT:-}" ] && EXTRA+=(--frame-deviation-weight "$FRAME_DEVIATION_WEIGHT")
+[ -n "${MOTION_REGION_WEIGHT:-}" ] && EXTRA+=(--motion-region-weight "$MOTION_REGION_WEIGHT")
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK"
 T="python3 -m attncraft.shapes.training"

@@ -73,6 +73,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="motion: the lowest timestep the caption contrast covers, e.g. 800 for the high-noise fifth "
                         "where the motion is decided; its reversed-caption pass then runs on those clips only "
                         "(default: the config's, 0 = all timesteps)")
+    p.add_argument("--frame-deviation-weight", type=float, default=None,
+                   help="motion: weight of the part of the v-error that differs between the frames (the error "
+                        "minus its mean over frames, where a wrong or missing motion shows; default: the config's, "
+                        "1 = the plain loss)")
+    p.add_argument("--motion-region-weight", type=float, default=None,
+                   help="motion: extra weight W on the positions where the clean clip changes over time "
+                        "(1 + W * change / max change, normalised per clip; default: the config's, 0 = off)")
     p.add_argument("--mesh-fraction", type=float, default=None,
                    help="clip: share of each batch taken from renders of painted procedural meshes (default: the config's, 0)")
     p.add_argument("--train-vision-from", type=int, default=None,
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=ns.compile, init_dir=ns.init_dir, lr=ns.lr, relation_prompts=ns.relation_prompts,
         mesh_fraction=ns.mesh_fraction, train_text=ns.train_text, text_lr=ns.text_lr,
         text_path=ns.text_path, text_path_lr=ns.text_path_lr, contrast=ns.contrast, contrast_min_t=ns.contrast_min_t,
+        frame_deviation_weight=ns.frame_deviation_weight, motion_region_weight=ns.motion_region_weight,
         train_vision_from=ns.train_vision_from, argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
     )
     from attncraft.errors import AttncraftError

@@ -51,6 +51,8 @@ class RunArgs:
     text_path_lr: float | None = None  # motion: its peak learning rate (None: the config's)
     contrast: float | None = None  # motion / unet: weight of the caption-contrast term (None: the config's, 0 = off)
     contrast_min_t: int | None = None  # motion: the lowest timestep the contrast covers (None: the config's, 0 = all)
+    frame_deviation_weight: float | None = None  # motion: weight of the v-error's change over frames (None: the config's, 1)
+    motion_region_weight: float | None = None  # motion: weight of where the clip changes (None: the config's, 0 = off)
     train_vision_from: int | None = None  # clip: first trained vision layer (None: the config's; 0: all trained)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 

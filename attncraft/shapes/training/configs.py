@@ -145,6 +145,11 @@ class MotionTrain:
     # the lowest timestep the contrast covers (0: all); above 0, the reversed-caption pass runs on the clips of
     # largest timestep only (common.contrast_rows): a share of the FLOPs (on a launch-bound GPU, not of the time)
     contrast_min_t: int = 0
+    # the loss moved towards what changes between frames (motion.frame_weighted_mse): the weight of the
+    # v-error's deviation from its mean over the frames (1: the plain loss), and of the positions where the
+    # clean clip changes (0: off)
+    frame_deviation_weight: float = 1.0
+    motion_region_weight: float = 0.0
     overrides: dict[str, Any] | None = None  # MotionAdapter kwargs over the ones derived from the UNet
     max_steps: int | None = None
     log_every_s: float = 15.0

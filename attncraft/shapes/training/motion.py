@@ -31,8 +31,9 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   frame 0 or 1: the whole motion either way); a share of the steps (``long_fraction``) trains on all
   32 frames, half as many clips, so the adapter's frame positions 16..31 are trained too.
 * **Continuing (``--init DIR``).** The motion modules start from the folder's adapter, and its motion
-  text path, when it has one of the kind trained, is added to the base as the loader adds it for
-  sampling, so a continuation starts from the model the folder gives (:func:`init_text_path`).
+  text path, when it has one, is added to the base as the loader adds it for sampling, so a
+  continuation starts from the model the folder gives (:func:`init_text_path`); the path goes on
+  training with the modules even without ``--text-path`` (its kind is the folder's), and is saved.
 * **Caption contrast (``--contrast W``, off by default).** The plain objective gives the caption's
   motion words little weight: after training, a caption with its motions turned the other way costs
   only about 2 % more loss than the true one (``benchmarks/RESULTS.md``), with or without the text
@@ -50,6 +51,12 @@ What makes motion learnable in a few minutes, and the choices that follow from i
   of the batch (:func:`~.common.contrast_rows`). That saves FLOPs, not time, on an H200: the small
   UNet is launch-bound, so a pass of 15 clips costs nearly what one of 48 does (5.8 -> 3.2 steps/s at
   T = 800, ``benchmarks/RESULTS.md``, "ninth lease"). The main loss keeps its uniform timesteps either way.
+* **Loss moved towards what changes (``--frame-deviation-weight``, ``--motion-region-weight``; off).**
+  :func:`frame_weighted_mse` weights the part of the v-error that differs between frames, or the positions
+  where the clean clip changes. Measured against the plain loss from the same start
+  (``benchmarks/RESULTS.md``, "eleventh lease"): no gain in motion (17.6 / 19.1 / 14.1 %), because about
+  70 % of the loss is already between frames (each frame's own noise), and the region weight costs the
+  object count. Kept as options, off by default.
 * **Held-out probe.** Before and after training, the v-loss on fixed held-out clips (t in
   [200, 800), and again in [800, 1000)) with the true captions, with the clip's frames shuffled in time, with the motions of
   the caption turned the other way, and with the empty caption: true < shuffled says the adapter uses
@@ -71,6 +78,7 @@ from typing import Any
 
 import torch
 
+from attncraft.errors import InputError
 from attncraft.shapes.training import common
 from attncraft.shapes.training.configs import MotionTrain, get_configs
 from attncraft.shapes.training.data import (
@@ -135,8 +143,6 @@ def load_init_adapter(path: str | Path, expected: dict[str, Any]):
     for key in ("block_out_channels", "motion_layers_per_block", "motion_num_attention_heads"):
         have, want = adapter.config[key], expected[key]
         if (tuple(have) if isinstance(have, (list, tuple)) else have) != (tuple(want) if isinstance(want, (list, tuple)) else want):
-            from attncraft.errors import InputError
-
             raise InputError(f"--init {path}: its {key} is {have}, the adapter to train has {want}",
                              "continue an adapter trained with this configuration, or leave --init out")
     return adapter
@@ -241,6 +247,56 @@ def training_alphas_cumprod(device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def with_frame_weights(cfg: MotionTrain, args: common.RunArgs) -> MotionTrain:
+    """``cfg`` with ``--frame-deviation-weight`` / ``--motion-region-weight`` applied and checked."""
+    if args.frame_deviation_weight is not None:
+        cfg = replace(cfg, frame_deviation_weight=float(args.frame_deviation_weight))
+    if args.motion_region_weight is not None:
+        cfg = replace(cfg, motion_region_weight=float(args.motion_region_weight))
+    if not cfg.frame_deviation_weight > 0:
+        raise InputError(f"--frame-deviation-weight must be > 0, not {cfg.frame_deviation_weight:g}",
+                         "pass a weight such as 4, or 1 for the plain loss")
+    if not cfg.motion_region_weight >= 0:
+        raise InputError(f"--motion-region-weight must be >= 0, not {cfg.motion_region_weight:g}",
+                         "pass a weight such as 8, or 0 for off")
+    return cfg
+
+
+def frame_weighted_mse(err: torch.Tensor, z0: torch.Tensor | None = None, deviation_weight: float = 1.0,
+                       region_weight: float = 0.0) -> torch.Tensor:
+    """Per-clip mean squared v-error of ``err`` (``(B, C, F, H, W)``, frames on dim 2), with the two
+    re-weightings of the motion stage (both off by default: then exactly ``err.pow(2).mean``).
+
+    * ``deviation_weight`` (``--frame-deviation-weight``): the error splits exactly into its mean over
+      the frames and what is left, ``mean_f e^2 = (mean_f e)^2 + mean_f (e - mean_f e)^2``; the second
+      part, the error in how the frames differ from each other (where a wrong or missing motion shows),
+      is multiplied by the weight. 1 is the plain loss.
+    * ``region_weight`` (``--motion-region-weight``): a per-clip spatial weight ``1 + W * r / max r``,
+      ``r`` the clean clip's change over time at each latent position (the largest deviation of a frame
+      from the clip's mean over frames, averaged over channels), normalised to mean 1 over the
+      positions, so the loss of a clip keeps its scale and only moves towards where something moves,
+      grows, turns or appears. A clip without change keeps weight 1 everywhere (a largest change below
+      1e-3, the rounding of a mean over frames, counts as none: latents are of order 1).
+    """
+    if deviation_weight == 1.0 and region_weight == 0.0:
+        return err.pow(2).mean(dim=(1, 2, 3, 4))
+    if deviation_weight == 1.0:
+        sq = err.pow(2)
+    else:
+        mean = err.mean(dim=2, keepdim=True)
+        sq = mean.pow(2) + deviation_weight * (err - mean).pow(2)
+    if region_weight != 0.0:
+        if z0 is None:
+            raise ValueError("the motion-region weight needs the clean clips")
+        change = (z0 - z0.mean(dim=2, keepdim=True)).abs().amax(dim=2).mean(dim=1, keepdim=True)  # (B, 1, H, W)
+        peak = change.flatten(1).amax(dim=1).clamp(min=1e-3).view(-1, 1, 1, 1)  # below: rounding, not change
+        weight = 1.0 + region_weight * change / peak
+        weight = weight / weight.mean(dim=(1, 2, 3), keepdim=True)
+        sq = sq * weight[:, :, None]
+    return sq.mean(dim=(1, 2, 3, 4))
+
+
+@torch.no_grad()  # a reading: no graph kept across the probe's batches
 def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod, device, n: int, frames: int,
                  batch: int = 32, t_range: tuple[int, int] = (200, 800)) -> dict[str, float]:
     """Held-out v-MSE (t in ``t_range``, [200, 800) by default) of fixed clips, noise and timesteps, so
@@ -248,7 +304,8 @@ def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod
     in time (true < shuffled: the adapter uses the order of frames); with captions whose motions are
     turned the other way ("moves left" for a clip moving right; true < swapped: it reads the motion from
     the text); and with the empty caption. ``benchmarks/probe_motion_timesteps.py`` runs it per band of
-    timesteps."""
+    timesteps. ``true_between_frames`` / ``motion_swapped_between_frames``: the part of those two losses
+    in how the frames differ (the error minus its mean over frames, :func:`frame_weighted_mse`)."""
     from attncraft.shapes.captions import caption_scene
     from attncraft.shapes.training.data import tokenize_fast
     from attncraft.shapes.world import sample_scenes
@@ -266,7 +323,7 @@ def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod
     for name, clips, captions in (("true", z0, "true"), ("frames_shuffled", shuffled, "true"),
                                   ("motion_swapped", z0, "motion_swapped"), ("empty", z0, None)):
         noisy, target, _ = common.v_targets(clips, noise, t, alphas_cumprod)
-        losses = []
+        losses, between = [], []
         for i in range(0, n, batch):
             sl = slice(i, i + batch)
             b = noisy[sl].shape[0]
@@ -274,13 +331,21 @@ def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod
                 cond = empty.expand(b, -1, -1) if captions is None else text_encoder(ids[captions][sl]).last_hidden_state
                 cond = cond.float().repeat_interleave(clips.shape[2], dim=0)
                 pred = unet(noisy[sl], t[sl], encoder_hidden_states=cond, return_dict=False)[0]
-            losses.append((pred.float() - target[sl]).pow(2).mean(dim=(1, 2, 3, 4)))
+            err = pred.float() - target[sl]
+            losses.append(err.pow(2).mean(dim=(1, 2, 3, 4)))
+            between.append((err - err.mean(dim=2, keepdim=True)).pow(2).mean(dim=(1, 2, 3, 4)))
         out[name] = float(torch.cat(losses).mean())
+        if name in ("true", "motion_swapped"):
+            out[f"{name}_between_frames"] = float(torch.cat(between).mean())
     return out
 
 
 def _probe_line(probe: dict[str, float]) -> str:
-    return " / ".join(f"{probe[k]:.4f}" for k in ("true", "frames_shuffled", "motion_swapped", "empty"))
+    line = " / ".join(f"{probe[k]:.4f}" for k in ("true", "frames_shuffled", "motion_swapped", "empty"))
+    if "true_between_frames" in probe:
+        line += (f"; between frames: true {probe['true_between_frames']:.4f}, motions swapped "
+                 f"{probe['motion_swapped_between_frames']:.4f}")
+    return line
 
 
 def save_adapter_folder(out: Path, adapter, defaults: dict[str, Any]) -> None:
@@ -298,14 +363,24 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     from attncraft.shapes.models import SHAPES_SD_DIR
 
     cfg = common.with_contrast(common.apply_overrides(cfg or get_configs(args.config).motion, args), args)
+    cfg = with_frame_weights(cfg, args)
+    inherited = None
     if args.text_path:
         cfg = replace(cfg, text_path=args.text_path)
+    elif cfg.text_path is None and text_path.has_text_path(args.init_dir):
+        # a continuation is of the model the folder gives, text path included: without this, the
+        # motion modules would train on the base's cross-attention and be saved without their path
+        inherited = text_path.read_text_path(args.init_dir)[1]["kind"]
+        cfg = replace(cfg, text_path=inherited)
     if args.text_path_lr is not None:
         cfg = replace(cfg, text_path_lr=args.text_path_lr)
     out, device, budget, max_steps, workers, say = common.start_stage("motion", args, cfg, quiet).unpack()
     sd_dir = Path(args.sd_dir) if args.sd_dir else SHAPES_SD_DIR
+    if inherited:
+        say(f"--init {args.init_dir} has a motion text path: it is continued ('{inherited}'), as if --text-path {inherited}")
     n_caps = len(cfg.caption_omits)
     contrast = cfg.contrast > 0
+    reweighted = cfg.frame_deviation_weight != 1.0 or cfg.motion_region_weight != 0.0
     stream = ChunkStream(SceneChunks(cfg.chunk, caption_omits=cfg.caption_omits, num_objects=cfg.num_objects,
                                      motion=True, contrast="motion" if contrast else None), workers=workers)
     sd = load_frozen_sd(sd_dir, device)
@@ -338,6 +413,9 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     if contrast:
         low = f", timesteps >= {cfg.contrast_min_t} only" if cfg.contrast_min_t > 0 else ""
         say(f"caption contrast: weight {cfg.contrast:g}, margin {cfg.contrast_margin:g} (reversed-motion captions{low})")
+    if reweighted:
+        say(f"loss re-weighted towards what changes between frames: frame-deviation weight {cfg.frame_deviation_weight:g}, "
+            f"motion-region weight {cfg.motion_region_weight:g}")
     pool = DevicePool(cfg.pool, fields, device)
     fill_pool(pool, stream, encoder, limit_s=cfg.pool_fill_limit_s, log=say)
 
@@ -387,8 +465,12 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         weight = common.min_snr_v_weight(snr, cfg.min_snr_gamma)
         with common.autocast(device):
             pred = model_fn(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-        per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3, 4))
-        loss = (per * weight).mean()
+        err = pred.float() - target
+        per = err.pow(2).mean(dim=(1, 2, 3, 4))
+        if reweighted:  # the loss moved towards how the frames differ (the log keeps the plain v-MSE)
+            loss = (frame_weighted_mse(err, z0, cfg.frame_deviation_weight, cfg.motion_region_weight) * weight).mean()
+        else:
+            loss = (per * weight).mean()
         if contrast:  # the same noisy clips under the reversed captions (no host sync: rows are weighted)
             sel = common.contrast_rows(t, cfg.contrast_min_t, n_t)  # all rows, or those of largest t
             swapped_ids = pool.data["swapped"][idx, cap].long()[sel]
@@ -437,6 +519,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
         "adapter_params": n_params,
         "text_path": text_info,
         "caption_contrast": contrast_log.record(cfg),
+        "frame_weights": {"frame_deviation_weight": cfg.frame_deviation_weight,
+                          "motion_region_weight": cfg.motion_region_weight} if reweighted else None,
         "adapter_config": {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")},
         "initialised_from": common.init_provenance(args.init_dir, "motion_adapter") if args.init_dir else None,
         "sd_dir": str(sd_dir),
