@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_broadway_vstar.py"
 
 
 @pytest.mark.slow
 def test_benchmark_times_every_variant_and_counts_active_steps(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_broadway_vstar", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_broadway_vstar")
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "4", "--size", "32", "--steps", "5",
                        "--rounds", "1", "--warmup", "0", "--json", str(out)]) == 0  # fmt: skip

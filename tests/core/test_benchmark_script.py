@@ -5,19 +5,17 @@ No timing is asserted: the numbers only mean something on the GPU (benchmarks/RE
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
+from bench_scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention_core.py"
 
 
 def test_core_benchmark_runs_every_variant_on_a_tiny_unet(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_attention_core", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_attention_core")
     out = tmp_path / "bench.json"
     # main() asserts that the store recorded every selected layer and that the deferred and the
     # per-layer capture paths recorded the same maps
@@ -32,9 +30,7 @@ def test_core_benchmark_runs_every_variant_on_a_tiny_unet(tmp_path, capsys):
 
 def test_profile_table_counts_host_syncs(tmp_path):
     """``--profile``'s helper: a value read on the host per call shows up as one sync per call."""
-    spec = importlib.util.spec_from_file_location("bench_attention_core", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_attention_core")
 
     class ReadsItsInput(torch.nn.Module):
         def forward(self, sample, t, encoder_hidden_states=None):
@@ -51,9 +47,7 @@ def test_profile_table_counts_host_syncs(tmp_path):
 def test_backend_benchmark_runs_on_tiny_unets(tmp_path, capsys):
     """``benchmarks/bench_attention_backends.py`` on CPU: only SDPA runs, and the table says why."""
     path = BENCH.with_name("bench_attention_backends.py")
-    spec = importlib.util.spec_from_file_location("bench_attention_backends", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(path, "bench_attention_backends")
     out = tmp_path / "b.json"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--rounds", "1",
                        "--warmup", "1", "--json", str(out)]) == 0
@@ -70,9 +64,7 @@ def test_backend_benchmark_reports_a_variant_that_cannot_run(tmp_path):
     import argparse
 
     path = BENCH.with_name("bench_attention_backends.py")
-    spec = importlib.util.spec_from_file_location("bench_attention_backends", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(path, "bench_attention_backends")
     args = argparse.Namespace(tiny=True, steps=1, rounds=1, warmup=1)
     res = bench.bench_model("animatediff", args, torch.device("cpu"), torch.float32, ["sdpa", "diffusers-xformers"])
     assert list(res["variants"]) == ["sdpa"] and list(res["failed"]) == ["diffusers-xformers"]

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ctgm.py"
 
 
 def _script(name: str):
     """A benchmark script of ``benchmarks/`` loaded as a module."""
-    spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(BENCH.with_name(f"{name}.py"), name)
     return module
 
 

@@ -3,7 +3,6 @@ files (CPU; the numbers mean nothing): every row, the VSTAR prompt set, the file
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,14 @@ from attncraft.attention_processors.ctgm import CTGM, save_ctgm
 from attncraft.errors import InputError
 from attncraft.video.ctgm_training import frozen_motion_pipeline
 from ctgm_helpers import trained_like, write_tiny_video_model
+from bench_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "measure_ctgm.py"
 
 
 @pytest.fixture(scope="module")
 def measure():
-    spec = importlib.util.spec_from_file_location("measure_ctgm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "measure_ctgm")
     return module
 
 

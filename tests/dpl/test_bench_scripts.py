@@ -5,21 +5,19 @@ No timing is asserted: the numbers only mean something on the GPU (benchmarks/RE
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / f"{name}.py", name)
     return module
 
 

@@ -3,20 +3,18 @@ and the full-size run itself where CUDA is available."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "gpu" / "fancyvideo_full_size.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("fancyvideo_full_size", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "fancyvideo_full_size")
     return module
 
 

@@ -9,6 +9,7 @@ import torch
 
 from attncraft.errors import InputError
 from attncraft.mesh.benchmark import aggregate, discover, its_from_curve, mes_from_similarities, run_benchmark
+from bench_scripts import load_script
 
 
 def test_its_crossing_at_iteration_zero_and_exactly_at_the_threshold():
@@ -114,13 +115,10 @@ def test_mit30_layout_is_discovered(mit30):
 
 def test_claim_groups_keep_both_fields_of_a_topology_adjacent():
     """The claim script's time budget stops MIT-30 between topologies, never between the two fields of one."""
-    import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_xmesh_claim.py"
-    spec = importlib.util.spec_from_file_location("bench_xmesh_claim_under_test", path)
-    claim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(claim)
+    claim = load_script(path, "bench_xmesh_claim_under_test")
     from attncraft.mesh.procedural import procedural_mesh
 
     meshes = [("procedural", name, name, procedural_mesh(name, "smooth", 0, grid_size=(12, 8)))

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_realcustom.py"
 
 
 def test_benchmark_runs_every_variant_with_the_expected_unet_rows(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_realcustom", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_realcustom")
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "3", "--rounds", "1",
                        "--anchor-calls", "1", "--json", str(out)]) == 0
@@ -55,9 +53,7 @@ def test_benchmark_runs_every_variant_with_the_expected_unet_rows(tmp_path, caps
 
 
 def test_benchmark_profile_option_profiles_each_variant_once(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_realcustom", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_realcustom")
     out, prof = tmp_path / "bench.json", tmp_path / "prof"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "2", "--rounds", "1",
                        "--anchor-calls", "1", "--variants", "release_reuse", "--json", str(out),
@@ -73,9 +69,7 @@ def test_benchmark_profile_option_profiles_each_variant_once(tmp_path, capsys):
 
 
 def test_benchmark_variant_subset_and_unknown_variant(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_realcustom", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_realcustom")
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "2", "--rounds", "1",
                        "--anchor-calls", "1", "--variants", "release_condmask", "--json", str(out)]) == 0

@@ -16,6 +16,7 @@ from test_training import _run_args
 
 from attncraft.errors import InputError
 from attncraft.video import motion_text_path as mtp
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +159,9 @@ def test_a_difference_restores_the_trained_tensor_on_its_base():
 
 
 def test_the_motion_word_probe_sees_the_trained_path_and_is_zero_for_a_word_kept(text_path_run):
-    import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "probe_motion_words", Path(__file__).resolve().parents[2] / "benchmarks" / "probe_motion_words.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(Path(__file__).resolve().parents[2] / "benchmarks" / "probe_motion_words.py", "probe_motion_words")
     root, _ = text_path_run
     res = bench.probe(str(root / "sd"), str(root / "adapter"), n=2, frames=3,
                       pairs=[("moves right", "moves right"), ("moves up", "moves down")])

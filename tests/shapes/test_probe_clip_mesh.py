@@ -3,20 +3,18 @@ and their diagonals agree with the zero-shot evaluation's accuracy on the same m
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_clip_mesh.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("probe_clip_mesh", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "probe_clip_mesh")
     return module
 
 

@@ -4,17 +4,15 @@ moves, growing / shrinking and a stated sense of rotation, and a motionless rend
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 from pathlib import Path
+from bench_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_motion_failures.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("probe_motion_failures", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "probe_motion_failures")
     return module
 
 

@@ -4,19 +4,17 @@ caption costs more) and the order of frames matters (shuffled frames cost more).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_motion_timesteps.py"
 
 
 @pytest.mark.slow
 def test_probe_reads_each_band_of_the_shipped_adapter(capsys):
-    spec = importlib.util.spec_from_file_location("probe_motion_timesteps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "probe_motion_timesteps")
     rows = module.probe(["--n", "8", "--frames", "8", "--device", "cpu", "--bands", "500-800,800-1000"])
     assert set(rows) == {"500-800", "800-1000"}
     for band, r in rows.items():
@@ -34,9 +32,7 @@ def test_negative_prompt_probe_scores_both_rows_on_the_same_prompts(tmp_path, ca
     import json
 
     script = SCRIPT.parent / "probe_motion_negative.py"
-    spec = importlib.util.spec_from_file_location("probe_motion_negative", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(script, "probe_motion_negative")
     out = tmp_path / "neg.json"
     assert module.main(["--n", "2", "--steps", "2", "--batch", "2", "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
@@ -52,18 +48,14 @@ def test_negative_prompt_probe_scores_both_rows_on_the_same_prompts(tmp_path, ca
     (["--n", "0"], "give at least 1 clip"),
 ])
 def test_probe_bad_input_is_a_one_line_usage_error(argv, message, capsys):
-    spec = importlib.util.spec_from_file_location("probe_motion_timesteps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "probe_motion_timesteps")
     with pytest.raises(SystemExit) as exc:
         module.probe(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_negative_probe_refuses_zero_prompts(capsys):
-    spec = importlib.util.spec_from_file_location("probe_motion_negative", SCRIPT.parent / "probe_motion_negative.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT.parent / "probe_motion_negative.py", "probe_motion_negative")
     with pytest.raises(SystemExit) as exc:
         module.main(["--n", "0"])
     assert exc.value.code == 2 and "each must be at least 1" in capsys.readouterr().err

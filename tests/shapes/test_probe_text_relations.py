@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from attncraft.shapes.models import SHAPES_SD_DIR
+from bench_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _probe_module():
-    spec = importlib.util.spec_from_file_location("probe_text_relations", ROOT / "benchmarks/probe_text_relations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ROOT / "benchmarks/probe_text_relations.py", "probe_text_relations")
     return mod
 
 

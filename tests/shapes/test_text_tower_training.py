@@ -7,7 +7,6 @@ diffusers / transformers, and the relation-word probe runs on it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors import safe_open
 
 from attncraft.shapes.models import SHAPES_SD_DIR
 from attncraft.shapes.training import common
+from bench_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_shipped = pytest.mark.skipif(not (SHAPES_SD_DIR / "text_encoder" / "config.json").exists(),
@@ -133,9 +133,7 @@ def test_saved_folder_keeps_its_format_and_loads(joint):
 @needs_shipped
 @pytest.mark.slow
 def test_relation_probe_runs_on_the_new_encoder(joint):
-    spec = importlib.util.spec_from_file_location("probe_text_relations", ROOT / "benchmarks/probe_text_relations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ROOT / "benchmarks/probe_text_relations.py", "probe_text_relations")
     out, _, _ = joint
     pairs = [("above", "above"), ("above", "below")]
     (same, new), (_, old) = mod.probe(str(out), pairs=pairs, max_captions=3), mod.probe(str(SHAPES_SD_DIR), pairs, 3)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from bench_scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_text_to_video.py"
 
 
 def test_text_to_video_benchmark_runs_on_tiny_models(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_text_to_video", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_text_to_video")
     out = tmp_path / "bench.json"
     # main() asserts that the schedule reached the UNet as (2 * frames, 77, width)
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--rounds", "1", "--json", str(out)]) == 0
@@ -28,9 +26,7 @@ def test_both_variants_keep_the_dtype_asked_for():
     from_pipe does, to float32, without a dtype): both run in the dtype the table reports."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("bench_text_to_video", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCH, "bench_text_to_video")
     stock, ours = bench.build(tiny=True, device=torch.device("cpu"), dtype=torch.float16)
     for pipe in (stock, ours):
         assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float16}

@@ -4,7 +4,6 @@ pipeline's prompt schedule (anchors, interpolation and the UNet's layout: ``test
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,14 @@ import torch
 from diffusers import MotionAdapter
 
 import tiny_models as tm
+from bench_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "measure_broadway_vstar.py"
 
 
 @pytest.fixture(scope="module")
 def measure():
-    spec = importlib.util.spec_from_file_location("measure_broadway_vstar", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "measure_broadway_vstar")
     return module
 
 
