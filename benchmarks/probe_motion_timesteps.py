@@ -47,7 +47,7 @@ def probe(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     from attncraft.shapes.models import SHAPES_SD_DIR
     from attncraft.shapes.training.data import tokenize
-    from attncraft.shapes.training.motion import ClipEncoder, load_frozen_sd, motion_probe, training_alphas_cumprod
+    from attncraft.shapes.training.motion import ClipEncoder, load_frozen_sd, motion_probes, training_alphas_cumprod
     from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
     from attncraft.video.motion_text_path import apply_text_path, has_text_path
 
@@ -85,9 +85,9 @@ def probe(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("| t | true caption | frames shuffled | motions swapped | empty caption | swapped - true | empty - true |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     rows = {}
-    for lo, hi in bands:
-        r = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, n=args.n, frames=args.frames,
-                         t_range=(lo, hi))
+    readings = motion_probes(unet, text_encoder, encoder, empty, alphas_cumprod, device, n=args.n, frames=args.frames,
+                             t_ranges=bands)  # the clips rendered and encoded once for all the bands
+    for (lo, hi), r in zip(bands, readings):
         rows[f"{lo}-{hi}"] = r
         print(f"| [{lo}, {hi}) | {r['true']:.4f} | {r['frames_shuffled']:.4f} | {r['motion_swapped']:.4f} | "
               f"{r['empty']:.4f} | {100 * (r['motion_swapped'] / r['true'] - 1):+.1f} % | "

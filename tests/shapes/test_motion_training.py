@@ -175,3 +175,30 @@ def test_a_sweep_cut_short_keeps_the_folders_guidance_and_leaves_the_folder_alon
     assert res["default"]["guidance_scale"] == 7.5 and res["default"]["from"] == "folder (sweep cut short)"
     assert (adapter / "attncraft_defaults.json").read_bytes() == before
     assert "guidance 7.5 (the adapter folder's: the sweep was cut short)" in "\n".join(motion_markdown(res))
+
+
+def test_the_probe_of_several_bands_equals_one_call_per_band(motion_run):
+    """``motion_probes`` renders and encodes the clips once for all the bands; each band's reading is
+    exactly what its own ``motion_probe`` call gives (same noise, timesteps and shuffles)."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    from attncraft.shapes.training.data import tokenize
+    from attncraft.shapes.training.motion import (ClipEncoder, load_frozen_sd, motion_probe, motion_probes,
+                                                  training_alphas_cumprod)
+    from attncraft.shapes.vocab import pipeline_encoder_for_clip_ids
+
+    root, _ = motion_run
+    device = torch.device("cpu")
+    sd = load_frozen_sd(root / "sd", device)
+    text_encoder = pipeline_encoder_for_clip_ids(sd)
+    adapter = MotionAdapter.from_pretrained(str(root / "shapes-motion"), dtype=torch.float32)
+    unet = UNetMotionModel.from_unet2d(sd.unet, adapter).eval()
+    encoder = ClipEncoder(sd.vae, device, 32, 64)
+    with torch.no_grad():
+        empty = text_encoder(torch.from_numpy(tokenize([""])).long()).last_hidden_state.float()
+    args = (unet, text_encoder, encoder, empty, training_alphas_cumprod(device), device)
+    bands = ((200, 800), (800, 1000))
+    together = motion_probes(*args, n=6, frames=4, batch=4, t_ranges=bands)
+    alone = [motion_probe(*args, n=6, frames=4, batch=4, t_range=band) for band in bands]
+    assert together == alone
+    assert together[0] != together[1]  # the bands differ: each drew its own timesteps

@@ -296,16 +296,24 @@ def frame_weighted_mse(err: torch.Tensor, z0: torch.Tensor | None = None, deviat
     return sq.mean(dim=(1, 2, 3, 4))
 
 
-@torch.no_grad()  # a reading: no graph kept across the probe's batches
 def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod, device, n: int, frames: int,
                  batch: int = 32, t_range: tuple[int, int] = (200, 800)) -> dict[str, float]:
     """Held-out v-MSE (t in ``t_range``, [200, 800) by default) of fixed clips, noise and timesteps, so
     that runs before and after training compare: with the true captions; with the clip's frames shuffled
     in time (true < shuffled: the adapter uses the order of frames); with captions whose motions are
     turned the other way ("moves left" for a clip moving right; true < swapped: it reads the motion from
-    the text); and with the empty caption. ``benchmarks/probe_motion_timesteps.py`` runs it per band of
-    timesteps. ``true_between_frames`` / ``motion_swapped_between_frames``: the part of those two losses
-    in how the frames differ (the error minus its mean over frames, :func:`frame_weighted_mse`)."""
+    the text); and with the empty caption. ``true_between_frames`` / ``motion_swapped_between_frames``:
+    the part of those two losses in how the frames differ (the error minus its mean over frames,
+    :func:`frame_weighted_mse`). :func:`motion_probes` reads several bands of timesteps at once."""
+    return motion_probes(unet, text_encoder, encoder, empty, alphas_cumprod, device, n, frames, batch, (t_range,))[0]
+
+
+@torch.no_grad()  # a reading: no graph kept across the probe's batches
+def motion_probes(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod, device, n: int, frames: int,
+                  batch: int = 32, t_ranges=((200, 800),)) -> list[dict[str, float]]:
+    """:func:`motion_probe` for each band of ``t_ranges``, each equal to its own call (the noise,
+    timesteps and shuffles are drawn anew from the same seed per band), with the clips rendered and
+    encoded, and the captions' text states computed, once for all the bands."""
     from attncraft.shapes.captions import caption_scene
     from attncraft.shapes.training.data import tokenize_fast
     from attncraft.shapes.world import sample_scenes
@@ -314,30 +322,41 @@ def motion_probe(unet, text_encoder, encoder: ClipEncoder, empty, alphas_cumprod
     z0 = frame_subset(torch.cat([encoder.latents(scenes[i:i + 256]) for i in range(0, n, 256)]), frames, random.Random(0))
     ids = {name: torch.from_numpy(tokenize_fast([caption_scene(make(s), seed=i) for i, s in enumerate(scenes)])).long().to(device)
            for name, make in (("true", lambda s: s), ("motion_swapped", swap_motions))}
-    g = torch.Generator(device="cpu").manual_seed(0)
-    noise = torch.randn(z0.shape, generator=g).to(device)
-    t = torch.randint(int(t_range[0]), int(t_range[1]), (n,), generator=g).to(device)
-    perm = torch.stack([torch.randperm(z0.shape[2], generator=g) for _ in range(n)]).to(device)
-    shuffled = torch.gather(z0, 2, perm[:, None, :, None, None].expand_as(z0))
-    out = {}
-    for name, clips, captions in (("true", z0, "true"), ("frames_shuffled", shuffled, "true"),
-                                  ("motion_swapped", z0, "motion_swapped"), ("empty", z0, None)):
-        noisy, target, _ = common.v_targets(clips, noise, t, alphas_cumprod)
-        losses, between = [], []
-        for i in range(0, n, batch):
+    states: dict[tuple[str | None, int], torch.Tensor] = {}
+
+    def text_states(captions: str | None, i: int) -> torch.Tensor:
+        key = (captions, i)
+        if key not in states:
             sl = slice(i, i + batch)
-            b = noisy[sl].shape[0]
             with common.autocast(device):
-                cond = empty.expand(b, -1, -1) if captions is None else text_encoder(ids[captions][sl]).last_hidden_state
-                cond = cond.float().repeat_interleave(clips.shape[2], dim=0)
-                pred = unet(noisy[sl], t[sl], encoder_hidden_states=cond, return_dict=False)[0]
-            err = pred.float() - target[sl]
-            losses.append(err.pow(2).mean(dim=(1, 2, 3, 4)))
-            between.append((err - err.mean(dim=2, keepdim=True)).pow(2).mean(dim=(1, 2, 3, 4)))
-        out[name] = float(torch.cat(losses).mean())
-        if name in ("true", "motion_swapped"):
-            out[f"{name}_between_frames"] = float(torch.cat(between).mean())
-    return out
+                cond = empty.expand(z0[sl].shape[0], -1, -1) if captions is None else text_encoder(ids[captions][sl]).last_hidden_state
+            states[key] = cond.float().repeat_interleave(z0.shape[2], dim=0)
+        return states[key]
+
+    readings = []
+    for t_range in t_ranges:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(z0.shape, generator=g).to(device)
+        t = torch.randint(int(t_range[0]), int(t_range[1]), (n,), generator=g).to(device)
+        perm = torch.stack([torch.randperm(z0.shape[2], generator=g) for _ in range(n)]).to(device)
+        shuffled = torch.gather(z0, 2, perm[:, None, :, None, None].expand_as(z0))
+        out = {}
+        for name, clips, captions in (("true", z0, "true"), ("frames_shuffled", shuffled, "true"),
+                                      ("motion_swapped", z0, "motion_swapped"), ("empty", z0, None)):
+            noisy, target, _ = common.v_targets(clips, noise, t, alphas_cumprod)
+            losses, between = [], []
+            for i in range(0, n, batch):
+                sl = slice(i, i + batch)
+                with common.autocast(device):
+                    pred = unet(noisy[sl], t[sl], encoder_hidden_states=text_states(captions, i), return_dict=False)[0]
+                err = pred.float() - target[sl]
+                losses.append(err.pow(2).mean(dim=(1, 2, 3, 4)))
+                between.append((err - err.mean(dim=2, keepdim=True)).pow(2).mean(dim=(1, 2, 3, 4)))
+            out[name] = float(torch.cat(losses).mean())
+            if name in ("true", "motion_swapped"):
+                out[f"{name}_between_frames"] = float(torch.cat(between).mean())
+        readings.append(out)
+    return readings
 
 
 def _probe_line(probe: dict[str, float]) -> str:
@@ -424,12 +443,11 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
     alphas_cumprod = training_alphas_cumprod(device)
     n_t = alphas_cumprod.shape[0]
 
-    probe_args = dict(n=cfg.probe_examples, frames=cfg.frames)
+    probe_args = dict(n=cfg.probe_examples, frames=cfg.frames, t_ranges=((200, 800), HIGH_NOISE))
     probe_names = "true caption / frames shuffled / motions swapped in the caption / empty caption"
     unet.eval()
-    probe_before = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
+    probe_before, high_before = motion_probes(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
     say(f"held-out v-loss before training ({probe_names}): {_probe_line(probe_before)}")
-    high_before = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, t_range=HIGH_NOISE, **probe_args)
     say(f"  the same at t in [{HIGH_NOISE[0]}, {HIGH_NOISE[1]}): {_probe_line(high_before)}")
     unet.train()
 
@@ -496,9 +514,8 @@ def train_motion(args: common.RunArgs, cfg: MotionTrain | None = None, quiet: bo
 
     unet.eval()
     ema.copy_to(unet)
-    probe_after = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
+    probe_after, high_after = motion_probes(unet, text_encoder, encoder, empty, alphas_cumprod, device, **probe_args)
     say(f"held-out v-loss after training ({probe_names}): {_probe_line(probe_after)}")
-    high_after = motion_probe(unet, text_encoder, encoder, empty, alphas_cumprod, device, t_range=HIGH_NOISE, **probe_args)
     say(f"  the same at t in [{HIGH_NOISE[0]}, {HIGH_NOISE[1]}): {_probe_line(high_after)}")
     adapter_from_unet(unet, adapter)
     save_adapter_folder(out, adapter, DEFAULTS)
