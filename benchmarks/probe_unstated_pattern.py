@@ -23,6 +23,7 @@ import argparse
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 
 PROMPTS = ("a red circle", "a big red circle", "a red circle on the left and a blue square on the right")
 
@@ -54,22 +55,17 @@ def caption_prior(scenes: int = 20000, seed: int = 123) -> dict[str, dict[str, f
 def model_patterns(n: int, prompts=PROMPTS, model: str = "shapes", device: str = "cpu") -> dict[str, dict]:
     """Per prompt: the objects the reader finds in ``n`` images, counted by ``shape/pattern``."""
     from attncraft.loading import load_text_to_image
-    from attncraft.pipelines.text_to_image import TextToImageSettings, generate
+    from attncraft.pipelines.text_to_image import default_settings, generate
     from attncraft.shapes.reader import read_images
 
     loaded = load_text_to_image(model, device=device)
-    defaults = loaded.defaults
     out = {}
     for prompt in prompts:
-        images = []
+        settings, images = default_settings(loaded, prompt), []
         for start in range(0, n, 16):
-            settings = TextToImageSettings(prompt=prompt, seed=start, count=min(16, n - start),
-                                           width=defaults.get("width", 64), height=defaults.get("height", 64),
-                                           num_inference_steps=defaults.get("num_inference_steps", 25),
-                                           guidance_scale=defaults.get("guidance_scale", 7.5))
-            images += generate(loaded, settings).images
+            images += generate(loaded, replace(settings, seed=start, count=min(16, n - start))).images
         found = Counter(f"{o.shape}/{o.pattern}" for scene in read_images(images) for o in scene.objects)
-        out[prompt] = {"images": len(images), "guidance": defaults.get("guidance_scale", 7.5), "objects": dict(found)}
+        out[prompt] = {"images": len(images), "guidance": settings.guidance_scale, "objects": dict(found)}
     return out
 
 

@@ -246,7 +246,6 @@ def training_alphas_cumprod(device: torch.device) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0).float().to(device)
 
 
-@torch.no_grad()
 def with_frame_weights(cfg: MotionTrain, args: common.RunArgs) -> MotionTrain:
     """``cfg`` with ``--frame-deviation-weight`` / ``--motion-region-weight`` applied and checked."""
     if args.frame_deviation_weight is not None:
