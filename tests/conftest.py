@@ -4,6 +4,7 @@ no progress bars, and session-scoped tiny-model factories."""
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["ATTNCRAFT_PROGRESS"] = "0"
@@ -13,6 +14,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Without a GPU, Triton kernels (TAR's, attncraft/attention_processors/ctgm_kernels.py) run in Triton's CPU
+# interpreter. The switch is read when Triton is imported, so it is set here, before any test imports it.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,9 @@ Choices, and where this deviates from the reference code (spec sections 2 and 4.
   with a clear error. No gradient checkpointing is forced (the reference always checkpoints TAR and
   TFB), and the fused kernels (SDPA) run inside the temporal modules, except for TAR's heads of 9,
   which no fused kernel takes: on CUDA they run as two batched matrix products over the frames
-  (:class:`ShortSequenceProcessor`, 1.7x faster than SDPA at that shape).
+  (:class:`ShortSequenceProcessor`, 1.7x faster than SDPA at that shape). With
+  ``tar_kernel="auto"`` TAR's two temporal modules run at inference on CUDA (fp16 / bf16) as one fused
+  Triton kernel each (:mod:`.ctgm_kernels`), reading and writing the scores in their own layout.
 * **CFG**: both halves, as the reference (one batch).
 
 The trainable parts live in a :class:`CTGM` module *outside* the UNet (its ``state_dict`` keys
@@ -89,7 +91,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -197,6 +198,9 @@ def _zero(linear: nn.Linear) -> nn.Linear:
 
 HEAD_ALIGNMENT = 8
 """Head widths the fused CUDA attention kernels take (a multiple of 8 in half precision)."""
+
+TAR_KERNELS = ("auto", "eager", "triton")
+"""How TAR's temporal modules run at inference (:meth:`CTGMLayer.refine_scores`)."""
 
 SHORT_SEQUENCE = 32
 """Longest sequence :class:`ShortSequenceProcessor` computes explicitly (the frame cap of the motion
@@ -361,9 +365,27 @@ class CTGMLayer(nn.Module):
         if "tfb" in components:
             self.tfb = TemporalModule(spec.inner_dim, heads, max_frames)
 
-    def refine_scores(self, scores: torch.Tensor, num_frames: int, hw: tuple[int, int], faithful: bool) -> torch.Tensor:
+    def refine_scores(self, scores: torch.Tensor, num_frames: int, hw: tuple[int, int], faithful: bool,
+                      kernel: str = "eager") -> torch.Tensor:  # fmt: skip
         """TAR on pre-softmax scores ``(B*F, heads, h*w, T)``; frame 0 passes through (identity mode)
-        or is doubled with the rest (``faithful``)."""
+        or is doubled with the rest (``faithful``).
+
+        ``kernel``: ``"eager"`` (default) the modules; ``"auto"`` the fused Triton kernel
+        (:mod:`.ctgm_kernels`) where it can run (CUDA, fp16 / bf16 modules, no gradients wanted) and the
+        modules elsewhere; ``"triton"`` the kernel or an error saying why it cannot run. The kernel is
+        opt-in until the fault described in :mod:`.ctgm_kernels` is understood.
+        """
+        if kernel not in TAR_KERNELS:
+            raise InputError(f"unknown TAR kernel {kernel!r}", f"pass one of: {', '.join(TAR_KERNELS)}")
+        if kernel != "eager":
+            from attncraft.attention_processors import ctgm_kernels
+
+            problem = ctgm_kernels.fused_tar_problem(self.tar, scores, num_frames)
+            if problem is None:
+                out = ctgm_kernels.fused_tar(self.tar, scores, num_frames)
+                return scores + out if faithful else out
+            if kernel == "triton":
+                raise TechniqueError(f"TAR's fused kernel cannot run here: {problem}", "pass tar_kernel='auto' or 'eager'")
         nf, heads, q, t = scores.shape
         b, f, (h, w) = nf // num_frames, num_frames, hw
         grid = scores.view(b, f, heads, h, w, t)
@@ -827,7 +849,11 @@ class CrossFrameTextGuidance(AttentionTechnique):
     ``ctgm`` is a :class:`CTGM` (or a path to a file of :func:`save_ctgm`). ``components`` (a subset of
     the CTGM's) switches parts off at inference; default: all the mode has. With ``follow_unet``
     (default) the CTGM moves to the device and dtype of the UNet's activations at each call; trainers
-    pass ``follow_unet=False`` and place it themselves.
+    pass ``follow_unet=False`` and place it themselves. ``tar_kernel`` (``"eager"``, ``"auto"``,
+    ``"triton"``) says how TAR's temporal modules run (:meth:`CTGMLayer.refine_scores`): by default
+    as PyTorch modules; ``"auto"`` takes the fused Triton kernel of :mod:`.ctgm_kernels` where it can
+    (CUDA, fp16 / bf16, no gradients), which cut a whole AnimateDiff run with TAR on 16 sites from
+    2.41x to 1.88x stock on an H200 (``benchmarks/RESULTS.md``).
 
     Runs before map-editing techniques on the same layers (``order`` 50: CTGM is a part of the model,
     other techniques edit what the model computes). On a run with VSTAR or BroadWay (temporal layers)
@@ -840,7 +866,7 @@ class CrossFrameTextGuidance(AttentionTechnique):
     order = 50
 
     def __init__(self, ctgm: CTGM | str | os.PathLike, *, components: Iterable[str] | None = None,
-                 follow_unet: bool = True):
+                 follow_unet: bool = True, tar_kernel: str = "eager"):
         if not isinstance(ctgm, CTGM):
             ctgm = load_ctgm(ctgm)
         self.ctgm = ctgm
@@ -855,6 +881,9 @@ class CrossFrameTextGuidance(AttentionTechnique):
                                  f"choose among {', '.join(ctgm.components)}")  # fmt: skip
         self.use = frozenset(use)
         self.follow_unet = bool(follow_unet)
+        if tar_kernel not in TAR_KERNELS:
+            raise InputError(f"unknown TAR kernel {tar_kernel!r}", f"pass one of: {', '.join(TAR_KERNELS)}")
+        self.tar_kernel = tar_kernel
         names = frozenset(ctgm.layers)
         super().__init__(select_layers(kinds="cross", predicate=lambda layer: layer.name in names))
         self._hooks: dict[int, list] = {}
@@ -930,7 +959,7 @@ class CrossFrameTextGuidance(AttentionTechnique):
                                  f"{call.layer.name} gets {tokens}", "use the text encoder the CTGM was trained with")  # fmt: skip
         self._place(scores.device, call.query.dtype)
         layer = self.ctgm.layers[call.layer.name]
-        return layer.refine_scores(scores, call.num_frames, self._resolution(call), self.faithful)
+        return layer.refine_scores(scores, call.num_frames, self._resolution(call), self.faithful, self.tar_kernel)
 
     def edit_output(self, call: AttentionCall, output: torch.Tensor) -> torch.Tensor:
         if "tfb" not in self.use:
@@ -950,7 +979,7 @@ class CrossFrameTextGuidance(AttentionTechnique):
             "sha256_16": file_fingerprint(source) if source is not None else None,
             "mode": config.mode, "components": sorted(self.use), "faithful": config.faithful,
             "sites": config.sites, "num_sites": len(config.layout), "text_tokens": config.text_tokens,
-            "max_frames": config.max_frames,
+            "max_frames": config.max_frames, "tar_kernel": self.tar_kernel,
         }  # fmt: skip
 
 

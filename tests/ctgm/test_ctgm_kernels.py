@@ -1,0 +1,145 @@
+"""TAR's fused Triton kernel (``attncraft/attention_processors/ctgm_kernels.py``), run in Triton's CPU
+interpreter: the same function as the eager temporal modules on random inputs and random weights (every
+zero-initialised projection drawn), within the rounding of the weights' dtype; frame 0 untouched; the
+GroupNorm statistics chained between modules; partial tiles, one frame, frames past 16, other token
+counts; the checks that send a call to the eager path; and the technique's switch. fp16 only: the
+interpreter's bf16 matrix products are wrong (Triton 3.6: a bf16 ``tl.dot`` there returns garbage), so
+bf16 is checked on the GPU (``benchmarks/bench_ctgm_attention.py --kernel`` compares both dtypes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from attncraft.attention_processors.ctgm import CTGM, CTGMLayer, TemporalModule  # noqa: E402
+from attncraft.errors import InputError, TechniqueError  # noqa: E402
+from ctgm_helpers import call_unet, trained_like  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """ctgm_kernels, its kernels compiled for CUDA or (tests/conftest.py) run in Triton's CPU interpreter."""
+    from attncraft.attention_processors import ctgm_kernels
+
+    if not ctgm_kernels.interpreting():
+        if not torch.cuda.is_available():
+            pytest.skip("Triton was imported before TRITON_INTERPRET was set, and there is no GPU")
+        pytest.skip("run on the CPU interpreter (GPU parity: benchmarks/bench_ctgm_attention.py --kernel)")
+    assert type(ctgm_kernels._temporal_module_kernel).__name__ == "InterpretedFunction"
+    return ctgm_kernels
+
+
+def random_modules(tokens: int, count: int = 2, heads: int = 8, seed: int = 0) -> list[TemporalModule]:
+    """Temporal modules over ``tokens`` channels with every weight random (none is the identity)."""
+    torch.manual_seed(seed)
+    modules = [TemporalModule(tokens, heads, 32) for _ in range(count)]
+    with torch.no_grad():
+        for module in modules:
+            for name, param in module.named_parameters():
+                if name.endswith("weight") and ("norm" in name):
+                    param.copy_(1.0 + 0.2 * torch.randn_like(param))
+                elif param.ndim > 1:
+                    param.copy_(torch.randn_like(param) / param.shape[1] ** 0.5)
+                else:
+                    param.copy_(0.1 * torch.randn_like(param))
+    return [m.eval().requires_grad_(False) for m in modules]
+
+
+def layer_of(modules) -> CTGMLayer:
+    layer = CTGMLayer.__new__(CTGMLayer)
+    torch.nn.Module.__init__(layer)
+    layer.tar = torch.nn.ModuleList(modules)
+    layer.name = "test"
+    return layer
+
+
+def errors(scores, frames, hw, modules, dtype, kernels):
+    """Relative error of the kernel's and of the eager modules' refinement (modules in ``dtype``, the
+    scores in their own) against the eager modules in fp32: ``||out - ref|| / ||ref - scores||``."""
+    reference = layer_of(modules).refine_scores(scores.float(), frames, hw, False, "eager")
+    low = [m.to(dtype) for m in modules]
+    fused = kernels.fused_tar(low, scores, frames)
+    eager = layer_of(low).refine_scores(scores, frames, hw, False, "eager")
+    [m.float() for m in modules]
+    change = (reference - scores.float()).norm()
+    return fused, ((fused.float() - reference).norm() / change).item(), ((eager.float() - reference).norm() / change).item()
+
+
+@pytest.mark.parametrize("case", [
+    # fp32 scores and fp16 modules: what the core hands TAR in an fp16 pipeline; 9 pixels: a partial tile
+    dict(clips=2, frames=6, heads=1, hw=(3, 3), tokens=77, scores=torch.float32, modules=2),
+    dict(clips=1, frames=2, heads=1, hw=(2, 2), tokens=16, scores=torch.float16, modules=2),  # one frame; 1 channel a group
+    dict(clips=1, frames=20, heads=1, hw=(2, 3), tokens=77, scores=torch.float32, modules=3),  # 19 frames (32 padded); 3 chained
+    dict(clips=1, frames=4, heads=2, hw=(1, 4), tokens=77, scores=torch.float16, modules=1),  # one module: no statistics out
+])  # fmt: skip
+def test_the_kernel_computes_the_eager_modules(kernels, case):
+    g = torch.Generator().manual_seed(3)
+    frames, (h, w) = case["frames"], case["hw"]
+    scores = 2.0 * torch.randn(case["clips"] * frames, case["heads"], h * w, case["tokens"], generator=g) + 1.0
+    scores = scores.to(case["scores"])
+    modules = random_modules(case["tokens"], case["modules"])
+    with torch.no_grad():
+        fused, kernel_error, eager_error = errors(scores, frames, (h, w), modules, torch.float16, kernels)
+    assert fused.dtype == scores.dtype and fused.shape == scores.shape and torch.isfinite(fused).all()
+    # as close to the fp32 modules as the eager modules in fp16 are (about 1e-3)
+    assert kernel_error < 3e-3, (kernel_error, eager_error)
+    assert kernel_error < 1.5 * eager_error + 1e-4, (kernel_error, eager_error)
+    view = (case["clips"], frames, case["heads"], h * w, case["tokens"])
+    assert torch.equal(fused.view(view)[:, 0], scores.view(view)[:, 0])  # frame 0, bit for bit
+
+
+def test_the_layer_takes_the_kernel_where_it_can_and_says_why_not(kernels, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    frames, hw = 3, (1, 4)
+    scores = torch.randn(frames, 1, 4, 77, generator=g).half()
+    layer = layer_of([m.half() for m in random_modules(77)])
+    with torch.no_grad():
+        fused = kernels.fused_tar(layer.tar, scores, frames)
+        assert torch.equal(layer.refine_scores(scores, frames, hw, False, "auto"), fused)  # the kernel where it can
+        assert torch.equal(layer.refine_scores(scores, frames, hw, False, "triton"), fused)
+        assert torch.equal(layer.refine_scores(scores, frames, hw, True, "triton"), scores + fused)  # faithful: 2 S + delta
+        eager = layer.refine_scores(scores, frames, hw, False)  # the default
+        assert torch.equal(eager, layer.refine_scores(scores, frames, hw, False, "eager"))
+        assert not torch.equal(eager, fused) and torch.allclose(eager.float(), fused.float(), atol=0.05, rtol=0.01)
+        with pytest.raises(TechniqueError, match="fused kernel cannot run here: the kernel runs fp16 or bf16 modules"):
+            layer.float().refine_scores(scores.float(), frames, hw, False, "triton")
+        layer.half()
+    with pytest.raises(TechniqueError, match="gradients are wanted"):
+        layer.tar[0].proj_in.weight.requires_grad_(True)
+        layer.refine_scores(scores, frames, hw, False, "triton")
+    layer.requires_grad_(False)
+    assert "2 to 33 frames" in kernels.fused_tar_problem(layer.tar, scores, 34)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # outside the interpreter the kernel wants CUDA tensors
+    assert kernels.fused_tar_problem(layer.tar, scores, frames) == "the scores are not on a CUDA device"
+    with pytest.raises(InputError, match="unknown TAR kernel 'fast'.*auto, eager, triton"):
+        layer.refine_scores(scores, frames, hw, False, "fast")
+
+
+def test_the_technique_passes_its_kernel_choice_to_tar(kernels, unet, monkeypatch):
+    ctgm = trained_like(CTGM.for_unet(unet, text_tokens=77, mode="tar"), std=0.2)
+    with pytest.raises(InputError, match="unknown TAR kernel"):
+        ctgm.technique(tar_kernel="fast")
+    assert ctgm.technique().settings()["tar_kernel"] == "eager"  # the kernel is opt-in
+    half = ctgm.half()  # the UNet stays fp32 (fp16 convolutions crawl on a CPU); TAR's modules in fp16
+    eager = call_unet(unet, half.technique(tar_kernel="eager", follow_unet=False))
+    # The tiny UNet's TAR takes minutes in the interpreter: a stand-in kernel, which returns the eager
+    # refinement, shows which calls reach it and that its result is what the UNet goes on with.
+    seen = []
+
+    def stand_in(modules, scores, num_frames):
+        seen.append(scores.shape)
+        layer = next(l for l in half.layers.values() if l.tar is modules)
+        return layer.refine_scores(scores, num_frames, HW_OF[scores.shape[2]], False, "eager")
+
+    HW_OF = {16: (4, 4), 4: (2, 2)}
+    monkeypatch.setattr(kernels, "fused_tar", stand_in)
+    assert torch.equal(call_unet(unet, half.technique(tar_kernel="triton", follow_unet=False)), eager)
+    assert len(seen) == len(half.layers) and all(shape[-1] == 77 for shape in seen)
+    seen.clear()
+    assert torch.equal(call_unet(unet, half.technique(tar_kernel="auto", follow_unet=False)), eager)  # interpreter: a "device"
+    assert len(seen) == len(half.layers)
+    seen.clear()
+    call_unet(unet, half.technique(follow_unet=False))
+    assert not seen
