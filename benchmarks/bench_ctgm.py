@@ -16,7 +16,10 @@ pipeline and timed in interleaved rounds (order rotated each round):
   sites TAR is 8.7 % of the UNet call's FLOPs at this size, on these 7 3.5 % (``benchmarks/RESULTS.md``),
   so this is where the 5 % can be met;
 * ``all``   - CTGM ``all`` (TII + TAR + TFB) on the 16 sites (992.5 M parameters): the latent
-  refinement alone is two extra motion modules per site.
+  refinement alone is two extra motion modules per site;
+* ``tar_fused``, ``tar_part_fused`` - ``tar`` and ``tar_part`` with ``tar_kernel="auto"``: TAR's
+  temporal modules as the fused Triton kernel of ``attncraft/attention_processors/ctgm_kernels.py``
+  instead of PyTorch modules (the default, which the other variants run).
 
 Reported per variant: whole-run seconds (median over rounds) and ratio to stock, the median UNet call
 (CUDA events around every call, read after the run) and its ratio, CTGM's parameters, and the peak
@@ -38,15 +41,23 @@ from pathlib import Path
 
 import torch
 
-from attncraft.attention_processors import apply_techniques
 from attncraft.attention_processors.ctgm import CTGM
 from attncraft.devices import DTYPES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_broadway_vstar import build_pipeline, fmt, interleaved, run_arguments  # noqa: E402  (shared pieces)
 
-VARIANTS = ("stock", "tar", "tar_part", "all")
-MODES = {"tar": ("tar", "all"), "tar_part": ("tar", "part"), "all": ("all", "all")}  # variant: (mode, sites)
+VARIANTS = ("stock", "tar", "tar_fused", "tar_part", "tar_part_fused", "all")
+MODES = {"tar": ("tar", "all"), "tar_part": ("tar", "part"), "all": ("all", "all")}  # CTGM: (mode, sites)
+FUSED = {"tar_fused": "tar", "tar_part_fused": "tar_part"}  # variant: the CTGM it runs with tar_kernel="auto"
+
+
+def techniques_of(ctgms: dict, variant: str) -> list:
+    if variant == "stock":
+        return []
+    if variant in FUSED:
+        return [ctgms[FUSED[variant]].technique(tar_kernel="auto")]
+    return [ctgms[variant].technique()]
 
 
 def random_ctgm(pipe, mode: str, device: torch.device, dtype: torch.dtype, seed: int = 0, sites: str = "all") -> CTGM:
@@ -81,7 +92,14 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = run_arguments(__doc__.split("\n")[0]).parse_args(argv)
+    parser = run_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--tar-config", default=None, metavar="PIXELSxWARPS",
+                        help="launch configuration of TAR's fused kernel (default: ctgm_kernels' own)")
+    args = parser.parse_args(argv)
+    if args.tar_config:
+        from attncraft.attention_processors import ctgm_kernels
+
+        ctgm_kernels.DEFAULT_BLOCK_PIXELS, ctgm_kernels.DEFAULT_WARPS = (int(v) for v in args.tar_config.split("x"))
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
 
@@ -90,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ctgms = {v: random_ctgm(pipe, mode, device, dtype, sites=sites) for v, (mode, sites) in MODES.items()}
     built = time.perf_counter() - built
     params = {mode: c.parameter_counts()["total"] for mode, c in ctgms.items()}
-    results = interleaved(pipe, VARIANTS, lambda v: [] if v == "stock" else [ctgms[v].technique()], args, device)
+    results = interleaved(pipe, VARIANTS, lambda v: techniques_of(ctgms, v), args, device)
     summary = summarise(results)
 
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for variant in VARIANTS:
         s = summary[variant]
-        count = f"{params[variant] / 1e6:.2f} M" if variant in params else "-"
+        count = f"{params[FUSED.get(variant, variant)] / 1e6:.2f} M" if FUSED.get(variant, variant) in params else "-"
         print(f"| {variant} | {count} | {s['seconds']:.3f} | {s['ratio']:.4f} | {s['ms_per_call']:.2f} | "
               f"{s['call_ratio']:.4f} | {fmt(s['loop_peak_gib'], '{:.2f}')} | {fmt(s['peak_gib'], '{:.2f}')} |")
     if args.json:

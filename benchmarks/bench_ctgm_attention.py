@@ -13,8 +13,14 @@ input of one TAR module at those layers, ``(16 * 15, 77, 64, 64)`` (2 CFG halves
 frames), with diffusers' SDPA processor, with ``ShortSequenceProcessor``, and (``--compile``) with the
 latter under ``torch.compile``. CUDA events, mean of ``--calls`` calls after 3 warm-up calls.
 
+Part 3 (``--kernel``) times TAR whole (both temporal modules) on the fp32 scores the core hands it, at
+each layer size of SD 1.5 at 512x512 with guidance (2 x 16 frames, 8 heads, 64x64 down to 8x8 pixels,
+77 tokens): the eager modules against the fused Triton kernel of
+``attncraft/attention_processors/ctgm_kernels.py`` in each launch configuration (``--configs``), with
+each path's relative error against the same modules in fp32, for fp16 and bf16 modules.
+
 Usage (GPU, under a minute; the compile adds about 20 s): ``python benchmarks/bench_ctgm_attention.py
---device cuda --compile``. ``--tiny --device cpu`` runs the same code at tiny sizes (a smoke test; numbers mean
+--device cuda --compile --kernel``. ``--tiny --device cpu`` runs the same code at tiny sizes (a smoke test; numbers mean
 nothing).
 """
 
@@ -131,6 +137,75 @@ def module_rows(device, dtype, clips: int, size: int, calls: int, compile_too: b
     return rows
 
 
+def random_tar(dtype: torch.dtype, device, seed: int = 0) -> list:
+    """TAR's two temporal modules over 77 text tokens, every weight random (no identity branch)."""
+    from attncraft.attention_processors.ctgm import TemporalModule
+
+    torch.manual_seed(seed)
+    modules = [TemporalModule(77) for _ in range(2)]
+    with torch.no_grad():
+        for module in modules:
+            for name, param in module.named_parameters():
+                if name.endswith("weight") and "norm" in name:
+                    param.copy_(1.0 + 0.1 * torch.randn_like(param))
+                elif param.ndim > 1:
+                    param.copy_(torch.randn_like(param) / param.shape[1] ** 0.5)
+                else:
+                    param.copy_(0.02 * torch.randn_like(param))
+    return [m.to(device, dtype).eval().requires_grad_(False) for m in modules]
+
+
+def tar_rows(device, dtypes, clips: int, frames: int, heads: int, sizes, calls: int,
+             configs) -> list[tuple[str, str, int, float | None, float | None]]:  # fmt: skip
+    """TAR (both temporal modules) on fp32 scores ``(clips * frames, heads, size^2, 77)``, as the core hands
+    them at each layer size: the eager modules against the fused kernel (each launch configuration).
+    Rows: (path, modules' dtype, size, ms, relative error against the fp32 modules)."""
+    from attncraft.attention_processors import ctgm_kernels
+    from attncraft.attention_processors.ctgm import CTGMLayer
+
+    def layer(modules):
+        out = CTGMLayer.__new__(CTGMLayer)
+        torch.nn.Module.__init__(out)
+        out.tar = torch.nn.ModuleList(modules)
+        return out
+
+    measure = timer(device)
+    reference = layer(random_tar(torch.float32, device))
+    rows = []
+    for dtype in dtypes:
+        low = layer(random_tar(dtype, device))
+        for size in sizes:
+            g = torch.Generator(device="cpu").manual_seed(size)
+            scores = (2.0 * torch.randn(clips * frames, heads, size * size, 77, generator=g) + 1.0).to(device)
+            with torch.no_grad():
+                ref = reference.refine_scores(scores, frames, (size, size), False, "eager")
+            change = float((ref - scores).norm())
+            name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+            def error(out):
+                return float((out.float() - ref).norm()) / change
+
+            def eager():
+                return low.refine_scores(scores, frames, (size, size), False, "eager")
+
+            with torch.no_grad():
+                rows.append(("eager modules", name, size, measure(eager, calls), error(eager())))
+            problem = ctgm_kernels.fused_tar_problem(low.tar, scores, frames)
+            for block_pixels, warps in configs:
+                label = f"fused kernel, {block_pixels} pixels x {warps} warps"
+                if problem is not None:
+                    rows.append((f"{label} ({problem})", name, size, None, None))
+                    continue
+
+                def fused(bp=block_pixels, w=warps):
+                    return ctgm_kernels.fused_tar(low.tar, scores, frames, block_pixels=bp, num_warps=w)
+
+                with torch.no_grad():
+                    err = error(fused())
+                rows.append((label, name, size, measure(fused, calls), err))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from attncraft.devices import DTYPES
 
@@ -140,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="also time the module under torch.compile")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke run)")
+    p.add_argument("--kernel", action="store_true",
+                   help="also time TAR's fused Triton kernel against the eager modules, per layer size and launch configuration")
+    p.add_argument("--kernel-only", action="store_true", help="only the --kernel part")
+    p.add_argument("--configs", default="2x4,4x4,4x8,8x8",
+                   help="the kernel's launch configurations, PIXELSxWARPS, comma-separated (first: the default's)")
     args = p.parse_args(argv)
+    args.kernel = args.kernel or args.kernel_only
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     sequences, clips, size = (64, 2, 4) if args.tiny else (32768, 16, 64)
 
@@ -149,6 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Command: `python benchmarks/bench_ctgm_attention.py {' '.join(sys.argv[1:] if argv is None else argv)}`")
     print()
+    if args.kernel:
+        configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+        clips, frames, heads, sizes = (1, 4, 2, (2,)) if args.tiny else (2, 16, 8, (64, 32, 16, 8))
+        print(f"TAR, both temporal modules, on fp32 scores ({clips} x {frames} frames, {heads} heads, size^2 pixels, 77 "
+              f"tokens) as the core hands them; modules with random weights; mean of {args.calls} calls. Error: "
+              "||out - ref|| / ||ref - scores||, ref the same modules in fp32.")
+        print()
+        print("| path | modules | layer | ms | relative error |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        dtypes = (torch.float16,) if args.tiny else (torch.float16, torch.bfloat16)
+        for name, kind, size, ms, err in tar_rows(device, dtypes, clips, frames, heads, sizes, args.calls, configs):
+            print(f"| {name} | {kind} | {size}x{size} | {'-' if ms is None else f'{ms:.3f}'} | "
+                  f"{'-' if err is None else f'{err:.2e}'} |")
+        print()
+        if args.kernel_only:
+            return 0
     print(f"One slice: {sequences:,} sequences x 8 heads x 15 frames x 9 channels; mean of {args.calls} calls.")
     print()
     print("| attention | ms | max abs difference to the explicit fp32-softmax form |")

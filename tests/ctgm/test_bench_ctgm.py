@@ -24,7 +24,7 @@ def test_benchmark_times_every_variant(tmp_path, capsys):
     assert bench.main(["--tiny", "--device", "cpu", "--dtype", "fp32", "--frames", "3", "--size", "16", "--steps", "2",
                        "--rounds", "1", "--warmup", "0", "--json", str(out)]) == 0  # fmt: skip
     data = json.loads(out.read_text())
-    assert list(data["summary"]) == ["stock", "tar", "tar_part", "all"]
+    assert list(data["summary"]) == ["stock", "tar", "tar_fused", "tar_part", "tar_part_fused", "all"]
     assert data["parameters"]["all"] > data["parameters"]["tar"] > data["parameters"]["tar_part"] > 0
     for variant in bench.VARIANTS:
         (run,) = data["runs"][variant]
@@ -55,3 +55,14 @@ def test_attention_benchmark_times_every_path_and_agrees(capsys):
     for name in ("explicit, softmax in fp32", "SDPA, math, heads of 9", "SDPA, math, heads padded to 16",
                  "ShortSequenceProcessor (explicit, fp32 softmax)"):
         assert float(named[name][1]) > 0 and float(named[name][2]) < 1e-5, name
+
+
+@pytest.mark.slow
+def test_attention_benchmark_times_tars_kernel_against_the_eager_modules(capsys):
+    bench = _script("bench_ctgm_attention")
+    assert bench.main(["--tiny", "--device", "cpu", "--calls", "1", "--kernel-only", "--configs", "4x4"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    named = {r[0].strip(): [c.strip() for c in r] for r in rows}
+    eager, fused = named["eager modules"], named["fused kernel, 4 pixels x 4 warps"]  # the kernel in Triton's interpreter
+    assert eager[1] == fused[1] == "fp16" and float(eager[3]) > 0 and float(fused[3]) > 0
+    assert 0 < float(fused[4]) < 3e-3 and 0 < float(eager[4]) < 3e-3  # both as close to the fp32 modules
