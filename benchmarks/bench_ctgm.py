@@ -17,9 +17,10 @@ pipeline and timed in interleaved rounds (order rotated each round):
   so this is where the 5 % can be met;
 * ``all``   - CTGM ``all`` (TII + TAR + TFB) on the 16 sites (992.5 M parameters): the latent
   refinement alone is two extra motion modules per site;
-* ``tar_fused``, ``tar_part_fused`` - ``tar`` and ``tar_part`` with ``tar_kernel="auto"``: TAR's
-  temporal modules as the fused Triton kernel of ``attncraft/attention_processors/ctgm_kernels.py``
-  instead of PyTorch modules (the default, which the other variants run).
+* ``tar_fused``, ``tar_part_fused`` - ``tar`` and ``tar_part`` with ``tar_kernel="auto"`` (the default,
+  which ``all`` runs too): TAR's temporal modules as the fused Triton kernel of
+  ``attncraft/attention_processors/ctgm_kernels.py``; ``tar`` and ``tar_part`` run them as PyTorch
+  modules (``tar_kernel="eager"``).
 
 Reported per variant: whole-run seconds (median over rounds) and ratio to stock, the median UNet call
 (CUDA events around every call, read after the run) and its ratio, CTGM's parameters, and the peak
@@ -57,6 +58,8 @@ def techniques_of(ctgms: dict, variant: str) -> list:
         return []
     if variant in FUSED:
         return [ctgms[FUSED[variant]].technique(tar_kernel="auto")]
+    if variant in ("tar", "tar_part"):
+        return [ctgms[variant].technique(tar_kernel="eager")]
     return [ctgms[variant].technique()]
 
 

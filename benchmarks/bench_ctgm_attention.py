@@ -193,8 +193,9 @@ def tar_rows(device, dtypes, clips: int, frames: int, heads: int, sizes, calls: 
             problem = ctgm_kernels.fused_tar_problem(low.tar, scores, frames)
             for block_pixels, warps in configs:
                 label = f"fused kernel, {block_pixels} pixels x {warps} warps"
-                if problem is not None:
-                    rows.append((f"{label} ({problem})", name, size, None, None))
+                refused = problem or ctgm_kernels.launch_problem(block_pixels, warps, frames)
+                if refused is not None:
+                    rows.append((f"{label} ({refused})", name, size, None, None))
                     continue
 
                 def fused(bp=block_pixels, w=warps):
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", action="store_true",
                    help="also time TAR's fused Triton kernel against the eager modules, per layer size and launch configuration")
     p.add_argument("--kernel-only", action="store_true", help="only the --kernel part")
-    p.add_argument("--configs", default="2x4,4x4,4x8,8x8",
+    p.add_argument("--configs", default="4x4,2x4,8x4,8x8",
                    help="the kernel's launch configurations, PIXELSxWARPS, comma-separated (first: the default's)")
     args = p.parse_args(argv)
     args.kernel = args.kernel or args.kernel_only

@@ -67,9 +67,9 @@ Choices, and where this deviates from the reference code (spec sections 2 and 4.
   with a clear error. No gradient checkpointing is forced (the reference always checkpoints TAR and
   TFB), and the fused kernels (SDPA) run inside the temporal modules, except for TAR's heads of 9,
   which no fused kernel takes: on CUDA they run as two batched matrix products over the frames
-  (:class:`ShortSequenceProcessor`, 1.7x faster than SDPA at that shape). With
-  ``tar_kernel="auto"`` TAR's two temporal modules run at inference on CUDA (fp16 / bf16) as one fused
-  Triton kernel each (:mod:`.ctgm_kernels`), reading and writing the scores in their own layout.
+  (:class:`ShortSequenceProcessor`, 1.7x faster than SDPA at that shape). At inference on CUDA (fp16 /
+  bf16) TAR's two temporal modules run by default as one fused Triton kernel each
+  (:mod:`.ctgm_kernels`, ``tar_kernel="auto"``), reading and writing the scores in their own layout.
 * **CFG**: both halves, as the reference (one batch).
 
 The trainable parts live in a :class:`CTGM` module *outside* the UNet (its ``state_dict`` keys
@@ -92,6 +92,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -366,25 +367,36 @@ class CTGMLayer(nn.Module):
             self.tfb = TemporalModule(spec.inner_dim, heads, max_frames)
 
     def refine_scores(self, scores: torch.Tensor, num_frames: int, hw: tuple[int, int], faithful: bool,
-                      kernel: str = "eager") -> torch.Tensor:  # fmt: skip
+                      kernel: str = "auto") -> torch.Tensor:  # fmt: skip
         """TAR on pre-softmax scores ``(B*F, heads, h*w, T)``; frame 0 passes through (identity mode)
         or is doubled with the rest (``faithful``).
 
-        ``kernel``: ``"eager"`` (default) the modules; ``"auto"`` the fused Triton kernel
-        (:mod:`.ctgm_kernels`) where it can run (CUDA, fp16 / bf16 modules, no gradients wanted) and the
-        modules elsewhere; ``"triton"`` the kernel or an error saying why it cannot run. The kernel is
-        opt-in until the fault described in :mod:`.ctgm_kernels` is understood.
+        ``kernel``: ``"auto"`` (default) the fused Triton kernel (:mod:`.ctgm_kernels`) where it can run
+        (a CUDA device, fp16 / bf16 modules, no gradients wanted) and the eager modules elsewhere, also
+        after a compile of the kernel failed on the device (warned once); ``"eager"`` the modules;
+        ``"triton"`` the kernel or an error saying why it cannot run (also in Triton's CPU interpreter).
+        The two paths agree within the rounding of the modules' dtype (the kernel is slightly closer to
+        fp32, ``benchmarks/RESULTS.md``).
         """
         if kernel not in TAR_KERNELS:
             raise InputError(f"unknown TAR kernel {kernel!r}", f"pass one of: {', '.join(TAR_KERNELS)}")
         if kernel != "eager":
             from attncraft.attention_processors import ctgm_kernels
 
-            problem = ctgm_kernels.fused_tar_problem(self.tar, scores, num_frames)
+            problem = ctgm_kernels.fused_tar_problem(self.tar, scores, num_frames, allow_interpreter=kernel == "triton")
             if problem is None:
-                out = ctgm_kernels.fused_tar(self.tar, scores, num_frames)
-                return scores + out if faithful else out
-            if kernel == "triton":
+                try:
+                    out = ctgm_kernels.fused_tar(self.tar, scores, num_frames)
+                except ctgm_kernels.compile_errors() as error:
+                    dtype = next(self.tar.parameters()).dtype
+                    problem = ctgm_kernels.mark_failed(scores, dtype, error)
+                    if kernel == "triton":
+                        raise TechniqueError(f"TAR's fused kernel cannot run here: {problem}",
+                                             "pass tar_kernel='auto' or 'eager'") from None  # fmt: skip
+                    warnings.warn(f"TAR runs its eager modules: {problem}", stacklevel=2)
+                else:
+                    return scores + out if faithful else out
+            elif kernel == "triton":
                 raise TechniqueError(f"TAR's fused kernel cannot run here: {problem}", "pass tar_kernel='auto' or 'eager'")
         nf, heads, q, t = scores.shape
         b, f, (h, w) = nf // num_frames, num_frames, hw
@@ -849,11 +861,11 @@ class CrossFrameTextGuidance(AttentionTechnique):
     ``ctgm`` is a :class:`CTGM` (or a path to a file of :func:`save_ctgm`). ``components`` (a subset of
     the CTGM's) switches parts off at inference; default: all the mode has. With ``follow_unet``
     (default) the CTGM moves to the device and dtype of the UNet's activations at each call; trainers
-    pass ``follow_unet=False`` and place it themselves. ``tar_kernel`` (``"eager"``, ``"auto"``,
+    pass ``follow_unet=False`` and place it themselves. ``tar_kernel`` (``"auto"``, ``"eager"``,
     ``"triton"``) says how TAR's temporal modules run (:meth:`CTGMLayer.refine_scores`): by default
-    as PyTorch modules; ``"auto"`` takes the fused Triton kernel of :mod:`.ctgm_kernels` where it can
-    (CUDA, fp16 / bf16, no gradients), which cut a whole AnimateDiff run with TAR on 16 sites from
-    2.41x to 1.88x stock on an H200 (``benchmarks/RESULTS.md``).
+    (``"auto"``) as the fused Triton kernel of :mod:`.ctgm_kernels` where it can (CUDA, fp16 / bf16, no
+    gradients), which cut a whole AnimateDiff run with TAR on 16 sites from 2.41x to 1.88x stock on an
+    H200 (``benchmarks/RESULTS.md``), and as PyTorch modules elsewhere; ``"eager"`` always the modules.
 
     Runs before map-editing techniques on the same layers (``order`` 50: CTGM is a part of the model,
     other techniques edit what the model computes). On a run with VSTAR or BroadWay (temporal layers)
@@ -866,7 +878,7 @@ class CrossFrameTextGuidance(AttentionTechnique):
     order = 50
 
     def __init__(self, ctgm: CTGM | str | os.PathLike, *, components: Iterable[str] | None = None,
-                 follow_unet: bool = True, tar_kernel: str = "eager"):
+                 follow_unet: bool = True, tar_kernel: str = "auto"):
         if not isinstance(ctgm, CTGM):
             ctgm = load_ctgm(ctgm)
         self.ctgm = ctgm

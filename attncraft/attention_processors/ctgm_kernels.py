@@ -32,16 +32,21 @@ in 21.6 ms against 42.7 ms eager (32x32: 5.6 against 12.9; 16x16: 1.7 against 5.
 error against the fp32 modules of 8.3e-4 against eager fp16's 1.05e-3 (bf16: 6.4e-3 against 8.2e-3);
 a whole 25-step AnimateDiff run at SD 1.5 size with TAR on 16 sites went from 2.41x stock to 1.88x,
 on the 7 ``part`` sites from 1.57x to 1.35x. That is far from what the FLOPs allow (a few ms per
-module), and the kernel's registers and spills have not been looked at yet.
+module): the default launch uses all 255 registers a thread and spills 426-466 bytes of them
+("thirteenth lease"). It is the default for TAR at inference on CUDA (``tar_kernel="auto"``).
 
-**Opt-in** (``tar_kernel="auto"`` or ``"triton"``; the default runs the modules): in the benchmark
-that times the kernel against the eager modules (``benchmarks/bench_ctgm_attention.py --kernel``), the
-first launch of the module kernel reported an illegal memory access in three of three runs, and ran
-clean with ``CUDA_LAUNCH_BLOCKING=1``; two whole-run benchmarks with the kernel on every TAR call and a
-compute-sanitizer run of the kernel alone at full size saw no fault. The cause is not found.
+**A refused launch configuration.** With 8 warps on 64 rows (4 pixels x 16 frames), Triton 3.6's code
+for Hopper reads past the shared memory it allocated, in the feed-forward's second product
+(compute-sanitizer: "Invalid __shared__ read of size 2048 bytes", then "an illegal memory access" at
+the next launch). The kernel's addresses do not depend on the launch configuration, so this is the
+compiler's. 4 warps on 64 rows (the default), and 8 warps on 32 or 128 rows, ran clean under
+compute-sanitizer; 4 warps on 16 and 32 rows ran clean without it.
+:func:`fused_tar` refuses more than 4 warps on fewer than 16 rows a warp, which excludes that case
+(and, to be safe, 8 warps on 32 rows).
 
 Only inference: there is no backward. :func:`fused_tar_problem` says why a call cannot take the
-kernel (no Triton, not CUDA, gradients wanted, fp32 modules, sizes past the kernel's), and
+kernel (no Triton, not CUDA, gradients wanted, fp32 modules, bf16 before Ampere, sizes past the
+kernel's, or an earlier compile of it that failed on this device), and
 :meth:`~.ctgm.CTGMLayer.refine_scores` then runs the eager modules. Setting ``TRITON_INTERPRET=1``
 before this module is imported runs the kernels in Triton's interpreter on the CPU (how the tests
 check them on machines without a GPU).
@@ -61,7 +66,10 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
     triton = None
     tl = None
 
-__all__ = ["DEFAULT_BLOCK_PIXELS", "DEFAULT_WARPS", "fused_tar", "fused_tar_problem", "interpreting"]
+__all__ = [
+    "DEFAULT_BLOCK_PIXELS", "DEFAULT_WARPS", "fused_tar", "fused_tar_problem", "interpreting", "launch_problem",
+    "mark_failed",
+]  # fmt: skip
 
 DEFAULT_BLOCK_PIXELS = 4
 """Sequences (latent pixels) per program: 4 x 16 frames = 64 rows per matrix product."""
@@ -80,6 +88,49 @@ def interpreting() -> bool:
 
 def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(0, int(n) - 1).bit_length())
+
+
+_FAILED: dict[tuple, str] = {}
+"""(device, modules' dtype) -> why compiling the kernel failed there; later calls take the eager path."""
+
+
+def _device_key(scores: torch.Tensor, dtype: torch.dtype) -> tuple:
+    return (str(scores.device), dtype)
+
+
+def mark_failed(scores: torch.Tensor, dtype: torch.dtype, error: BaseException) -> str:
+    """Remember that the kernel failed to compile or load for ``dtype`` modules on ``scores``' device
+    (:func:`fused_tar_problem` then names it); returns the sentence it will give."""
+    reason = f"compiling the kernel failed on this device ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    _FAILED[_device_key(scores, dtype)] = reason
+    return reason
+
+
+def compile_errors() -> tuple[type[BaseException], ...]:
+    """Triton's compile and resource errors: what ``tar_kernel="auto"`` recovers from (with a warning)."""
+    if triton is None:
+        return ()
+    found = []
+    for module, name in (("triton.compiler.errors", "CompilationError"), ("triton.runtime.errors", "OutOfResources"),
+                         ("triton.runtime.errors", "PTXASError")):  # fmt: skip
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def launch_problem(block_pixels: int, num_warps: int, num_frames: int) -> str | None:
+    """Why the kernel refuses this launch configuration (a sentence), or None."""
+    if block_pixels < 1 or block_pixels & (block_pixels - 1) or block_pixels > 16:
+        return f"block_pixels must be a power of two from 1 to 16, not {block_pixels}"
+    if num_warps not in (1, 2, 4, 8):
+        return f"num_warps must be 1, 2, 4 or 8, not {num_warps}"
+    rows = block_pixels * _pow2(num_frames - 1)
+    if num_warps > 4 and rows < 16 * num_warps:
+        return (f"{num_warps} warps on {rows} rows ({block_pixels} pixels x {rows // block_pixels} frames): "
+                "Triton miscompiles 8 warps on 64 rows (a shared-memory read out of bounds); use 4 warps or more pixels")
+    return None
 
 
 def _module_problem(module) -> str | None:
@@ -108,17 +159,24 @@ def _module_problem(module) -> str | None:
 
 
 def fused_tar_problem(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_frames: int,
-                      *, require_cuda: bool = True) -> str | None:  # fmt: skip
-    """Why :func:`fused_tar` cannot run these modules on ``scores`` (a sentence), or None when it can."""
+                      *, allow_interpreter: bool = True) -> str | None:  # fmt: skip
+    """Why :func:`fused_tar` cannot run these modules on ``scores`` (a sentence), or None when it can.
+    ``allow_interpreter=False``: CPU tensors are refused even under ``TRITON_INTERPRET=1`` (what
+    ``tar_kernel="auto"`` asks: the interpreter is for tests, and far slower than the eager modules)."""
     if triton is None:
         return "Triton is not installed"
-    if require_cuda and not (scores.is_cuda or interpreting()):
+    if not (scores.is_cuda or (allow_interpreter and interpreting())):
         return "the scores are not on a CUDA device"
     if scores.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the kernel reads fp32, fp16 and bf16 scores, these are {scores.dtype}"
     dtypes = {p.dtype for m in modules for p in m.parameters()}
     if len(dtypes) != 1 or not dtypes <= {torch.float16, torch.bfloat16}:
         return f"the kernel runs fp16 or bf16 modules, these are {', '.join(sorted(str(d) for d in dtypes))}"
+    dtype = next(iter(dtypes))
+    if dtype == torch.bfloat16 and scores.is_cuda and torch.cuda.get_device_capability(scores.device)[0] < 8:
+        return "bf16 matrix products need an Ampere or newer GPU"
+    if _device_key(scores, dtype) in _FAILED:
+        return _FAILED[_device_key(scores, dtype)]
     if torch.is_grad_enabled() and (scores.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())):
         return "gradients are wanted (the kernel has no backward)"
     if not 2 <= num_frames <= MAX_FRAMES + 1:
@@ -363,6 +421,9 @@ def fused_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_fram
         raise RuntimeError("fused_tar needs Triton")
     block_pixels = DEFAULT_BLOCK_PIXELS if block_pixels is None else int(block_pixels)
     num_warps = DEFAULT_WARPS if num_warps is None else int(num_warps)
+    problem = launch_problem(block_pixels, num_warps, num_frames)
+    if problem is not None:
+        raise ValueError(f"fused_tar: {problem}")
     scores = scores.contiguous()
     nf, heads, pixels, tokens = scores.shape
     frames = num_frames

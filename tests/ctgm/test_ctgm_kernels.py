@@ -97,11 +97,13 @@ def test_the_layer_takes_the_kernel_where_it_can_and_says_why_not(kernels, monke
     layer = layer_of([m.half() for m in random_modules(77)])
     with torch.no_grad():
         fused = kernels.fused_tar(layer.tar, scores, frames)
-        assert torch.equal(layer.refine_scores(scores, frames, hw, False, "auto"), fused)  # the kernel where it can
         assert torch.equal(layer.refine_scores(scores, frames, hw, False, "triton"), fused)
         assert torch.equal(layer.refine_scores(scores, frames, hw, True, "triton"), scores + fused)  # faithful: 2 S + delta
-        eager = layer.refine_scores(scores, frames, hw, False)  # the default
-        assert torch.equal(eager, layer.refine_scores(scores, frames, hw, False, "eager"))
+        eager = layer.refine_scores(scores, frames, hw, False, "eager")
+        # "auto" (the default) takes the kernel on CUDA only, never the interpreter: CPU scores run eager
+        assert torch.equal(layer.refine_scores(scores, frames, hw, False), eager)
+        assert torch.equal(layer.refine_scores(scores, frames, hw, False, "auto"), eager)
+        assert kernels.fused_tar_problem(layer.tar, scores, frames, allow_interpreter=False) == "the scores are not on a CUDA device"
         assert not torch.equal(eager, fused) and torch.allclose(eager.float(), fused.float(), atol=0.05, rtol=0.01)
         with pytest.raises(TechniqueError, match="fused kernel cannot run here: the kernel runs fp16 or bf16 modules"):
             layer.float().refine_scores(scores.float(), frames, hw, False, "triton")
@@ -121,7 +123,7 @@ def test_the_technique_passes_its_kernel_choice_to_tar(kernels, unet, monkeypatc
     ctgm = trained_like(CTGM.for_unet(unet, text_tokens=77, mode="tar"), std=0.2)
     with pytest.raises(InputError, match="unknown TAR kernel"):
         ctgm.technique(tar_kernel="fast")
-    assert ctgm.technique().settings()["tar_kernel"] == "eager"  # the kernel is opt-in
+    assert ctgm.technique().settings()["tar_kernel"] == "auto"  # the kernel where it can run (CUDA)
     half = ctgm.half()  # the UNet stays fp32 (fp16 convolutions crawl on a CPU); TAR's modules in fp16
     eager = call_unet(unet, half.technique(tar_kernel="eager", follow_unet=False))
     # The tiny UNet's TAR takes minutes in the interpreter: a stand-in kernel, which returns the eager
@@ -138,8 +140,70 @@ def test_the_technique_passes_its_kernel_choice_to_tar(kernels, unet, monkeypatc
     assert torch.equal(call_unet(unet, half.technique(tar_kernel="triton", follow_unet=False)), eager)
     assert len(seen) == len(half.layers) and all(shape[-1] == 77 for shape in seen)
     seen.clear()
-    assert torch.equal(call_unet(unet, half.technique(tar_kernel="auto", follow_unet=False)), eager)  # interpreter: a "device"
-    assert len(seen) == len(half.layers)
-    seen.clear()
-    call_unet(unet, half.technique(follow_unet=False))
+    call_unet(unet, half.technique(follow_unet=False))  # "auto" on CPU tensors: the eager modules
     assert not seen
+    monkeypatch.setattr(kernels, "fused_tar_problem", lambda *a, **k: None)  # as on a GPU
+    assert torch.equal(call_unet(unet, half.technique(tar_kernel="auto", follow_unet=False)), eager)
+    assert len(seen) == len(half.layers)
+
+
+def test_the_launch_configuration_that_triton_miscompiles_is_refused(kernels):
+    # 8 warps on 64 rows (4 pixels x 16 frames) read shared memory out of bounds (compute-sanitizer, H200)
+    assert "8 warps on 64 rows" in kernels.launch_problem(4, 8, 16)
+    assert "8 warps on 32 rows" in kernels.launch_problem(2, 8, 16)  # refused too: fewer than 16 rows a warp
+    assert kernels.launch_problem(8, 8, 16) is None  # 128 rows ran clean under compute-sanitizer
+    assert kernels.launch_problem(4, 8, 33) is None  # 32 frames a sequence: 128 rows
+    assert kernels.launch_problem(4, 4, 16) is None and kernels.launch_problem(1, 4, 2) is None
+    assert "power of two" in kernels.launch_problem(3, 4, 16)
+    assert "num_warps must be 1, 2, 4 or 8" in kernels.launch_problem(4, 16, 16)
+    layer = layer_of([m.half() for m in random_modules(77)])
+    scores = torch.randn(16, 1, 4, 77).half()
+    with pytest.raises(ValueError, match="fused_tar: 8 warps on 64 rows"):
+        kernels.fused_tar(layer.tar, scores, 16, block_pixels=4, num_warps=8)
+
+
+def test_a_kernel_that_fails_to_compile_sends_auto_to_the_eager_modules(kernels, monkeypatch):
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    assert CompilationError in kernels.compile_errors() and OutOfResources in kernels.compile_errors()
+    monkeypatch.setattr(kernels, "_FAILED", {})
+    layer = layer_of([m.half() for m in random_modules(77)])
+    frames, hw = 3, (1, 4)
+    scores = torch.randn(frames, 1, 4, 77, generator=torch.Generator().manual_seed(5)).half()
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(kernels, "fused_tar", failing)
+    with torch.no_grad():
+        eager = layer.refine_scores(scores, frames, hw, False, "eager")
+        with pytest.raises(TechniqueError, match=r"cannot run here: compiling the kernel failed on this device \(OutOfResources: out of resource: shared memory"):
+            layer.refine_scores(scores, frames, hw, False, "triton")
+        assert kernels.fused_tar_problem(layer.tar, scores, frames).startswith("compiling the kernel failed")
+        monkeypatch.setattr(kernels, "_FAILED", {})
+        real_problem = kernels.fused_tar_problem
+        monkeypatch.setattr(kernels, "fused_tar_problem", lambda *a, **k: real_problem(*a, **{**k, "allow_interpreter": True}))
+        with pytest.warns(UserWarning, match="TAR runs its eager modules: compiling the kernel failed"):
+            assert torch.equal(layer.refine_scores(scores, frames, hw, False, "auto"), eager)
+        assert len(calls) == 2
+        assert torch.equal(layer.refine_scores(scores, frames, hw, False, "auto"), eager)  # remembered: no retry, no warning
+        assert len(calls) == 2
+
+
+def test_the_check_script_runs_one_configuration_and_refuses_the_miscompiled_one(kernels, capsys):
+    from bench_scripts import load_script
+
+    script = load_script("check_tar_kernel")
+    assert script.main(["--device", "cpu", "--size", "2", "--config", "2x4", "--frames", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2x4 at 2x2 ran clean") and 0 < float(out.split()[-1]) < 3e-3
+    with pytest.raises(SystemExit, match="error: fused_tar: 8 warps on 64 rows .* pass --force to launch it anyway"):
+        script.main(["--device", "cpu", "--size", "2", "--config", "4x8"])
+    assert kernels.launch_problem(4, 8, 16) is not None  # --force puts the check back
+    with pytest.raises(SystemExit, match="is not PIXELSxWARPS"):
+        script.main(["--device", "cpu", "--config", "4"])
+    assert script.main(["--device", "cpu", "--size", "2", "--config", "4x8", "--frames", "3", "--force"]) == 0
+    assert kernels.launch_problem(4, 8, 16) is not None
