@@ -39,8 +39,8 @@ module): the default launch uses all 255 registers a thread and spills 426-466 b
 for Hopper reads past the shared memory it allocated, in the feed-forward's second product
 (compute-sanitizer: "Invalid __shared__ read of size 2048 bytes", then "an illegal memory access" at
 the next launch). The kernel's addresses do not depend on the launch configuration, so this is the
-compiler's. 4 warps on 64 rows (the default), and 8 warps on 32 or 128 rows, ran clean under
-compute-sanitizer; 4 warps on 16 and 32 rows ran clean without it.
+compiler's. 4 warps on 32 and 64 rows (the default), and 8 warps on 32 or 128 rows, ran clean under
+compute-sanitizer; 4 warps on 16 rows ran clean without it.
 :func:`fused_tar` refuses more than 4 warps on fewer than 16 rows a warp, which excludes that case
 (and, to be safe, 8 warps on 32 rows).
 
