@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Command: `python benchmarks/bench_ctgm_attention.py {' '.join(sys.argv[1:] if argv is None else argv)}`")
     print()
     if args.kernel:
-        configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+        try:
+            configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+        except ValueError:
+            raise SystemExit(f"error: --configs {args.configs!r} is not PIXELSxWARPS,...; pass e.g. 4x4,2x4") from None
         clips, frames, heads, sizes = (1, 4, 2, (2,)) if args.tiny else (2, 16, 8, (64, 32, 16, 8))
         print(f"TAR, both temporal modules, on fp32 scores ({clips} x {frames} frames, {heads} heads, size^2 pixels, 77 "
               f"tokens) as the core hands them; modules with random weights; mean of {args.calls} calls. Error: "
@@ -245,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {kind} | {size}x{size} | {'-' if ms is None else f'{ms:.3f}'} | "
                   f"{'-' if err is None else f'{err:.2e}'} |")
         print()
+        from attncraft.attention_processors.ctgm_kernels import compiled_resources
+
+        resources = compiled_resources()
+        if resources:
+            print("The module kernels as compiled (read from Triton's handles):")
+            print()
+            print("| launch | with the next module's statistics | registers a thread | spilled bytes a thread | shared KiB |")
+            print("| --- | --- | ---: | ---: | ---: |")
+            for r in resources:
+                print(f"| {r['block_pixels']} pixels x {r['num_warps']} warps | {'yes' if r['statistics'] else 'no'} | "
+                      f"{r['registers']} | {r['spilled_bytes']} | {r['shared_bytes'] / 1024:.1f} |")
+            print()
         if args.kernel_only:
             return 0
     print(f"One slice: {sequences:,} sequences x 8 heads x 15 frames x 9 channels; mean of {args.calls} calls.")

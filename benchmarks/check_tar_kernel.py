@@ -24,12 +24,12 @@ from bench_ctgm_attention import random_tar  # noqa: E402
 
 
 def check(device: str, size: int, block_pixels: int, num_warps: int, frames: int = 16, clips: int = 2,
-          heads: int = 8, force: bool = False, seed: int = 0) -> float:  # fmt: skip
+          heads: int = 8, force: bool = False, seed: int = 0, dtype: torch.dtype = torch.float16) -> float:  # fmt: skip
     """The kernel's relative error ``||out - ref|| / ||ref - scores||`` against the fp32 modules."""
     from attncraft.attention_processors import ctgm_kernels
     from attncraft.attention_processors.ctgm import CTGMLayer
 
-    modules = random_tar(torch.float16, device, seed)
+    modules = random_tar(dtype, device, seed)
     g = torch.Generator(device="cpu").manual_seed(seed)
     scores = (2.0 * torch.randn(clips * frames, heads, size * size, 77, generator=g) + 1.0).to(device)
     problem = ctgm_kernels.fused_tar_problem(modules, scores, frames)
@@ -62,14 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=4, help="the layer's latent side (pixels: size^2)")
     p.add_argument("--config", default="4x4", help="PIXELSxWARPS")
     p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="the modules' dtype")
     p.add_argument("--force", action="store_true", help="launch a configuration the kernel refuses")
     args = p.parse_args(argv)
     try:
         block_pixels, num_warps = (int(v) for v in args.config.split("x"))
     except ValueError:
         raise SystemExit(f"error: --config {args.config!r} is not PIXELSxWARPS; pass e.g. 4x4") from None
-    error = check(args.device, args.size, block_pixels, num_warps, frames=args.frames, force=args.force)
-    print(f"{args.config} at {args.size}x{args.size} ran clean; relative error against the fp32 modules {error:.2e}")
+    error = check(args.device, args.size, block_pixels, num_warps, frames=args.frames, force=args.force,
+                  dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype])  # fmt: skip
+    print(f"{args.config} at {args.size}x{args.size} ran clean ({args.dtype}); relative error against the fp32 modules {error:.2e}")
     return 0
 
 

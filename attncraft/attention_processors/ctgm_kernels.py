@@ -27,19 +27,25 @@ Padding: the text tokens are padded to the next power of two (77 -> 128), each h
 blocks are powers of two and its matrix products take at least 16 along each side. The padded lanes
 are masked to zero and never stored.
 
-Measured on an H200 (``benchmarks/RESULTS.md``, "twelfth lease"): both modules at the 64x64 layers
-in 21.6 ms against 42.7 ms eager (32x32: 5.6 against 12.9; 16x16: 1.7 against 5.8), with a relative
+Measured on an H200 (``benchmarks/RESULTS.md``, "fourteenth lease"): both modules at the 64x64 layers
+in 19.1 ms against 35.6 ms eager (32x32: 5.0 against 9.1; 16x16: 1.25 against 2.4-4.6), with a relative
 error against the fp32 modules of 8.3e-4 against eager fp16's 1.05e-3 (bf16: 6.4e-3 against 8.2e-3);
-a whole 25-step AnimateDiff run at SD 1.5 size with TAR on 16 sites went from 2.41x stock to 1.88x,
-on the 7 ``part`` sites from 1.57x to 1.35x. That is far from what the FLOPs allow (a few ms per
-module): the default launch uses all 255 registers a thread and spills 426-466 bytes of them
-("thirteenth lease"). It is the default for TAR at inference on CUDA (``tar_kernel="auto"``).
+a whole 25-step AnimateDiff run at SD 1.5 size with TAR on 16 sites costs 1.80x stock with it (2.41x
+eager), on the 7 ``part`` sites 1.32x (1.57x eager). That is far from what the FLOPs allow (a few ms
+per module): every launch uses all 255 registers a thread and spills 190-470 bytes of them. The
+feed-forward's chunks run as a loop that is neither unrolled nor software-pipelined
+(``tl.range(..., num_stages=1)``): unrolled, the kernel took 21.9 ms at 64x64; pipelined, Triton
+multi-buffers the chunks' weights in 136 KiB of shared memory and it takes 24.6 ms. Running the
+attentions one head at a time, over all of a program's sequences in one block-diagonal product, cut
+the spills to 44-102 bytes, but on the GPU it computed wrong values at 64 and 128 rows a program
+(right in the interpreter and at 32 rows, where it was no faster), so the attention stays batched over
+heads. It is the default for TAR at inference on CUDA (``tar_kernel="auto"``).
 
 **A refused launch configuration.** With 8 warps on 64 rows (4 pixels x 16 frames), Triton 3.6's code
 for Hopper reads past the shared memory it allocated, in the feed-forward's second product
 (compute-sanitizer: "Invalid __shared__ read of size 2048 bytes", then "an illegal memory access" at
 the next launch). The kernel's addresses do not depend on the launch configuration, so this is the
-compiler's. 4 warps on 32 and 64 rows (the default), and 8 warps on 32 or 128 rows, ran clean under
+compiler's. 4 warps on 32, 64 (the default) and 128 rows, and 8 warps on 32 or 128 rows, ran clean under
 compute-sanitizer; 4 warps on 16 rows ran clean without it.
 :func:`fused_tar` refuses more than 4 warps on fewer than 16 rows a warp, which excludes that case
 (and, to be safe, 8 warps on 32 rows).
@@ -342,7 +348,9 @@ if triton is not None:
         # GEGLU feed-forward in chunks of FC hidden channels
         n16 = _layer_norm(h, ln3_w, ln3_b, jcol, valid_c, H, ln_eps).to(dtype)
         acc = tl.zeros((R, HPAD), dtype=tl.float32)
-        for chunk in tl.static_range(0, FFH, FC):
+        # a loop, not unrolled, and not software-pipelined: pipelining it multi-buffers the chunks'
+        # weight loads into 136 KiB of shared memory and makes the kernel slower (benchmarks/RESULTS.md)
+        for chunk in tl.range(0, FFH, FC, num_stages=1):
             f = chunk + tl.arange(0, FC)
             valid_f = f < FFH
             wmask = valid_c[:, None] & valid_f[None, :]
@@ -382,6 +390,25 @@ if triton is not None:
 # --------------------------------------------------------------------------------------------------
 # Launch
 # --------------------------------------------------------------------------------------------------
+
+
+_COMPILED: dict[tuple, object] = {}
+"""(block_pixels, num_warps, with statistics) -> the module kernel last launched with them."""
+
+
+def compiled_resources() -> list[dict]:
+    """Registers and spilled bytes a thread, and shared memory, of each compiled module kernel that
+    :func:`fused_tar` has launched in this process (empty in the interpreter): what the benchmark
+    reports next to its timings."""
+    rows = []
+    for (block_pixels, num_warps, stats), kernel in _COMPILED.items():
+        metadata = getattr(kernel, "metadata", None)
+        if getattr(kernel, "n_regs", None) is None or metadata is None:
+            continue
+        rows.append({"block_pixels": block_pixels, "num_warps": num_warps, "statistics": stats,
+                     "registers": int(kernel.n_regs), "spilled_bytes": int(kernel.n_spills),
+                     "shared_bytes": int(getattr(metadata, "shared", 0))})  # fmt: skip
+    return rows
 
 
 def _weights(module) -> tuple[list[torch.Tensor], dict]:
@@ -447,12 +474,14 @@ def fused_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_fram
         stats_next = None if last else torch.zeros_like(stats)
         target = out if last else torch.empty_like(scores)
         grid = (triton.cdiv(pixels, block_pixels), clips * heads)
-        _temporal_module_kernel[grid](
+        handle = _temporal_module_kernel[grid](
             source, target, stats, stats_next if stats_next is not None else stats, *weights,
             frames, heads, pixels, length, float(sizes["gn_eps"]), float(sizes["ln_eps"]), float(sizes["scale"]),
             T=tokens, TP=tp, CPG=tokens // groups, G=groups, GP=gp,
             NH=sizes["heads"], D=sizes["width"], DP=_pow2(sizes["width"]), FFH=sizes["ff"], FC=FF_CHUNK,
             BP=block_pixels, LP=lp, HAS_PE=sizes["has_pe"], STATS=not last, num_warps=num_warps,
         )  # fmt: skip
+        if handle is not None:
+            _COMPILED[(block_pixels, num_warps, not last)] = handle
         source, stats = target, stats_next
     return out

@@ -66,3 +66,5 @@ def test_attention_benchmark_times_tars_kernel_against_the_eager_modules(capsys)
     eager, fused = named["eager modules"], named["fused kernel, 4 pixels x 4 warps"]  # the kernel in Triton's interpreter
     assert eager[1] == fused[1] == "fp16" and float(eager[3]) > 0 and float(fused[3]) > 0
     assert 0 < float(fused[4]) < 3e-3 and 0 < float(eager[4]) < 3e-3  # both as close to the fp32 modules
+    with pytest.raises(SystemExit, match="is not PIXELSxWARPS"):
+        bench.main(["--tiny", "--device", "cpu", "--kernel-only", "--configs", "4by4"])

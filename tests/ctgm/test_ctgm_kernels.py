@@ -199,7 +199,7 @@ def test_the_check_script_runs_one_configuration_and_refuses_the_miscompiled_one
     script = load_script("check_tar_kernel")
     assert script.main(["--device", "cpu", "--size", "2", "--config", "2x4", "--frames", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("2x4 at 2x2 ran clean") and 0 < float(out.split()[-1]) < 3e-3
+    assert out.startswith("2x4 at 2x2 ran clean (fp16)") and 0 < float(out.split()[-1]) < 3e-3
     with pytest.raises(SystemExit, match="error: fused_tar: 8 warps on 64 rows .* pass --force to launch it anyway"):
         script.main(["--device", "cpu", "--size", "2", "--config", "4x8"])
     assert kernels.launch_problem(4, 8, 16) is not None  # --force puts the check back
@@ -207,3 +207,16 @@ def test_the_check_script_runs_one_configuration_and_refuses_the_miscompiled_one
         script.main(["--device", "cpu", "--config", "4"])
     assert script.main(["--device", "cpu", "--size", "2", "--config", "4x8", "--frames", "3", "--force"]) == 0
     assert kernels.launch_problem(4, 8, 16) is not None
+
+
+def test_compiled_resources_reads_the_launched_kernels_handles(kernels, monkeypatch):
+    from types import SimpleNamespace
+
+    layer = layer_of([m.half() for m in random_modules(77)])
+    with torch.no_grad():
+        kernels.fused_tar(layer.tar, torch.randn(3, 1, 4, 77).half(), 3)
+    assert kernels.compiled_resources() == []  # the interpreter launches no compiled kernel
+    handle = SimpleNamespace(n_regs=255, n_spills=466, metadata=SimpleNamespace(shared=49408))
+    monkeypatch.setattr(kernels, "_COMPILED", {(4, 4, True): handle, (2, 4, False): SimpleNamespace(n_regs=None)})
+    assert kernels.compiled_resources() == [{"block_pixels": 4, "num_warps": 4, "statistics": True, "registers": 255,
+                                             "spilled_bytes": 466, "shared_bytes": 49408}]  # fmt: skip
