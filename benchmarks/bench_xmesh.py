@@ -209,8 +209,6 @@ def build_run(args, device, mesh_ref, clip_ref, resolution, views, autocast, ren
 
 def backend_agreement(run, sync, repeats: int = 10):
     """Torch renderer vs the run's renderer on the run's mesh: coverage, visible face, image, and time."""
-    import torch
-
     from attncraft.mesh.renderer import TorchRenderer
 
     cams = run.sample_cameras()
