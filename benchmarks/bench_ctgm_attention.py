@@ -155,31 +155,40 @@ def random_tar(dtype: torch.dtype, device, seed: int = 0) -> list:
     return [m.to(device, dtype).eval().requires_grad_(False) for m in modules]
 
 
+def tar_layer(modules):
+    """A bare ``CTGMLayer`` holding TAR's temporal ``modules`` (what ``refine_scores`` needs)."""
+    from attncraft.attention_processors.ctgm import CTGMLayer
+
+    out = CTGMLayer.__new__(CTGMLayer)
+    torch.nn.Module.__init__(out)
+    out.tar = torch.nn.ModuleList(modules)
+    return out
+
+
+def tar_case(reference, size: int, clips: int, frames: int, heads: int, device):
+    """fp32 scores ``(clips * frames, heads, size^2, 77)`` (seeded by ``size``), the fp32 ``reference``
+    layer's refinement of them, and the norm of its change (the error's denominator)."""
+    g = torch.Generator(device="cpu").manual_seed(size)
+    scores = (2.0 * torch.randn(clips * frames, heads, size * size, 77, generator=g) + 1.0).to(device)
+    with torch.no_grad():
+        ref = reference.refine_scores(scores, frames, (size, size), False, "eager")
+    return scores, ref, float((ref - scores).norm())
+
+
 def tar_rows(device, dtypes, clips: int, frames: int, heads: int, sizes, calls: int,
              configs) -> list[tuple[str, str, int, float | None, float | None]]:  # fmt: skip
     """TAR (both temporal modules) on fp32 scores ``(clips * frames, heads, size^2, 77)``, as the core hands
     them at each layer size: the eager modules against the fused kernel (each launch configuration).
     Rows: (path, modules' dtype, size, ms, relative error against the fp32 modules)."""
     from attncraft.attention_processors import ctgm_kernels
-    from attncraft.attention_processors.ctgm import CTGMLayer
-
-    def layer(modules):
-        out = CTGMLayer.__new__(CTGMLayer)
-        torch.nn.Module.__init__(out)
-        out.tar = torch.nn.ModuleList(modules)
-        return out
 
     measure = timer(device)
-    reference = layer(random_tar(torch.float32, device))
+    reference = tar_layer(random_tar(torch.float32, device))
     rows = []
     for dtype in dtypes:
-        low = layer(random_tar(dtype, device))
+        low = tar_layer(random_tar(dtype, device))
         for size in sizes:
-            g = torch.Generator(device="cpu").manual_seed(size)
-            scores = (2.0 * torch.randn(clips * frames, heads, size * size, 77, generator=g) + 1.0).to(device)
-            with torch.no_grad():
-                ref = reference.refine_scores(scores, frames, (size, size), False, "eager")
-            change = float((ref - scores).norm())
+            scores, ref, change = tar_case(reference, size, clips, frames, heads, device)
             name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
             def error(out):
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", action="store_true",
                    help="also time TAR's fused Triton kernel against the eager modules, per layer size and launch configuration")
     p.add_argument("--kernel-only", action="store_true", help="only the --kernel part")
-    p.add_argument("--configs", default="4x4,2x4,8x4,8x8",
+    p.add_argument("--configs", default="2x4,4x4,8x4,8x8",
                    help="the kernel's launch configurations, PIXELSxWARPS, comma-separated (first: the default's)")
     args = p.parse_args(argv)
     args.kernel = args.kernel or args.kernel_only
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
         except ValueError:
-            raise SystemExit(f"error: --configs {args.configs!r} is not PIXELSxWARPS,...; pass e.g. 4x4,2x4") from None
+            raise SystemExit(f"error: --configs {args.configs!r} is not PIXELSxWARPS,...; pass e.g. 2x4,4x4") from None
         clips, frames, heads, sizes = (1, 4, 2, (2,)) if args.tiny else (2, 16, 8, (64, 32, 16, 8))
         print(f"TAR, both temporal modules, on fp32 scores ({clips} x {frames} frames, {heads} heads, size^2 pixels, 77 "
               f"tokens) as the core hands them; modules with random weights; mean of {args.calls} calls. Error: "

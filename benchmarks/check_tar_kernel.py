@@ -6,7 +6,7 @@ configuration reads or writes out of bounds, one configuration a process (a CUDA
 process's context). ``--force`` launches a configuration that :func:`fused_tar` refuses (it bypasses the
 check, for re-testing a new Triton). Random weights, every zero-initialised projection drawn.
 
-Usage (GPU): ``compute-sanitizer --tool memcheck python benchmarks/check_tar_kernel.py --size 4 --config 4x4``.
+Usage (GPU): ``compute-sanitizer --tool memcheck python benchmarks/check_tar_kernel.py --size 4 --config 2x4``.
 On a CPU, ``TRITON_INTERPRET=1 python benchmarks/check_tar_kernel.py --device cpu --size 2`` runs the
 kernel in Triton's interpreter.
 """
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--size", type=int, default=4, help="the layer's latent side (pixels: size^2)")
-    p.add_argument("--config", default="4x4", help="PIXELSxWARPS")
+    p.add_argument("--config", default="2x4", help="PIXELSxWARPS (default: the kernel's)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="the modules' dtype")
     p.add_argument("--force", action="store_true", help="launch a configuration the kernel refuses")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         block_pixels, num_warps = (int(v) for v in args.config.split("x"))
     except ValueError:
-        raise SystemExit(f"error: --config {args.config!r} is not PIXELSxWARPS; pass e.g. 4x4") from None
+        raise SystemExit(f"error: --config {args.config!r} is not PIXELSxWARPS; pass e.g. 2x4") from None
     error = check(args.device, args.size, block_pixels, num_warps, frames=args.frames, force=args.force,
                   dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype])  # fmt: skip
     print(f"{args.config} at {args.size}x{args.size} ran clean ({args.dtype}); relative error against the fp32 modules {error:.2e}")

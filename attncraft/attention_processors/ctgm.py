@@ -864,7 +864,7 @@ class CrossFrameTextGuidance(AttentionTechnique):
     pass ``follow_unet=False`` and place it themselves. ``tar_kernel`` (``"auto"``, ``"eager"``,
     ``"triton"``) says how TAR's temporal modules run (:meth:`CTGMLayer.refine_scores`): by default
     (``"auto"``) as the fused Triton kernel of :mod:`.ctgm_kernels` where it can (CUDA, fp16 / bf16, no
-    gradients), which cut a whole AnimateDiff run with TAR on 16 sites from 2.41x to 1.80x stock on an
+    gradients), which cut a whole AnimateDiff run with TAR on 16 sites from 2.41x to 1.58x stock on an
     H200 (``benchmarks/RESULTS.md``), and as PyTorch modules elsewhere; ``"eager"`` always the modules.
 
     Runs before map-editing techniques on the same layers (``order`` 50: CTGM is a part of the model,

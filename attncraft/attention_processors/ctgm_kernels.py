@@ -28,25 +28,29 @@ blocks are powers of two and its matrix products take at least 16 along each sid
 are masked to zero and never stored.
 
 Measured on an H200 (``benchmarks/RESULTS.md``, "fourteenth lease"): both modules at the 64x64 layers
-in 19.1 ms against 35.6 ms eager (32x32: 5.0 against 9.1; 16x16: 1.25 against 2.4-4.6), with a relative
+in 13.5 ms against 35.6 ms eager (32x32: 3.5 against 9.1; 16x16: 0.96 against 2.4-4.6), with a relative
 error against the fp32 modules of 8.3e-4 against eager fp16's 1.05e-3 (bf16: 6.4e-3 against 8.2e-3);
-a whole 25-step AnimateDiff run at SD 1.5 size with TAR on 16 sites costs 1.80x stock with it (2.41x
-eager), on the 7 ``part`` sites 1.32x (1.57x eager). That is far from what the FLOPs allow (a few ms
-per module): every launch uses all 255 registers a thread and spills 190-470 bytes of them. The
-feed-forward's chunks run as a loop that is neither unrolled nor software-pipelined
-(``tl.range(..., num_stages=1)``): unrolled, the kernel took 21.9 ms at 64x64; pipelined, Triton
-multi-buffers the chunks' weights in 136 KiB of shared memory and it takes 24.6 ms. Running the
-attentions one head at a time, over all of a program's sequences in one block-diagonal product, cut
-the spills to 44-102 bytes, but on the GPU it computed wrong values at 64 and 128 rows a program
-(right in the interpreter and at 32 rows, where it was no faster), so the attention stays batched over
-heads. It is the default for TAR at inference on CUDA (``tar_kernel="auto"``).
+a whole 25-step AnimateDiff run at SD 1.5 size with TAR on 16 sites costs 1.58x stock with it (2.42x
+eager), on the 7 ``part`` sites 1.24x (1.57x eager). That is still far from what the FLOPs allow (about
+1 ms per module). Nsight Compute finds the kernel latency-bound: two programs a multiprocessor (all
+255 registers a thread, 170-370 bytes of them spilled), and its largest stall is the instruction cache
+(the code of a whole module in one program). Hence the loops: the block's two self-attentions run as
+one loop over their packed weights (their code once; 19.0 -> 16.3 ms at 4 pixels a program, 17.4 ->
+13.5 ms at 2), and the feed-forward's chunks as a loop that is neither unrolled nor software-pipelined
+(``tl.range(..., num_stages=1)``; unrolled, the kernel took 21.9 ms; pipelined, Triton multi-buffers
+the chunks' weights in 136 KiB of shared memory and it takes 24.6 ms). Running the attentions one head
+at a time, over all of a program's sequences in one block-diagonal product, spilled less, but on the
+GPU it computed wrong values at 64 and 128 rows a program (right in the interpreter and at 32 rows,
+where it was no faster), so the attention stays batched over heads. It is the default for TAR at
+inference on CUDA (``tar_kernel="auto"``).
 
 **A refused launch configuration.** With 8 warps on 64 rows (4 pixels x 16 frames), Triton 3.6's code
 for Hopper reads past the shared memory it allocated, in the feed-forward's second product
 (compute-sanitizer: "Invalid __shared__ read of size 2048 bytes", then "an illegal memory access" at
 the next launch). The kernel's addresses do not depend on the launch configuration, so this is the
-compiler's. 4 warps on 32, 64 (the default) and 128 rows, and 8 warps on 32 or 128 rows, ran clean under
-compute-sanitizer; 4 warps on 16 rows ran clean without it.
+compiler's. 4 warps on 32, 64 and 128 rows, and 8 warps on 32 or 128 rows, ran clean under
+compute-sanitizer before the attentions became a loop (the loop has not been under it yet); 4 warps
+on 16 rows ran clean without it.
 :func:`fused_tar` refuses more than 4 warps on fewer than 16 rows a warp, which excludes that case
 (and, to be safe, 8 warps on 32 rows).
 
@@ -61,6 +65,7 @@ check them on machines without a GPU).
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -77,8 +82,9 @@ __all__ = [
     "mark_failed",
 ]  # fmt: skip
 
-DEFAULT_BLOCK_PIXELS = 4
-"""Sequences (latent pixels) per program: 4 x 16 frames = 64 rows per matrix product."""
+DEFAULT_BLOCK_PIXELS = 2
+"""Sequences (latent pixels) per program: 2 x 16 frames = 32 rows per matrix product (faster than 4 or 8
+pixels at every layer size since the attentions became a loop; ``benchmarks/RESULTS.md``)."""
 DEFAULT_WARPS = 4
 
 MAX_CHANNELS = 128
@@ -151,6 +157,8 @@ def _module_problem(module) -> str | None:
     for attention in (block.attn1, block.attn2):
         if attention.to_k.in_features != attention.to_q.in_features or attention.residual_connection:
             return "two self-attentions"
+    if (block.attn1.heads, block.attn1.inner_dim, block.attn1.scale) != (block.attn2.heads, block.attn2.inner_dim, block.attn2.scale):
+        return "two self-attentions of the same heads and width"
     from diffusers.models.activations import GEGLU
 
     if not isinstance(block.ff.net[0], GEGLU):
@@ -286,9 +294,7 @@ if triton is not None:
     def _temporal_module_kernel(
         x_ptr, out_ptr, stats_in_ptr, stats_out_ptr,
         gn_w, gn_b, w_in, b_in,
-        ln1_w, ln1_b, q1, k1, v1, o1, bo1,
-        ln2_w, ln2_b, q2, k2, v2, o2, bo2,
-        ln3_w, ln3_b, ff1_w, ff1_b, ff2_w, ff2_b,
+        ln_w, ln_b, attn_w, attn_b, ff1_w, ff1_b, ff2_w, ff2_b,
         w_out, b_out, pe_ptr,
         F, HA, Q, L, gn_eps, ln_eps, scale,
         T: tl.constexpr, TP: tl.constexpr, CPG: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
@@ -336,17 +342,18 @@ if triton is not None:
         bias = tl.load(b_in + jcol, mask=valid_c, other=0.0).to(tl.float32)
         h = tl.dot(xn.to(dtype), w) + bias[None, :]
 
-        n = _layer_norm(h, ln1_w, ln1_b, jcol, valid_c, H, ln_eps)
-        if HAS_PE:
-            n += _positions(pe_ptr, fi, jcol, valid_c, L, H)
-        h += _self_attention(n.to(dtype), q1, k1, v1, o1, bo1, jcol, valid_c, L, scale, BP, LP, NH, DP, H, HPAD)
-        n = _layer_norm(h, ln2_w, ln2_b, jcol, valid_c, H, ln_eps)
-        if HAS_PE:
-            n += _positions(pe_ptr, fi, jcol, valid_c, L, H)
-        h += _self_attention(n.to(dtype), q2, k2, v2, o2, bo2, jcol, valid_c, L, scale, BP, LP, NH, DP, H, HPAD)
+        # the block's two self-attentions, as one loop over their packed weights: their code once, not twice
+        # (the kernel's largest stall is the instruction cache: benchmarks/RESULTS.md, "fourteenth lease")
+        for which in tl.range(0, 2, num_stages=1):
+            n = _layer_norm(h, ln_w + which * H, ln_b + which * H, jcol, valid_c, H, ln_eps)
+            if HAS_PE:
+                n += _positions(pe_ptr, fi, jcol, valid_c, L, H)
+            aw = attn_w + which * 4 * H * H
+            h += _self_attention(n.to(dtype), aw, aw + H * H, aw + 2 * H * H, aw + 3 * H * H, attn_b + which * H,
+                                 jcol, valid_c, L, scale, BP, LP, NH, DP, H, HPAD)  # fmt: skip
 
         # GEGLU feed-forward in chunks of FC hidden channels
-        n16 = _layer_norm(h, ln3_w, ln3_b, jcol, valid_c, H, ln_eps).to(dtype)
+        n16 = _layer_norm(h, ln_w + 2 * H, ln_b + 2 * H, jcol, valid_c, H, ln_eps).to(dtype)
         acc = tl.zeros((R, HPAD), dtype=tl.float32)
         # a loop, not unrolled, and not software-pipelined: pipelining it multi-buffers the chunks'
         # weight loads into 136 KiB of shared memory and makes the kernel slower (benchmarks/RESULTS.md)
@@ -411,18 +418,35 @@ def compiled_resources() -> list[dict]:
     return rows
 
 
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+"""module -> (its parameters' identity and versions, the packed tensors): packing costs a few copies,
+made once per module and weights rather than at every call."""
+
+
 def _weights(module) -> tuple[list[torch.Tensor], dict]:
+    """The kernel's weight arguments: the block's three LayerNorms packed ``(3, H)``, its two
+    self-attentions' ``to_q/to_k/to_v/to_out`` weights ``(2, 4, H, H)`` and ``to_out`` biases ``(2, H)``
+    (so that the kernel runs both attentions as one loop), the rest as they are."""
     block = module.transformer_blocks[0]
     attn1, attn2 = block.attn1, block.attn2
     ff_in, ff_out = block.ff.net[0].proj, block.ff.net[2]
     pe = block.pos_embed.pe[0] if block.pos_embed is not None else None
+    norms = (block.norm1, block.norm2, block.norm3)
+    attentions = (attn1, attn2)
+    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    found = _PACKED.get(module)
+    if found is None or found[0] != key:
+        with torch.no_grad():
+            packed = (
+                torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]),
+                torch.stack([torch.stack([a.to_q.weight, a.to_k.weight, a.to_v.weight, a.to_out[0].weight])
+                             for a in attentions]),
+                torch.stack([a.to_out[0].bias for a in attentions]),
+            )  # fmt: skip
+        found = _PACKED[module] = (key, packed)
     tensors = [
-        module.norm.weight, module.norm.bias, module.proj_in.weight, module.proj_in.bias,
-        block.norm1.weight, block.norm1.bias, attn1.to_q.weight, attn1.to_k.weight, attn1.to_v.weight,
-        attn1.to_out[0].weight, attn1.to_out[0].bias,
-        block.norm2.weight, block.norm2.bias, attn2.to_q.weight, attn2.to_k.weight, attn2.to_v.weight,
-        attn2.to_out[0].weight, attn2.to_out[0].bias,
-        block.norm3.weight, block.norm3.bias, ff_in.weight, ff_in.bias, ff_out.weight, ff_out.bias,
+        module.norm.weight, module.norm.bias, module.proj_in.weight, module.proj_in.bias, *found[1],
+        ff_in.weight, ff_in.bias, ff_out.weight, ff_out.bias,
         module.proj_out.weight, module.proj_out.bias, pe if pe is not None else module.proj_out.bias,
     ]  # fmt: skip
     sizes = {

@@ -220,3 +220,44 @@ def test_compiled_resources_reads_the_launched_kernels_handles(kernels, monkeypa
     monkeypatch.setattr(kernels, "_COMPILED", {(4, 4, True): handle, (2, 4, False): SimpleNamespace(n_regs=None)})
     assert kernels.compiled_resources() == [{"block_pixels": 4, "num_warps": 4, "statistics": True, "registers": 255,
                                              "spilled_bytes": 466, "shared_bytes": 49408}]  # fmt: skip
+
+
+def test_the_packed_weights_are_made_once_and_follow_changes_of_the_weights(kernels):
+    modules = [m.half() for m in random_modules(77)]
+    frames, hw = 3, (1, 4)
+    scores = torch.randn(frames, 1, 4, 77, generator=torch.Generator().manual_seed(6)).half()
+    with torch.no_grad():
+        first = kernels.fused_tar(modules, scores, frames)
+        packed = kernels._PACKED[modules[0]][1]
+        assert torch.equal(kernels.fused_tar(modules, scores, frames), first)
+        assert kernels._PACKED[modules[0]][1] is packed  # reused, not rebuilt
+        modules[0].transformer_blocks[0].attn2.to_q.weight.mul_(3.0)  # an in-place change of the second attention
+        changed = kernels.fused_tar(modules, scores, frames)
+        assert kernels._PACKED[modules[0]][1] is not packed
+        eager = layer_of(modules).refine_scores(scores, frames, hw, False, "eager")
+    assert not torch.equal(changed, first)
+    assert torch.allclose(changed.float(), eager.float(), atol=0.05, rtol=0.01)
+    assert (changed.float() - eager.float()).norm() < 0.1 * (first.float() - eager.float()).norm()
+
+
+def test_the_ab_script_times_another_copy_of_the_kernel_beside_this_one(kernels, capsys, tmp_path):
+    from pathlib import Path
+
+    from bench_scripts import load_script
+
+    script = load_script("ab_tar_kernel")
+    copy = tmp_path / "before.py"
+    copy.write_text(Path(kernels.__file__).read_text())  # the same kernel: both rows must agree
+    assert script.main(["--before", str(copy), "--device", "cpu", "--tiny", "--configs", "2x4", "--sizes", "2",
+                        "--frames", "3", "--rounds", "2", "--calls", "1"]) == 0  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| fp16")]
+    assert len(rows) == 1
+    before_error, after_error = float(rows[0][6]), float(rows[0][7])
+    assert before_error == after_error and 0 < after_error < 3e-3 and float(rows[0][3]) > 0
+    with pytest.raises(SystemExit, match="is not a file"):
+        script.main(["--before", str(tmp_path / "missing.py"), "--device", "cpu"])
+    (tmp_path / "other.py").write_text("x = 1\n")
+    with pytest.raises(SystemExit, match="has no fused_tar"):
+        script.main(["--before", str(tmp_path / "other.py"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--configs is PIXELSxWARPS"):
+        script.main(["--before", str(copy), "--device", "cpu", "--configs", "2by4"])
