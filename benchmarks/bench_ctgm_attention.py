@@ -16,8 +16,10 @@ latter under ``torch.compile``. CUDA events, mean of ``--calls`` calls after 3 w
 Part 3 (``--kernel``) times TAR whole (both temporal modules) on the fp32 scores the core hands it, at
 each layer size of SD 1.5 at 512x512 with guidance (2 x 16 frames, 8 heads, 64x64 down to 8x8 pixels,
 77 tokens): the eager modules against the fused Triton kernel of
-``attncraft/attention_processors/ctgm_kernels.py`` in each launch configuration (``--configs``), with
-each path's relative error against the same modules in fp32, for fp16 and bf16 modules.
+``attncraft/attention_processors/ctgm_kernels.py`` in each launch configuration (``--configs``) and its
+hybrid form (``hybrid_tar``: the per-token steps as library operations, a Triton kernel for the attention
+over the frames), with each path's relative error against the same modules in fp32, for fp16 and bf16
+modules.
 
 Usage (GPU, under a minute; the compile adds about 20 s): ``python benchmarks/bench_ctgm_attention.py
 --device cuda --compile --kernel``. ``--tiny --device cpu`` runs the same code at tiny sizes (a smoke test; numbers mean
@@ -213,6 +215,18 @@ def tar_rows(device, dtypes, clips: int, frames: int, heads: int, sizes, calls: 
                 with torch.no_grad():
                     err = error(fused())
                 rows.append((label, name, size, measure(fused, calls), err))
+            label = "hybrid: library products, Triton attention over the frames"
+            refused = ctgm_kernels.hybrid_tar_problem(low.tar, scores, frames)
+            if refused is not None:
+                rows.append((f"{label} ({refused})", name, size, None, None))
+                continue
+
+            def hybrid():
+                return ctgm_kernels.hybrid_tar(low.tar, scores, frames)
+
+            with torch.no_grad():
+                err = error(hybrid())
+            rows.append((label, name, size, measure(hybrid, calls), err))
     return rows
 
 

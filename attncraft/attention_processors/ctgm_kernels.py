@@ -69,6 +69,7 @@ import weakref
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 try:  # Triton is optional: it comes with PyTorch's CUDA wheels, and the CPU wheels go without it
     import triton
@@ -78,7 +79,8 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
     tl = None
 
 __all__ = [
-    "DEFAULT_BLOCK_PIXELS", "DEFAULT_WARPS", "fused_tar", "fused_tar_problem", "interpreting", "launch_problem",
+    "DEFAULT_BLOCK_PIXELS", "DEFAULT_WARPS", "fused_tar", "fused_tar_problem", "hybrid_tar", "hybrid_tar_problem",
+    "interpreting", "launch_problem",
     "mark_failed",
 ]  # fmt: skip
 
@@ -394,6 +396,37 @@ if triton is not None:
             tl.atomic_add(where + 1, g2)
 
 
+    @triton.jit
+    def _frame_attention_kernel(qkv_ptr, out_ptr, HA, Q, L, scale,
+                                NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, LP: tl.constexpr,
+                                BS: tl.constexpr):  # fmt: skip
+        """The self-attention over the frames for ``BS`` sequences and one head: ``qkv`` ``(M, 3 H)``
+        (queries, keys, values side by side, ``H = NH * D``) and ``out`` ``(M, H)`` in the tokens' order
+        ``(clip, frame, attn2 head, pixel)``; scores and softmax in fp32."""
+        pid_p = tl.program_id(0)
+        bh = tl.program_id(1)  # clip * HA + attn2 head
+        head = tl.program_id(2)
+        b = bh // HA
+        ha = bh % HA
+        H: tl.constexpr = NH * D
+        p = pid_p * BS + tl.arange(0, BS)
+        frame = tl.arange(0, LP)
+        d = tl.arange(0, DP)
+        row = ((b * L + frame[None, :]) * HA + ha).to(tl.int64) * Q + p[:, None]  # (BS, LP)
+        valid = (p < Q)[:, None, None] & (frame < L)[None, :, None] & (d < D)[None, None, :]
+        at = row[:, :, None] * (3 * H) + head * D + d[None, None, :]
+        q = tl.load(qkv_ptr + at, mask=valid, other=0.0)
+        k = tl.load(qkv_ptr + at + H, mask=valid, other=0.0)
+        v = tl.load(qkv_ptr + at + 2 * H, mask=valid, other=0.0)
+        s = tl.dot(q, tl.trans(k, (0, 2, 1))) * scale  # (BS, LP, LP)
+        s = tl.where((frame < L)[None, None, :], s, float("-inf"))
+        s = s - tl.max(s, axis=2)[:, :, None]
+        e = tl.exp(s)
+        w = e / tl.sum(e, axis=2)[:, :, None]
+        o = tl.dot(w.to(v.dtype), v)  # (BS, LP, DP)
+        tl.store(out_ptr + row[:, :, None] * H + head * D + d[None, None, :], o.to(out_ptr.dtype.element_ty), mask=valid)
+
+
 # --------------------------------------------------------------------------------------------------
 # Launch
 # --------------------------------------------------------------------------------------------------
@@ -509,3 +542,80 @@ def fused_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_fram
             _COMPILED[(block_pixels, num_warps, not last)] = handle
         source, stats = target, stats_next
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The hybrid form: library matrix products, a Triton kernel for the attention over the frames
+# --------------------------------------------------------------------------------------------------
+
+_QKV: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+"""attention -> (its weights' identity and versions, ``to_q/to_k/to_v`` stacked ``(3 H, H)``)."""
+
+
+def _qkv_weight(attention) -> torch.Tensor:
+    params = (attention.to_q.weight, attention.to_k.weight, attention.to_v.weight)
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    found = _QKV.get(attention)
+    if found is None or found[0] != key:
+        with torch.no_grad():
+            found = _QKV[attention] = (key, torch.cat(params))
+    return found[1]
+
+
+def hybrid_tar_problem(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_frames: int) -> str | None:
+    """Why :func:`hybrid_tar` cannot run (a sentence), or None: the checks of :func:`fused_tar_problem`
+    that concern its Triton kernel (the rest runs as PyTorch operations)."""
+    return fused_tar_problem(modules, scores, num_frames)
+
+
+def hybrid_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_frames: int,
+               *, block_sequences: int = 16, num_warps: int = 4) -> torch.Tensor:  # fmt: skip
+    """TAR's temporal modules as :func:`fused_tar` computes them, in another form: every per-token
+    step (GroupNorm, the projections, LayerNorms, the feed-forward) is a PyTorch operation on the
+    tokens in the scores' own order ``(clip, frame, attn2 head, pixel)`` (no permutes: the matrix
+    products run in the library's kernels over all 983,040 tokens of a 64x64 layer at once), and only
+    the attention over the frames, which no library kernel runs well on sequences of 15, is a Triton
+    kernel reading the tokens in that order. Each step rounds to the modules' dtype, as the eager
+    modules do. Frame 0 is copied. The caller checks :func:`hybrid_tar_problem` first.
+
+    Not yet timed on a GPU against :func:`fused_tar` (``benchmarks/bench_ctgm_attention.py --kernel``
+    has its row); no path takes it by default.
+    """
+    if triton is None:
+        raise RuntimeError("hybrid_tar needs Triton")
+    if block_sequences < 1 or block_sequences & (block_sequences - 1):
+        raise ValueError(f"hybrid_tar: block_sequences must be a power of two, not {block_sequences}")
+    nf, heads, pixels, tokens = scores.shape
+    frames = num_frames
+    clips, length = nf // frames, frames - 1
+    grid5 = scores.view(clips, frames, heads, pixels, tokens)
+    x = grid5[:, 1:]  # (clips, L, heads, pixels, tokens): the tokens of frames 1.. in the scores' order
+    for module in modules:
+        block = module.transformer_blocks[0]
+        dtype = module.proj_in.weight.dtype
+        width = module.proj_in.out_features
+        groups, eps = module.norm.num_groups, module.norm.eps
+        # GroupNorm per (clip, frame, head): statistics over its pixels and the group's channels
+        y = x.to(dtype).reshape(clips, length, heads, pixels, groups, tokens // groups)
+        var, mean = torch.var_mean(y.float(), dim=(3, 5), correction=0, keepdim=True)
+        y = ((y - mean.to(dtype)) * torch.rsqrt(var + eps).to(dtype)).view(-1, tokens)
+        y = torch.addcmul(module.norm.bias.to(dtype), y, module.norm.weight.to(dtype))
+        h = F.linear(y, module.proj_in.weight, module.proj_in.bias)  # (M, width)
+        pe = block.pos_embed.pe[0, :length] if block.pos_embed is not None else None
+        for norm, attention in ((block.norm1, block.attn1), (block.norm2, block.attn2)):
+            n = F.layer_norm(h, (width,), norm.weight, norm.bias, norm.eps)
+            if pe is not None:
+                n = (n.view(clips, length, heads * pixels, width) + pe.to(dtype)[None, :, None]).view(-1, width)
+            qkv = F.linear(n, _qkv_weight(attention))
+            o = torch.empty_like(h)
+            nh, d = attention.heads, width // attention.heads
+            grid = (triton.cdiv(pixels, block_sequences), clips * heads, nh)
+            _frame_attention_kernel[grid](qkv, o, heads, pixels, length, float(attention.scale), NH=nh, D=d,
+                                          DP=_pow2(d), LP=_pow2(length), BS=block_sequences, num_warps=num_warps)  # fmt: skip
+            h = h + F.linear(o, attention.to_out[0].weight, attention.to_out[0].bias)
+        n = F.layer_norm(h, (width,), block.norm3.weight, block.norm3.bias, block.norm3.eps)
+        a, gate = F.linear(n, block.ff.net[0].proj.weight, block.ff.net[0].proj.bias).chunk(2, dim=-1)
+        h = h + F.linear(a * F.gelu(gate), block.ff.net[2].weight, block.ff.net[2].bias)
+        branch = F.linear(h, module.proj_out.weight, module.proj_out.bias)
+        x = x + branch.view(clips, length, heads, pixels, tokens).to(x.dtype)
+    return torch.cat([grid5[:, :1], x], dim=1).reshape(nf, heads, pixels, tokens)

@@ -64,6 +64,8 @@ def test_attention_benchmark_times_tars_kernel_against_the_eager_modules(capsys)
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     named = {r[0].strip(): [c.strip() for c in r] for r in rows}
     eager, fused = named["eager modules"], named["fused kernel, 4 pixels x 4 warps"]  # the kernel in Triton's interpreter
+    hybrid = named["hybrid: library products, Triton attention over the frames"]
+    assert hybrid[1] == "fp16" and float(hybrid[3]) > 0 and 0 < float(hybrid[4]) < 3e-3
     assert eager[1] == fused[1] == "fp16" and float(eager[3]) > 0 and float(fused[3]) > 0
     assert 0 < float(fused[4]) < 3e-3 and 0 < float(eager[4]) < 3e-3  # both as close to the fp32 modules
     with pytest.raises(SystemExit, match="is not PIXELSxWARPS"):

@@ -261,3 +261,31 @@ def test_the_ab_script_times_another_copy_of_the_kernel_beside_this_one(kernels,
         script.main(["--before", str(tmp_path / "other.py"), "--device", "cpu"])
     with pytest.raises(SystemExit, match="--configs is PIXELSxWARPS"):
         script.main(["--before", str(copy), "--device", "cpu", "--configs", "2by4"])
+
+
+@pytest.mark.parametrize("case", [
+    dict(clips=2, frames=6, heads=2, hw=(3, 3), tokens=77, scores=torch.float32, modules=2),  # 9 pixels: a partial block
+    dict(clips=1, frames=2, heads=1, hw=(2, 2), tokens=16, scores=torch.float16, modules=1),  # one frame
+    dict(clips=1, frames=20, heads=1, hw=(2, 3), tokens=77, scores=torch.float32, modules=3),  # 19 frames (32 padded)
+])  # fmt: skip
+def test_the_hybrid_form_computes_the_eager_modules(kernels, case):
+    g = torch.Generator().manual_seed(7)
+    frames, (h, w) = case["frames"], case["hw"]
+    scores = (2.0 * torch.randn(case["clips"] * frames, case["heads"], h * w, case["tokens"], generator=g) + 1.0).to(case["scores"])
+    modules = random_modules(case["tokens"], case["modules"])
+    with torch.no_grad():
+        reference = layer_of(modules).refine_scores(scores.float(), frames, (h, w), False, "eager")
+        low = [m.half() for m in modules]
+        hybrid = kernels.hybrid_tar(low, scores, frames, block_sequences=4)
+        eager = layer_of(low).refine_scores(scores, frames, (h, w), False, "eager")
+        fused = kernels.fused_tar(low, scores, frames)
+    change = (reference - scores.float()).norm()
+    hybrid_error = ((hybrid.float() - reference).norm() / change).item()
+    eager_error = ((eager.float() - reference).norm() / change).item()
+    assert hybrid.dtype == scores.dtype and hybrid.shape == scores.shape
+    assert hybrid_error < 3e-3 and hybrid_error < 2.0 * eager_error + 1e-4, (hybrid_error, eager_error)
+    assert torch.allclose(hybrid.float(), fused.float(), atol=0.05, rtol=0.01)
+    view = (case["clips"], frames, case["heads"], h * w, case["tokens"])
+    assert torch.equal(hybrid.view(view)[:, 0], scores.view(view)[:, 0])  # frame 0, bit for bit
+    with pytest.raises(ValueError, match="block_sequences must be a power of two"):
+        kernels.hybrid_tar(low, scores, frames, block_sequences=3)

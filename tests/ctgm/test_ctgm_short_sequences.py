@@ -4,7 +4,6 @@ processor, and on the CPU the call is diffusers' own."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.nn.attention import SDPBackend, sdpa_kernel
