@@ -85,8 +85,9 @@ __all__ = [
 ]  # fmt: skip
 
 DEFAULT_BLOCK_PIXELS = 2
-"""Sequences (latent pixels) per program: 2 x 16 frames = 32 rows per matrix product (faster than 4 or 8
-pixels at every layer size since the attentions became a loop; ``benchmarks/RESULTS.md``)."""
+"""Sequences (latent pixels) per program: 2 x 16 frames = 32 rows per matrix product (faster than 4
+pixels at the 64x64, 32x32 and 16x16 layers since the attentions became a loop, taking 5-17 % less time;
+``benchmarks/RESULTS.md``)."""
 DEFAULT_WARPS = 4
 
 MAX_CHANNELS = 128
