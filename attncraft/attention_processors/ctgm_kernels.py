@@ -597,10 +597,16 @@ def hybrid_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_fra
         width = module.proj_in.out_features
         groups, eps = module.norm.num_groups, module.norm.eps
         # GroupNorm per (clip, frame, head): statistics over its pixels and the group's channels
+        # (two reductions accumulating in fp32, no fp32 copy; then one pass: y * a + c, a = rstd * weight,
+        # c = bias - mean * a, per (clip, frame, head, channel))
         y = x.to(dtype).reshape(clips, length, heads, pixels, groups, tokens // groups)
-        var, mean = torch.var_mean(y.float(), dim=(3, 5), correction=0, keepdim=True)
-        y = ((y - mean.to(dtype)) * torch.rsqrt(var + eps).to(dtype)).view(-1, tokens)
-        y = torch.addcmul(module.norm.bias.to(dtype), y, module.norm.weight.to(dtype))
+        mean = torch.mean(y, dim=(3, 5), keepdim=True, dtype=torch.float32)
+        square = torch.linalg.vector_norm(y, dim=(3, 5), keepdim=True, dtype=torch.float32).square() / (pixels * (tokens // groups))
+        rstd = torch.rsqrt((square - mean * mean).clamp_min(0.0) + eps)
+        weight = module.norm.weight.float().view(groups, tokens // groups)
+        a = rstd * weight
+        c = module.norm.bias.float().view(groups, tokens // groups) - mean * a
+        y = torch.addcmul(c.to(dtype), y, a.to(dtype)).view(-1, tokens)
         h = F.linear(y, module.proj_in.weight, module.proj_in.bias)  # (M, width)
         pe = block.pos_embed.pe[0, :length] if block.pos_embed is not None else None
         for norm, attention in ((block.norm1, block.attn1), (block.norm2, block.attn2)):
