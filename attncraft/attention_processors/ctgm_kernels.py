@@ -457,6 +457,17 @@ _PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDi
 made once per module and weights rather than at every call."""
 
 
+def _cached(store: weakref.WeakKeyDictionary, owner: torch.nn.Module, params, build):
+    """``build()``, made once per ``owner`` and kept in ``store`` as ``(key, value)`` until the identity
+    or version of one of ``params`` changes (moved, cast or updated in place)."""
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    found = store.get(owner)
+    if found is None or found[0] != key:
+        with torch.no_grad():
+            found = store[owner] = (key, build())
+    return found[1]
+
+
 def _weights(module) -> tuple[list[torch.Tensor], dict]:
     """The kernel's weight arguments: the block's three LayerNorms packed ``(3, H)``, its two
     self-attentions' ``to_q/to_k/to_v/to_out`` weights ``(2, 4, H, H)`` and ``to_out`` biases ``(2, H)``
@@ -467,19 +478,13 @@ def _weights(module) -> tuple[list[torch.Tensor], dict]:
     pe = block.pos_embed.pe[0] if block.pos_embed is not None else None
     norms = (block.norm1, block.norm2, block.norm3)
     attentions = (attn1, attn2)
-    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
-    found = _PACKED.get(module)
-    if found is None or found[0] != key:
-        with torch.no_grad():
-            packed = (
-                torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]),
-                torch.stack([torch.stack([a.to_q.weight, a.to_k.weight, a.to_v.weight, a.to_out[0].weight])
-                             for a in attentions]),
-                torch.stack([a.to_out[0].bias for a in attentions]),
-            )  # fmt: skip
-        found = _PACKED[module] = (key, packed)
+    packed = _cached(_PACKED, module, module.parameters(), lambda: (
+        torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]),
+        torch.stack([torch.stack([a.to_q.weight, a.to_k.weight, a.to_v.weight, a.to_out[0].weight]) for a in attentions]),
+        torch.stack([a.to_out[0].bias for a in attentions]),
+    ))  # fmt: skip
     tensors = [
-        module.norm.weight, module.norm.bias, module.proj_in.weight, module.proj_in.bias, *found[1],
+        module.norm.weight, module.norm.bias, module.proj_in.weight, module.proj_in.bias, *packed,
         ff_in.weight, ff_in.bias, ff_out.weight, ff_out.bias,
         module.proj_out.weight, module.proj_out.bias, pe if pe is not None else module.proj_out.bias,
     ]  # fmt: skip
@@ -555,12 +560,7 @@ _QKV: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDicti
 
 def _qkv_weight(attention) -> torch.Tensor:
     params = (attention.to_q.weight, attention.to_k.weight, attention.to_v.weight)
-    key = tuple((p.data_ptr(), p._version) for p in params)
-    found = _QKV.get(attention)
-    if found is None or found[0] != key:
-        with torch.no_grad():
-            found = _QKV[attention] = (key, torch.cat(params))
-    return found[1]
+    return _cached(_QKV, attention, params, lambda: torch.cat(params))
 
 
 def hybrid_tar_problem(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_frames: int) -> str | None:
