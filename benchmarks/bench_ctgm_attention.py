@@ -216,9 +216,8 @@ def tar_rows(device, dtypes, clips: int, frames: int, heads: int, sizes, calls: 
                     err = error(fused())
                 rows.append((label, name, size, measure(fused, calls), err))
             label = "hybrid: library products, Triton attention over the frames"
-            refused = ctgm_kernels.hybrid_tar_problem(low.tar, scores, frames)
-            if refused is not None:
-                rows.append((f"{label} ({refused})", name, size, None, None))
+            if problem is not None:
+                rows.append((f"{label} ({problem})", name, size, None, None))
                 continue
 
             def hybrid():

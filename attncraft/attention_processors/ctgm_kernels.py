@@ -79,8 +79,7 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
     tl = None
 
 __all__ = [
-    "DEFAULT_BLOCK_PIXELS", "DEFAULT_WARPS", "fused_tar", "fused_tar_problem", "hybrid_tar", "hybrid_tar_problem",
-    "interpreting", "launch_problem",
+    "DEFAULT_BLOCK_PIXELS", "DEFAULT_WARPS", "fused_tar", "fused_tar_problem", "hybrid_tar", "interpreting", "launch_problem",
     "mark_failed",
 ]  # fmt: skip
 
@@ -563,12 +562,6 @@ def _qkv_weight(attention) -> torch.Tensor:
     return _cached(_QKV, attention, params, lambda: torch.cat(params))
 
 
-def hybrid_tar_problem(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_frames: int) -> str | None:
-    """Why :func:`hybrid_tar` cannot run (a sentence), or None: the checks of :func:`fused_tar_problem`
-    that concern its Triton kernel (the rest runs as PyTorch operations)."""
-    return fused_tar_problem(modules, scores, num_frames)
-
-
 def hybrid_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_frames: int,
                *, block_sequences: int = 16, num_warps: int = 4) -> torch.Tensor:  # fmt: skip
     """TAR's temporal modules as :func:`fused_tar` computes them, in another form: every per-token
@@ -577,7 +570,8 @@ def hybrid_tar(modules: Sequence[torch.nn.Module], scores: torch.Tensor, num_fra
     products run in the library's kernels over all 983,040 tokens of a 64x64 layer at once), and only
     the attention over the frames, which no library kernel runs well on sequences of 15, is a Triton
     kernel reading the tokens in that order. Each step rounds to the modules' dtype, as the eager
-    modules do. Frame 0 is copied. The caller checks :func:`hybrid_tar_problem` first.
+    modules do. Frame 0 is copied. The caller checks :func:`fused_tar_problem` first (the same
+modules, devices and dtypes).
 
     Not yet timed on a GPU against :func:`fused_tar` (``benchmarks/bench_ctgm_attention.py --kernel``
     has its row); no path takes it by default.
